@@ -1,0 +1,436 @@
+"""Training-pool files (LESS / Tulu format) and the chat-template encoding.
+
+A pool file holds one JSON object per line::
+
+    {"dataset": "dolly", "id": "dolly_8",
+     "messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
+
+The chat template is the same in warmup, scoring and finetuning (SPEC §4)::
+
+    <|system|>\\n{content}\\n   <|user|>\\n{content}\\n   <|assistant|>\\n{content}{eos}\\n
+
+Encoding tokenizes the template piece by piece so that the label mask is exact: each token knows
+the role and the kind of piece (tag, text, end of sequence) it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selectmoe.errors import DataError
+
+__all__ = [
+    "CHAT_TAGS",
+    "IGNORE_INDEX",
+    "ROLES",
+    "EncodedExample",
+    "Example",
+    "collate_encoded",
+    "discover_pool_files",
+    "encode_examples",
+    "load_jsonl_examples",
+    "load_pool",
+    "render_chat",
+    "subset_examples",
+    "validate_data_files",
+]
+
+logger = logging.getLogger(__name__)
+
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+CHAT_TAGS: dict[str, str] = {role: f"<|{role}|>" for role in ROLES}
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One conversation of the pool, with where it came from (for error messages)."""
+
+    dataset: str
+    id: str
+    messages: tuple[dict[str, str], ...]
+    source: str = ""
+    line: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        """The LESS-format JSON object of this example."""
+        return {
+            "dataset": self.dataset,
+            "id": self.id,
+            "messages": [dict(m) for m in self.messages],
+        }
+
+
+def _fail(path: str, line: int, problem: str, fix: str) -> DataError:
+    where = f"{path}:{line}" if line else path
+    return DataError(f"{where}: {problem}; {fix}")
+
+
+def _parse_record(record: Any, path: str, line: int, default_dataset: str | None) -> Example:
+    """Check one decoded JSON line against the LESS format and turn it into an Example."""
+    if not isinstance(record, dict):
+        raise _fail(
+            path,
+            line,
+            f"expected a JSON object, got {type(record).__name__}",
+            "write one object per line",
+        )
+    messages = record.get("messages")
+    if messages is None:
+        raise _fail(
+            path,
+            line,
+            "missing field 'messages'",
+            "add a non-empty list of {role, content} messages",
+        )
+    if not isinstance(messages, list) or not messages:
+        raise _fail(
+            path,
+            line,
+            "field 'messages' is empty or not a list",
+            "give at least one {role, content} message",
+        )
+    parsed: list[dict[str, str]] = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise _fail(
+                path,
+                line,
+                f"{where} is not an object",
+                'write messages as {"role": ..., "content": ...}',
+            )
+        role = message.get("role")
+        if role not in ROLES:
+            raise _fail(
+                path,
+                line,
+                f"{where}.role is {role!r}, not one of {', '.join(ROLES)}",
+                "use a valid role",
+            )
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise _fail(
+                path,
+                line,
+                f"{where}.content is {type(content).__name__}, not a string",
+                "make content a string",
+            )
+        parsed.append({"role": role, "content": content})
+    dataset = record.get("dataset", default_dataset)
+    if not isinstance(dataset, str) or not dataset:
+        raise _fail(path, line, "missing or empty field 'dataset'", "add the dataset name")
+    example_id = record.get("id")
+    if isinstance(example_id, int) and not isinstance(example_id, bool):
+        example_id = str(example_id)
+    if not isinstance(example_id, str) or not example_id:
+        raise _fail(
+            path, line, "missing or empty field 'id'", "give every example a unique string id"
+        )
+    return Example(dataset=dataset, id=example_id, messages=tuple(parsed), source=path, line=line)
+
+
+def load_jsonl_examples(
+    path: str | os.PathLike[str], *, default_dataset: str | None = None
+) -> list[Example]:
+    """Read and validate one pool file.
+
+    Parameters
+    ----------
+    path : path-like
+        A UTF-8 JSONL file in the LESS format.
+    default_dataset : str, optional
+        Dataset name for lines that have no ``dataset`` field.
+
+    Returns
+    -------
+    list of Example
+        In file order.
+
+    Raises
+    ------
+    DataError
+        On a missing or empty file, non-UTF-8 bytes, invalid JSON, a missing or empty
+        ``messages`` list, an unknown role, non-string content, a missing id, or an id repeated
+        within the file. The message names the file and the line.
+    """
+    path_str = os.fspath(path)
+    if not os.path.isfile(path_str):
+        raise DataError(f"{path_str}: file not found; check the pool path in the config")
+    raw = Path(path_str).read_bytes()
+    examples: list[Example] = []
+    seen: dict[tuple[str, str], int] = {}
+    for line_number, raw_line in enumerate(raw.splitlines(), start=1):
+        try:
+            text = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _fail(
+                path_str,
+                line_number,
+                f"not valid UTF-8 (byte {error.start})",
+                "re-encode the file as UTF-8",
+            ) from None
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise _fail(
+                path_str,
+                line_number,
+                f"invalid JSON ({error.msg} at column {error.colno})",
+                "fix the line",
+            ) from None
+        example = _parse_record(record, path_str, line_number, default_dataset)
+        key = (example.dataset, example.id)
+        if key in seen:
+            raise _fail(
+                path_str,
+                line_number,
+                f"duplicate id {example.id!r} in dataset {example.dataset!r} (first on line {seen[key]})",
+                "make (dataset, id) unique",
+            )
+        seen[key] = line_number
+        examples.append(example)
+    if not examples:
+        raise DataError(f"{path_str}: file is empty (no examples); remove it or fill it")
+    return examples
+
+
+def load_pool(paths: Iterable[str | os.PathLike[str]]) -> list[Example]:
+    """Read and validate several pool files; ``(dataset, id)`` must be unique across all of them.
+
+    Returns the examples in the order of ``paths``, each file in file order.
+    """
+    examples: list[Example] = []
+    seen: dict[tuple[str, str], Example] = {}
+    for path in paths:
+        for example in load_jsonl_examples(path):
+            key = (example.dataset, example.id)
+            if key in seen:
+                first = seen[key]
+                raise _fail(
+                    example.source,
+                    example.line,
+                    f"duplicate id {example.id!r} in dataset {example.dataset!r} "
+                    f"(also {first.source}:{first.line})",
+                    "make (dataset, id) unique across the pool",
+                )
+            seen[key] = example
+            examples.append(example)
+    if not examples:
+        raise DataError("no pool files given; set data.pool_dir and data.datasets in the config")
+    return examples
+
+
+def discover_pool_files(
+    pool_dir: str | os.PathLike[str], datasets: Sequence[str]
+) -> dict[str, list[Path]]:
+    """The JSONL files of each dataset: ``{pool_dir}/{dataset}/*.jsonl``, sorted by name.
+
+    Raises
+    ------
+    DataError
+        When a dataset directory is missing or holds no ``.jsonl`` file.
+    """
+    files: dict[str, list[Path]] = {}
+    for dataset in datasets:
+        directory = Path(pool_dir) / dataset
+        found = sorted(directory.glob("*.jsonl"))
+        if not found:
+            raise DataError(
+                f"{directory}: no .jsonl files for dataset {dataset!r}; put the dataset's files there "
+                "or fix data.pool_dir / data.datasets in the config"
+            )
+        files[dataset] = found
+    return files
+
+
+def subset_examples(examples: Sequence[Example], *, ratio: float, seed: int) -> list[Example]:
+    """A seeded sample of ``ratio`` of each dataset, kept in pool order.
+
+    Each dataset contributes ``max(1, round(ratio * n_dataset))`` examples; ``ratio == 1`` keeps all.
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise DataError(f"subset_ratio is {ratio}; it must be in (0, 1]")
+    if ratio == 1.0:
+        return list(examples)
+    by_dataset: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_dataset.setdefault(example.dataset, []).append(index)
+    keep: set[int] = set()
+    for dataset in sorted(by_dataset):
+        indices = by_dataset[dataset]
+        count = max(1, round(ratio * len(indices)))
+        # one generator per dataset so that adding a dataset does not change another's sample
+        rng = random.Random(f"{seed}:{dataset}")
+        keep.update(rng.sample(indices, count))
+    return [example for index, example in enumerate(examples) if index in keep]
+
+
+def validate_data_files(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Validate pool files together and report counts per dataset, turns and roles.
+
+    Raises :class:`DataError` on the first problem (see :func:`load_jsonl_examples`).
+    """
+    examples = load_pool(paths)
+    per_dataset = Counter(example.dataset for example in examples)
+    multi_turn = sum(1 for e in examples if sum(m["role"] == "assistant" for m in e.messages) > 1)
+    with_system = sum(1 for e in examples if any(m["role"] == "system" for m in e.messages))
+    return {
+        "files": [os.fspath(p) for p in paths],
+        "n_examples": len(examples),
+        "per_dataset": dict(sorted(per_dataset.items())),
+        "multi_turn": multi_turn,
+        "with_system": with_system,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# chat template and encoding
+
+
+def render_chat(messages: Sequence[dict[str, str]], eos_token: str) -> str:
+    """The chat template as one string (for inspection and pretraining corpora)."""
+    parts = []
+    for message in messages:
+        end = f"{eos_token}\n" if message["role"] == "assistant" else "\n"
+        parts.append(f"{CHAT_TAGS[message['role']]}\n{message['content']}{end}")
+    return "".join(parts)
+
+
+@dataclass
+class EncodedExample:
+    """Token ids and labels of one example; ``labels`` is ``IGNORE_INDEX`` where no loss applies."""
+
+    input_ids: list[int]
+    labels: list[int]
+    index: int = 0
+    n_label_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_label_tokens = sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def _pieces(messages: Sequence[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """Split a conversation into (role, kind, text) pieces; kind is 'tag', 'text' or 'eos'."""
+    pieces: list[tuple[str, str, str]] = []
+    for message in messages:
+        role = message["role"]
+        pieces.append((role, "tag", CHAT_TAGS[role]))
+        if role == "assistant":
+            pieces.append((role, "text", "\n" + message["content"]))
+            pieces.append((role, "eos", ""))
+            pieces.append((role, "text", "\n"))
+        else:
+            pieces.append((role, "text", "\n" + message["content"] + "\n"))
+    return pieces
+
+
+def encode_examples(
+    examples: Sequence[Example] | Sequence[Sequence[dict[str, str]]],
+    tokenizer: Any,
+    *,
+    full_sequence_prediction: bool,
+    mask_special_tokens: bool = True,
+    max_sequence_length: int | None = None,
+    add_bos: bool = True,
+) -> list[EncodedExample]:
+    """Tokenize conversations with the chat template and build their labels.
+
+    Labels
+    ------
+    - ``full_sequence_prediction=True``: user and assistant tokens are labelled (system text is not);
+    - ``False``: only assistant tokens (SFT).
+    - The chat tags are labelled only when ``mask_special_tokens`` is false and their role is.
+    - The end-of-sequence token closing an assistant turn is labelled with that turn.
+    - A beginning-of-sequence token, when the tokenizer has one and ``add_bos``, is never labelled.
+
+    Parameters
+    ----------
+    examples : sequence of Example or of message lists
+    tokenizer : transformers tokenizer
+        Must know the chat tags as single special tokens and define ``eos_token_id``.
+    max_sequence_length : int, optional
+        Keep the first ``max_sequence_length`` tokens.
+
+    Returns
+    -------
+    list of EncodedExample
+        One per example, ``len(input_ids) == len(labels) <= max_sequence_length``.
+    """
+    if tokenizer.eos_token_id is None:
+        raise DataError(
+            "the tokenizer has no eos token; set one (tokenizer.eos_token) before encoding"
+        )
+    tag_ids: dict[str, list[int]] = {}
+    for role, tag in CHAT_TAGS.items():
+        ids = tokenizer.convert_tokens_to_ids([tag])
+        if ids[0] is None or ids[0] == tokenizer.unk_token_id:
+            # tag not in the vocabulary as one token: fall back to its plain tokenization
+            ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
+        tag_ids[role] = list(ids)
+    labelled_roles = {"user", "assistant"} if full_sequence_prediction else {"assistant"}
+    conversations = [e.messages if isinstance(e, Example) else e for e in examples]
+    all_pieces = [_pieces(messages) for messages in conversations]
+    texts = [text for pieces in all_pieces for (_, kind, text) in pieces if kind == "text"]
+    text_ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    encoded: list[EncodedExample] = []
+    for index, pieces in enumerate(all_pieces):
+        input_ids: list[int] = list(bos)
+        labels: list[int] = [IGNORE_INDEX] * len(bos)
+        for role, kind, _ in pieces:
+            if kind == "tag":
+                ids = tag_ids[role]
+                labelled = role in labelled_roles and not mask_special_tokens
+            elif kind == "eos":
+                ids = [tokenizer.eos_token_id]
+                labelled = role in labelled_roles
+            else:
+                ids = next(text_ids)
+                labelled = role in labelled_roles
+            input_ids.extend(ids)
+            labels.extend(ids if labelled else [IGNORE_INDEX] * len(ids))
+        if max_sequence_length is not None:
+            input_ids = input_ids[:max_sequence_length]
+            labels = labels[:max_sequence_length]
+        encoded.append(EncodedExample(input_ids=input_ids, labels=labels, index=index))
+    return encoded
+
+
+def collate_encoded(batch: Sequence[EncodedExample], *, pad_token_id: int) -> dict[str, Any]:
+    """Right-pad a batch into tensors.
+
+    Returns
+    -------
+    dict
+        ``input_ids`` and ``labels`` int64 ``[B, T]``, ``attention_mask`` int64 ``[B, T]``
+        (1 on real tokens), ``index`` int64 ``[B]`` (position of each example in its input list).
+    """
+    import torch
+
+    longest = max(len(item.input_ids) for item in batch)
+    input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, item in enumerate(batch):
+        length = len(item.input_ids)
+        input_ids[row, :length] = torch.tensor(item.input_ids, dtype=torch.long)
+        labels[row, :length] = torch.tensor(item.labels, dtype=torch.long)
+        attention_mask[row, :length] = 1
+    index = torch.tensor([item.index for item in batch], dtype=torch.long)
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": attention_mask,
+        "index": index,
+    }

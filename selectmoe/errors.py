@@ -1,0 +1,46 @@
+"""User-facing error types.
+
+Every error the package raises on bad input is a :class:`SelectMoeError` whose message is one line
+saying what is wrong, where (file, line, field) and how to fix it. The command line prints that line
+and exits with status 2 instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "EvaluationError",
+    "ModelError",
+    "RouterDataError",
+    "SelectMoeError",
+    "SelectionError",
+]
+
+
+class SelectMoeError(ValueError):
+    """Bad input or a failed precondition, explained in one line."""
+
+
+class DataError(SelectMoeError):
+    """A training-pool file is malformed (names the file, the line and the problem)."""
+
+
+class ConfigError(SelectMoeError):
+    """A configuration value is missing or out of range (names the key and the allowed values)."""
+
+
+class ModelError(SelectMoeError):
+    """A model directory or checkpoint is missing or does not have the expected architecture."""
+
+
+class RouterDataError(SelectMoeError):
+    """A router-data file is missing keys, has the wrong shapes or holds NaN/Inf values."""
+
+
+class SelectionError(SelectMoeError):
+    """Selection cannot proceed with the given settings and data."""
+
+
+class EvaluationError(SelectMoeError):
+    """An evaluation task or model cannot be found or run."""

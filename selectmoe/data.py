@@ -195,7 +195,8 @@ def load_jsonl_examples(
             raise _fail(
                 path_str,
                 line_number,
-                f"duplicate id {example.id!r} in dataset {example.dataset!r} (first on line {seen[key]})",
+                f"duplicate id {example.id!r} in dataset {example.dataset!r} "
+                f"(first on line {seen[key]})",
                 "make (dataset, id) unique",
             )
         seen[key] = line_number
@@ -247,7 +248,7 @@ def discover_pool_files(
         found = sorted(directory.glob("*.jsonl"))
         if not found:
             raise DataError(
-                f"{directory}: no .jsonl files for dataset {dataset!r}; put the dataset's files there "
+                f"{directory}: no .jsonl files for dataset {dataset!r}; put its files there "
                 "or fix data.pool_dir / data.datasets in the config"
             )
         files[dataset] = found
@@ -257,7 +258,7 @@ def discover_pool_files(
 def subset_examples(examples: Sequence[Example], *, ratio: float, seed: int) -> list[Example]:
     """A seeded sample of ``ratio`` of each dataset, kept in pool order.
 
-    Each dataset contributes ``max(1, round(ratio * n_dataset))`` examples; ``ratio == 1`` keeps all.
+    Each dataset gives ``max(1, round(ratio * n_dataset))`` examples; ``ratio == 1`` keeps all.
     """
     if not 0.0 < ratio <= 1.0:
         raise DataError(f"subset_ratio is {ratio}; it must be in (0, 1]")
@@ -348,7 +349,7 @@ def encode_examples(
 
     Labels
     ------
-    - ``full_sequence_prediction=True``: user and assistant tokens are labelled (system text is not);
+    - ``full_sequence_prediction=True``: user and assistant tokens are labelled (system: never);
     - ``False``: only assistant tokens (SFT).
     - The chat tags are labelled only when ``mask_special_tokens`` is false and their role is.
     - The end-of-sequence token closing an assistant turn is labelled with that turn.

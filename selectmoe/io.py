@@ -1,7 +1,7 @@
 """Atomic file output.
 
 Everything the package writes goes to a temporary name in the destination directory and is renamed
-into place only when complete, so a killed job never leaves a file (or directory) that looks finished.
+into place only when complete: a killed job never leaves a file (or directory) that looks finished.
 ``os.replace`` is atomic on POSIX when source and destination are on the same file system, which a
 sibling temporary name guarantees.
 """

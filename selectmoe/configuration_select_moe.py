@@ -1,0 +1,59 @@
+"""Configuration of the Select-MoE model: an OLMoE config plus the quality gate and its losses."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import OlmoeConfig
+
+__all__ = ["TRASH_EXPERT_MODES", "SelectMoeConfig"]
+
+TRASH_EXPERT_MODES: tuple[str, ...] = ("zero", "noise", "custom")
+
+
+@strict
+class SelectMoeConfig(OlmoeConfig):
+    r"""OLMoE configuration with a quality gate and a trash expert in every MoE layer.
+
+    Every OLMoE field keeps its meaning. The added fields are read at forward time, so changing
+    them on a loaded model (``model.config.quality_loss_type = "mse"``) takes effect at once.
+
+    quality_gate_init_mean, quality_gate_init_std (`float`):
+        The gate weight is drawn from ``N(mean, std)`` when it is created (not loaded).
+    trash_expert_mode (`str`):
+        ``"zero"`` (zeros), ``"noise"`` (per-token Gaussian with the mean and std of the hidden
+        state, no gradient) or ``"custom"`` (see ``selectmoe.register_trash_expert``).
+    quality_gate_bypass (`bool`):
+        Force ``good = 1`` everywhere: the model then computes exactly what OLMoE computes.
+    quality_loss_type (`str`):
+        A name registered in ``selectmoe.losses`` (``sigmoid``, ``mse``, ``beta_moment_matching``,
+        ``mean_variance_regularization`` or a custom one).
+    quality_loss_weight (`float`):
+        Weight of the quality loss in the total loss.
+    beta_target_mean, beta_target_var, w_mean, w_var (`float`):
+        Parameters of ``beta_moment_matching``.
+    lambda_var (`float`):
+        Parameter of ``mean_variance_regularization``.
+    sample_wise_averaging (`bool`):
+        Each sample weighs the same in the LM and quality losses (else each token does).
+    quality_loss_debug (`bool`):
+        Log the parts of the quality loss at every forward with labels.
+    enable_load_balancing (`bool`):
+        Add OLMoE's load-balancing loss (``router_aux_loss_coef``) to the total loss.
+    """
+
+    model_type = "select_moe"
+
+    quality_gate_init_mean: float = 0.0
+    quality_gate_init_std: float = 0.02
+    trash_expert_mode: str = "zero"
+    quality_gate_bypass: bool = False
+    quality_loss_type: str = "sigmoid"
+    quality_loss_weight: float = 0.01
+    beta_target_mean: float = 0.5
+    beta_target_var: float = 0.05
+    w_mean: float = 1.0
+    w_var: float = 1.0
+    lambda_var: float = 0.1
+    sample_wise_averaging: bool = True
+    quality_loss_debug: bool = False
+    enable_load_balancing: bool = False

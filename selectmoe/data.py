@@ -38,6 +38,7 @@ __all__ = [
     "encode_examples",
     "load_jsonl_examples",
     "load_pool",
+    "parse_record",
     "render_chat",
     "subset_examples",
     "validate_data_files",
@@ -74,7 +75,7 @@ def _fail(path: str, line: int, problem: str, fix: str) -> DataError:
     return DataError(f"{where}: {problem}; {fix}")
 
 
-def _parse_record(record: Any, path: str, line: int, default_dataset: str | None) -> Example:
+def parse_record(record: Any, path: str, line: int, default_dataset: str | None) -> Example:
     """Check one decoded JSON line against the LESS format and turn it into an Example."""
     if not isinstance(record, dict):
         raise _fail(
@@ -189,7 +190,7 @@ def load_jsonl_examples(
                 f"invalid JSON ({error.msg} at column {error.colno})",
                 "fix the line",
             ) from None
-        example = _parse_record(record, path_str, line_number, default_dataset)
+        example = parse_record(record, path_str, line_number, default_dataset)
         key = (example.dataset, example.id)
         if key in seen:
             raise _fail(

@@ -1,0 +1,315 @@
+"""Command line: ``selectmoe COMMAND [options]`` (also ``python -m selectmoe``).
+
+Every command exits 0 on success; on bad input it prints one line ``selectmoe: error: ...``
+(what, where, how to fix) to stderr and exits 2, leaving no partial output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selectmoe.errors import ConfigError, SelectMoeError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("selectmoe")
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["lr=1e-4", "epochs=2"]`` -> ``{"lr": 0.0001, "epochs": 2}`` (values parsed as YAML)."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def build_settings(cls: type, values: dict[str, Any], *, section: str) -> Any:
+    """Instantiate a settings dataclass, rejecting unknown keys with the list of valid ones."""
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown {section} setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+        )
+    return cls(**values)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _cmd_build_demo(args: argparse.Namespace) -> None:
+    from selectmoe.demo import build_demo
+
+    overrides = _parse_overrides(args.set)
+    _print_json(build_demo(args.output, seed=args.seed, **overrides))
+
+
+def _cmd_validate_data(args: argparse.Namespace) -> None:
+    from selectmoe.data import validate_data_files
+
+    report = validate_data_files(args.files)
+    if args.report:
+        from selectmoe.io import atomic_write_json
+
+        atomic_write_json(args.report, report)
+    _print_json(report)
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from selectmoe.conversion import convert_olmoe
+
+    _print_json(
+        convert_olmoe(
+            args.source,
+            args.output,
+            quality_gate_init_mean=args.gate_init_mean,
+            quality_gate_init_std=args.gate_init_std,
+            trash_expert_mode=args.trash_expert_mode,
+            seed=args.seed,
+        )
+    )
+
+
+def _cmd_verify(args: argparse.Namespace) -> None:
+    from selectmoe.conversion import verify_conversion
+
+    _print_json(
+        verify_conversion(args.source, args.converted, output_json=args.report, tolerance=args.tol)
+    )
+
+
+def _cmd_warmup(args: argparse.Namespace) -> None:
+    from selectmoe.warmup import WarmupSettings, run_warmup
+
+    settings = build_settings(WarmupSettings, _parse_overrides(args.set), section="warmup")
+    _print_json(
+        run_warmup(
+            model_dir=args.model, pool_files=args.pool, output_path=args.output, settings=settings
+        )
+    )
+
+
+def _cmd_score(args: argparse.Namespace) -> None:
+    from selectmoe.scoring import score_dataset
+
+    _print_json(
+        score_dataset(
+            model_dir=args.model,
+            weights_path=args.weights,
+            pool_files=args.pool,
+            dataset=args.dataset,
+            output_path=args.output,
+            batch_size=args.batch_size,
+            max_sequence_length=args.max_length,
+            device=args.device,
+            dtype=args.dtype,
+        )
+    )
+
+
+def _cmd_select(args: argparse.Namespace) -> None:
+    from selectmoe.selection import run_selection
+
+    router_files = sorted(Path(args.router_data).glob("*_router_data.pt"))
+    if not router_files:
+        raise SelectMoeError(f"{args.router_data}: no *_router_data.pt files; run the score stage")
+    params = _parse_overrides(args.set)
+    _print_json(
+        run_selection(
+            router_files,
+            args.pool,
+            output_jsonl=args.output,
+            output_json=args.info or str(Path(args.output).with_name("selection.json")),
+            plot_dir=args.plots,
+            method=args.method,
+            selection_percentage=args.percentage,
+            clustering_method=args.clustering_method,
+            clustering_params=params,
+            seed=args.seed,
+            debug_print=args.debug_print,
+        )
+    )
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from selectmoe.finetune import FinetuneSettings, run_finetune
+
+    settings = build_settings(FinetuneSettings, _parse_overrides(args.set), section="finetune")
+    log = run_finetune(
+        base_model=args.base_model,
+        selected_data=args.data,
+        output_dir=args.output,
+        settings=settings,
+    )
+    _print_json({k: v for k, v in log.items() if k != "history"})
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from selectmoe.evaluation import read_task_metrics, run_lm_eval
+
+    run_lm_eval(
+        pretrained=args.base_model,
+        adapter=args.adapter,
+        tasks=args.tasks,
+        output_json=args.output,
+        include_path=args.include_path,
+        num_fewshot=args.num_fewshot,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        device=args.device,
+        seed=args.seed,
+    )
+    _print_json(read_task_metrics(args.output))
+
+
+def _cmd_summarize(args: argparse.Namespace) -> None:
+    from selectmoe.summary import summarize
+
+    points = json.loads(Path(args.points).read_text(encoding="utf-8"))
+    frame = summarize(points, output_csv=args.csv, output_md=args.md, plot_path=args.plot)
+    print(frame.to_string(index=False))
+
+
+def _cmd_validate_silhouette(args: argparse.Namespace) -> None:
+    from selectmoe.clustering import validate_silhouette
+
+    report = validate_silhouette(tolerance=args.tol)
+    _print_json(report)
+    worst = report.get("worst_abs_diff", 0.0) if isinstance(report, dict) else 0.0
+    if worst > args.tol:
+        raise SelectMoeError(f"silhouette differs from scikit-learn by {worst:.3g} > {args.tol:g}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selectmoe", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    set_help = "KEY=VALUE setting (repeatable; VALUE parsed as YAML)"
+
+    p = sub.add_parser("build-demo", help="generate the embedded demo (tokenizer, data, models)")
+    p.add_argument("--output", required=True, help="directory to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.set_defaults(func=_cmd_build_demo)
+
+    p = sub.add_parser("validate-data", help="check LESS-format pool files")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--report", help="write the counts as JSON here")
+    p.set_defaults(func=_cmd_validate_data)
+
+    p = sub.add_parser("convert", help="OLMoE checkpoint -> Select-MoE model")
+    p.add_argument("--source", required=True, help="OLMoE directory or hub id")
+    p.add_argument("--output", required=True)
+    p.add_argument("--gate-init-mean", type=float, default=0.0)
+    p.add_argument("--gate-init-std", type=float, default=0.02)
+    p.add_argument("--trash-expert-mode", default="zero", choices=["zero", "noise", "custom"])
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("verify-conversion", help="prove a conversion bit-exact")
+    p.add_argument("--source", required=True)
+    p.add_argument("--converted", required=True)
+    p.add_argument("--report", help="JSON report path")
+    p.add_argument("--tol", type=float, default=1e-5)
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("warmup", help="stage 1: train the quality gates and routers")
+    p.add_argument("--model", required=True, help="converted Select-MoE directory")
+    p.add_argument("--pool", nargs="+", required=True, help="pool JSONL files")
+    p.add_argument("--output", required=True, help="full_rank_weights.pt")
+    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.set_defaults(func=_cmd_warmup)
+
+    p = sub.add_parser("score", help="stage 2: router data of one dataset")
+    p.add_argument("--model", required=True)
+    p.add_argument("--weights", required=True, help="full_rank_weights.pt")
+    p.add_argument("--pool", nargs="+", required=True, help="the dataset's JSONL files")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--output", required=True, help="{dataset}_router_data.pt")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("select", help="stage 2b: select data from router data")
+    p.add_argument("--router-data", required=True, help="directory of *_router_data.pt")
+    p.add_argument("--pool", nargs="+", required=True)
+    p.add_argument("--output", required=True, help="selected_data.jsonl")
+    p.add_argument("--info", help="selection.json (default: beside --output)")
+    p.add_argument("--plots", help="directory for PNG plots")
+    p.add_argument(
+        "--method",
+        default="selectmoe",
+        choices=["selectmoe", "random", "quality_topk", "diversity", "full"],
+    )
+    p.add_argument("--percentage", type=float, required=True, help="share of the pool, (0, 1]")
+    p.add_argument("--clustering-method", default="kmeans")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--debug-print", action="store_true")
+    p.add_argument("--set", action="append", default=[], help="clustering_params " + set_help)
+    p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser("finetune", help="stage 3: LoRA finetuning on selected data")
+    p.add_argument("--base-model", required=True)
+    p.add_argument("--data", required=True, help="selected_data.jsonl")
+    p.add_argument("--output", required=True, help="adapter directory")
+    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="stage 4: lm-eval on base model (+ adapter)")
+    p.add_argument("--base-model", required=True)
+    p.add_argument("--adapter")
+    p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument("--output", required=True, help="results JSON")
+    p.add_argument("--include-path", help="directory of local task YAMLs")
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--batch-size", default=16)
+    p.add_argument("--limit", type=float)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("summarize", help="gather results into CSV/Markdown")
+    p.add_argument("--points", required=True, help="JSON list of sweep points")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.add_argument("--plot")
+    p.set_defaults(func=_cmd_summarize)
+
+    p = sub.add_parser("validate-silhouette", help="compare the silhouette with scikit-learn")
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.set_defaults(func=_cmd_validate_silhouette)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except SelectMoeError as error:
+        print(f"selectmoe: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

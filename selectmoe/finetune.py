@@ -1,0 +1,177 @@
+"""Stage 3: LoRA finetuning of the target model on the selected data (assistant-only labels)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from selectmoe.data import Example, encode_examples, parse_record
+from selectmoe.errors import ConfigError, DataError, ModelError
+from selectmoe.io import atomic_output_dir, atomic_write_json
+from selectmoe.losses import causal_lm_loss
+from selectmoe.training import resolve_device, seed_everything, train_loop
+
+__all__ = ["FinetuneSettings", "load_selected_examples", "run_finetune"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneSettings:
+    """Stage-3 settings; defaults as in LESS (SPEC §5)."""
+
+    lora_r: int = 128
+    lora_alpha: int = 512
+    lora_dropout: float = 0.1
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    learning_rate: float = 2e-5
+    epochs: int = 4
+    effective_batch_size: int = 128
+    per_device_batch_size: int = 1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_sequence_length: int = 2048
+    bf16: bool = True
+    sample_wise_averaging: bool = False
+    mask_special_tokens: bool = True
+    seed: int = 42
+    log_every: int = 10
+    max_steps: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.effective_batch_size % self.per_device_batch_size:
+            raise ConfigError(
+                f"finetune.effective_batch_size ({self.effective_batch_size}) must be a multiple "
+                "of "
+                f"finetune.per_device_batch_size ({self.per_device_batch_size})"
+            )
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.effective_batch_size // self.per_device_batch_size
+
+
+def load_selected_examples(path: str | os.PathLike[str]) -> list[Example]:
+    """Read ``selected_data.jsonl`` (LESS fields plus score and cluster), validating each line."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: selected data not found; run the select stage first")
+    examples = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(
+                    f"{path}:{line_number}: invalid JSON ({error.msg}); fix the line"
+                ) from None
+            examples.append(parse_record(record, os.fspath(path), line_number, None))
+    if not examples:
+        raise DataError(f"{path}: no selected examples; the selection is empty")
+    return examples
+
+
+def run_finetune(
+    *,
+    base_model: str,
+    selected_data: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    settings: FinetuneSettings,
+) -> dict[str, Any]:
+    """LoRA-finetune ``base_model`` on the selected examples and save the PEFT adapter.
+
+    The adapter directory (written atomically) holds ``adapter_config.json``,
+    ``adapter_model.safetensors`` and ``training_log.json`` (settings, history, derived numbers).
+    A tokenizer without a pad token pads with its eos token: padded positions are masked out of
+    attention and loss, so no embedding has to be added and the base weights stay as they are.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    looks_like_hub_id = base_model.count("/") == 1 and not base_model.startswith((".", "/"))
+    if not os.path.isdir(base_model) and not looks_like_hub_id:
+        raise ModelError(f"{base_model}: target model not found; build the demo or fix the path")
+    seed_everything(settings.seed)
+    device = resolve_device(settings.device)
+    use_bf16 = settings.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).to(device)
+    lora_config = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora_config)
+    examples = load_selected_examples(selected_data)
+    encoded = encode_examples(
+        examples,
+        tokenizer,
+        full_sequence_prediction=False,
+        mask_special_tokens=settings.mask_special_tokens,
+        max_sequence_length=settings.max_sequence_length,
+    )
+    encoded = [item for item in encoded if item.n_label_tokens > 0]
+    if not encoded:
+        raise DataError(
+            f"{selected_data}: no example keeps an assistant token within "
+            f"max_sequence_length={settings.max_sequence_length}"
+        )
+    micro = settings.per_device_batch_size
+    accumulation = settings.gradient_accumulation_steps
+    # a selection smaller than the effective batch would make a single step; shrink the
+    # accumulation so that every epoch still takes at least one full step of real examples
+    accumulation = max(1, min(accumulation, math.ceil(len(encoded) / micro)))
+
+    def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = causal_lm_loss(logits, batch["labels"], sample_wise=settings.sample_wise_averaging)
+        return loss, {}
+
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    result = train_loop(
+        model,
+        encoded,
+        parameters=model.parameters(),
+        compute_loss=compute_loss,
+        learning_rate=settings.learning_rate,
+        epochs=settings.epochs,
+        micro_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        warmup_ratio=settings.warmup_ratio,
+        weight_decay=settings.weight_decay,
+        seed=settings.seed,
+        pad_token_id=pad_id,
+        device=device,
+        autocast_dtype=torch.bfloat16 if use_bf16 else None,
+        log_every=settings.log_every,
+        max_steps=settings.max_steps,
+    )
+    log = {
+        "base_model": base_model,
+        "selected_data": os.fspath(selected_data),
+        "n_examples": len(encoded),
+        "settings": asdict(settings),
+        "gradient_accumulation_steps_used": accumulation,
+        "bf16": use_bf16,
+        **result,
+    }
+    with atomic_output_dir(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / "training_log.json", log)
+    logger.info("adapter saved to %s after %d steps", output_dir, result["optimizer_steps"])
+    return log

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,8 @@ def run_lm_eval(
         bootstrap_iters=bootstrap_iters,
     )
     _validate_device(device)
+    if isinstance(limit, float) and limit >= 1:
+        limit = int(limit)  # a count given as float (e.g. from the command line)
     pretrained_arg = _resolve_model_path(pretrained, role="pretrained model", marker="config.json")
     adapter_arg = (
         None
@@ -598,7 +601,7 @@ def _simple_evaluate(
     import lm_eval
 
     batch = int(batch_size) if isinstance(batch_size, str) and batch_size.isdigit() else batch_size
-    with _quiet_progress_bars():
+    with _quiet_third_party():
         lm = _hflm_class().create_from_arg_obj(model_args, {"batch_size": batch, "device": device})
         results = lm_eval.simple_evaluate(
             model=lm,
@@ -650,8 +653,13 @@ def _hflm_class() -> type:
 
 
 @contextlib.contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
-    """Silence the weight-loading and dataset-building progress bars in logs; restore after."""
+def _quiet_third_party() -> Iterator[None]:
+    """Keep rule logs readable while lm-eval runs; restore the settings afterwards.
+
+    Turns off the weight-loading and dataset-building progress bars and the deprecation warning
+    that peft 0.21 triggers in transformers 5 on every adapter load. lm-eval's own progress bars
+    stay: they pass ``disable=`` explicitly, so no setting reaches them.
+    """
     import datasets
     import transformers.utils.logging as hf_logging
 
@@ -660,7 +668,11 @@ def _quiet_progress_bars() -> Iterator[None]:
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
+            yield
     finally:
         if datasets_on:
             datasets.enable_progress_bars()

@@ -1,0 +1,176 @@
+import json
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from selectmoe.config import load_schema, validate_config
+from selectmoe.errors import ConfigError
+from snakemake.utils import validate
+
+# Validate first, with one-line messages that name the key and the allowed values, then let
+# Snakemake's validate fill in the schema defaults.
+try:
+    validate_config(config, load_schema(workflow.source_path("../config/schema.yaml")))
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+validate(config, schema="../config/schema.yaml")
+
+RESULTS = config["results_dir"]
+DEMO_DIR = f"{RESULTS}/demo"
+DATASETS = config["data"]["datasets"]
+BASE = config["base_model"]["name"]
+SELECTION = config["selection"]
+LOSSES = SELECTION["loss_types"]
+PERCENTAGES = [f"{p:g}" for p in SELECTION["percentages"]]
+METHODS = SELECTION["methods"]
+TARGETS = list(config["targets"])
+# methods whose selection depends on the router data (and so on the quality-loss type)
+ROUTER_METHODS = ["selectmoe", "quality_topk", "diversity"]
+
+
+wildcard_constraints:
+    loss="[a-z_]+",
+    pct="[0-9.]+",
+    dataset="[A-Za-z0-9_.-]+",
+    target="[A-Za-z0-9_.-]+",
+    method="|".join(ROUTER_METHODS),
+    selection="(selectmoe|quality_topk|diversity)/[a-z_]+/p[0-9.]+|random/p[0-9.]+|full",
+
+
+def is_demo():
+    return bool(config.get("demo", {}).get("activate", False))
+
+
+def demo_outputs():
+    """Everything the build_demo rule declares."""
+    return {
+        "manifest": f"{DEMO_DIR}/demo_manifest.json",
+        "noise_labels": f"{DEMO_DIR}/noise_labels.jsonl",
+        "pool": [f"{DEMO_DIR}/pool/{d}/{d}_data.jsonl" for d in DATASETS],
+        "base_model": f"{DEMO_DIR}/base_model",
+        "target_model": f"{DEMO_DIR}/target_model",
+        "tasks": f"{DEMO_DIR}/tasks",
+    }
+
+
+def get_pool_files(dataset):
+    """The JSONL files of one dataset: the demo's, or {pool_dir}/{dataset}/*.jsonl."""
+    if is_demo():
+        return [f"{DEMO_DIR}/pool/{dataset}/{dataset}_data.jsonl"]
+    pool_dir = config["data"].get("pool_dir")
+    files = sorted(str(p) for p in Path(pool_dir).glob(f"{dataset}/*.jsonl")) if pool_dir else []
+    if not files:
+        raise WorkflowError(
+            f"no pool files for dataset {dataset!r} under {pool_dir}/{dataset}/*.jsonl; "
+            "put the LESS data there or fix data.pool_dir"
+        )
+    return files
+
+
+def get_all_pool_files(wildcards=None):
+    return [f for d in DATASETS for f in get_pool_files(d)]
+
+
+def get_base_source():
+    return demo_outputs()["base_model"] if is_demo() else config["base_model"]["source"]
+
+
+def get_base_source_input(wildcards):
+    """Input dependency on the base model only when it is a file we build (the demo)."""
+    return [demo_outputs()["base_model"]] if is_demo() else []
+
+
+def get_target_model(target):
+    return demo_outputs()["target_model"] if is_demo() else config["targets"][target]["model"]
+
+
+def get_target_input(wildcards):
+    return [demo_outputs()["target_model"]] if is_demo() else []
+
+
+def get_eval_inputs(wildcards):
+    return [demo_outputs()["tasks"]] if is_demo() else []
+
+
+def converted_dir():
+    return f"{RESULTS}/models/{BASE}/converted"
+
+
+def warmup_settings(loss):
+    settings = {k: v for k, v in config["warmup"].items()}
+    settings["quality_loss_type"] = loss
+    return settings
+
+
+def finetune_settings(target):
+    settings = dict(config["finetune"])
+    settings.update(config["targets"][target].get("finetune", {}))
+    return settings
+
+
+def gpus(stage):
+    return config["resources"]["gpus"].get(stage, 0)
+
+
+def threads(stage):
+    table = config["resources"]["threads"]
+    return table.get(stage, table.get("default", 1))
+
+
+def mem_mb(stage):
+    table = config["resources"]["mem_mb"]
+    return table.get(stage, table.get("default", 4000))
+
+
+def selection_paths():
+    """Every selection of the sweep, as the {selection} wildcard value."""
+    paths = []
+    for method in METHODS:
+        if method == "random":
+            paths += [f"random/p{pct}" for pct in PERCENTAGES]
+        else:
+            paths += [f"{method}/{loss}/p{pct}" for loss in LOSSES for pct in PERCENTAGES]
+    if SELECTION.get("full_baseline", True):
+        paths.append("full")
+    return paths
+
+
+def summary_points():
+    """One point per (target, selection) plus the base model of each target."""
+    points = []
+    for target in TARGETS:
+        points.append(
+            {
+                "target": target,
+                "method": "base",
+                "loss": None,
+                "percentage": None,
+                "results_json": f"{RESULTS}/eval/{target}/base/results.json",
+            }
+        )
+        for selection in selection_paths():
+            parts = selection.split("/")
+            method = parts[0]
+            loss = parts[1] if len(parts) == 3 else None
+            pct = float(parts[-1][1:]) if parts[-1].startswith("p") else 1.0
+            points.append(
+                {
+                    "target": target,
+                    "method": method,
+                    "loss": loss,
+                    "percentage": pct,
+                    "results_json": f"{RESULTS}/eval/{target}/{selection}/results.json",
+                    "selection_json": f"{RESULTS}/selection/{selection}/selection.json",
+                }
+            )
+    return points
+
+
+def get_final_output():
+    outputs = [
+        f"{RESULTS}/summary.csv",
+        f"{RESULTS}/summary.md",
+        f"{RESULTS}/models/{BASE}/verify_conversion.json",
+        f"{RESULTS}/data/validate_data.json",
+    ]
+    return outputs

@@ -1,0 +1,19 @@
+rule build_demo:
+    output:
+        manifest=demo_outputs()["manifest"],
+        noise_labels=demo_outputs()["noise_labels"],
+        pool=demo_outputs()["pool"],
+        base_model=directory(demo_outputs()["base_model"]),
+        target_model=directory(demo_outputs()["target_model"]),
+        tasks=directory(demo_outputs()["tasks"]),
+    params:
+        out_dir=DEMO_DIR,
+        seed=config.get("demo", {}).get("seed", 0),
+        demo_params=config.get("demo", {}).get("params", {}),
+    log:
+        f"{RESULTS}/logs/build_demo.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_demo.tsv"
+    threads: 2
+    script:
+        "../workflow_scripts/build_demo.py"

@@ -1,0 +1,19 @@
+rule finetune:
+    input:
+        get_target_input,
+        selected=f"{RESULTS}/selection/{{selection}}/selected_data.jsonl",
+    output:
+        adapter=directory(f"{RESULTS}/finetune/{{target}}/{{selection}}/adapter"),
+    params:
+        base_model=lambda wildcards: get_target_model(wildcards.target),
+        settings=lambda wildcards: finetune_settings(wildcards.target),
+    log:
+        f"{RESULTS}/logs/finetune/{{target}}/{{selection}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finetune/{{target}}/{{selection}}.tsv"
+    threads: threads("finetune")
+    resources:
+        gpu=gpus("finetune"),
+        mem_mb=mem_mb("finetune"),
+    script:
+        "../workflow_scripts/finetune.py"

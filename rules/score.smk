@@ -1,0 +1,19 @@
+rule score:
+    input:
+        model=converted_dir(),
+        weights=f"{RESULTS}/warmup/{{loss}}/full_rank_weights.pt",
+        pool=lambda wildcards: get_pool_files(wildcards.dataset),
+    output:
+        router_data=f"{RESULTS}/router_data/{{loss}}/{{dataset}}_router_data.pt",
+    params:
+        settings=config["scoring"],
+    log:
+        f"{RESULTS}/logs/score/{{loss}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score/{{loss}}/{{dataset}}.tsv"
+    threads: threads("score")
+    resources:
+        gpu=gpus("score"),
+        mem_mb=mem_mb("score"),
+    script:
+        "../workflow_scripts/score.py"

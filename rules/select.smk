@@ -1,0 +1,66 @@
+rule select_routed:
+    """Selections that use the router data: selectmoe, quality_topk, diversity."""
+    input:
+        router_data=expand(
+            f"{RESULTS}/router_data/{{{{loss}}}}/{{dataset}}_router_data.pt", dataset=DATASETS
+        ),
+        pool=get_all_pool_files,
+    output:
+        selected=f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/selected_data.jsonl",
+        info=f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/selection.json",
+        plots=directory(f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/plots"),
+    params:
+        method=lambda wildcards: wildcards.method,
+        percentage=lambda wildcards: float(wildcards.pct),
+        selection=SELECTION,
+    log:
+        f"{RESULTS}/logs/select/{{method}}/{{loss}}/p{{pct}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/select/{{method}}/{{loss}}/p{{pct}}.tsv"
+    threads: threads("select")
+    resources:
+        mem_mb=mem_mb("select"),
+    script:
+        "../workflow_scripts/select.py"
+
+
+rule select_random:
+    """The random baseline: depends on the pool only, not on any loss type."""
+    input:
+        pool=get_all_pool_files,
+    output:
+        selected=f"{RESULTS}/selection/random/p{{pct}}/selected_data.jsonl",
+        info=f"{RESULTS}/selection/random/p{{pct}}/selection.json",
+        plots=directory(f"{RESULTS}/selection/random/p{{pct}}/plots"),
+    params:
+        method="random",
+        percentage=lambda wildcards: float(wildcards.pct),
+        selection=SELECTION,
+    log:
+        f"{RESULTS}/logs/select/random/p{{pct}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/select/random/p{{pct}}.tsv"
+    threads: 1
+    script:
+        "../workflow_scripts/select.py"
+
+
+rule select_full:
+    """The `full` reference: the whole pool."""
+    input:
+        pool=get_all_pool_files,
+    output:
+        selected=f"{RESULTS}/selection/full/selected_data.jsonl",
+        info=f"{RESULTS}/selection/full/selection.json",
+        plots=directory(f"{RESULTS}/selection/full/plots"),
+    params:
+        method="full",
+        percentage=1.0,
+        selection=SELECTION,
+    log:
+        f"{RESULTS}/logs/select/full.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/select/full.tsv"
+    threads: 1
+    script:
+        "../workflow_scripts/select.py"

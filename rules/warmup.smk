@@ -1,0 +1,18 @@
+rule warmup:
+    input:
+        model=converted_dir(),
+        pool=get_all_pool_files,
+    output:
+        weights=f"{RESULTS}/warmup/{{loss}}/full_rank_weights.pt",
+    params:
+        settings=lambda wildcards: warmup_settings(wildcards.loss),
+    log:
+        f"{RESULTS}/logs/warmup/{{loss}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/warmup/{{loss}}.tsv"
+    threads: threads("warmup")
+    resources:
+        gpu=gpus("warmup"),
+        mem_mb=mem_mb("warmup"),
+    script:
+        "../workflow_scripts/warmup.py"

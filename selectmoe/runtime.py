@@ -1,0 +1,46 @@
+"""Set-up shared by the workflow's job scripts: logging into the rule's log, threads, errors.
+
+Kept free of Snakemake imports: the scripts pass in what they read from the ``snakemake`` object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from selectmoe.errors import SelectMoeError
+
+__all__ = ["run_job"]
+
+
+def run_job(log_path: str | os.PathLike[str] | None, threads: int, job: Callable[[], Any]) -> Any:
+    """Run ``job`` with stderr and logging sent to ``log_path`` and torch limited to ``threads``.
+
+    A :class:`SelectMoeError` is written to the log (and to the real stderr) as one line and the
+    process exits with status 2, so Snakemake marks the job failed and removes its outputs.
+    """
+    real_stderr = sys.stderr
+    if log_path:
+        os.makedirs(os.path.dirname(os.fspath(log_path)) or ".", exist_ok=True)
+        sys.stderr = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        return job()
+    except SelectMoeError as error:
+        message = f"selectmoe: error: {error}"
+        logging.getLogger("selectmoe").error(message)
+        if sys.stderr is not real_stderr:
+            print(message, file=real_stderr)
+        sys.exit(2)

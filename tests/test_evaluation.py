@@ -1,0 +1,404 @@
+"""Stage 4 tests: lm-eval on a tiny local Llama, a local multiple-choice task and a LoRA adapter.
+
+Everything is built in a temporary directory; no network, no model hub.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+
+from selectmoe.errors import EvaluationError, SelectMoeError
+from selectmoe.evaluation import load_results, read_task_metrics, run_lm_eval
+
+N_DOCS = 10
+COLOURS = ["red", "blue", "green", "yellow"]
+THINGS = ["sky", "grass", "sun", "sea", "cat", "dog", "a", "b", "c", "d"]
+# The embedding is padded beyond the tokenizer (as Qwen2.5's is): lm-eval would shrink it.
+EMBEDDING_PADDING = 8
+LORA_PARAMS = 2 * 2 * (32 * 4 + 4 * 32)  # layers x (q, v) x (A + B) with hidden 32, r 4
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Llama + tokenizer, a LoRA adapter that changes its outputs, and a local task."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        return _build_assets(tmp_path_factory.mktemp("eval"))
+
+
+def _build_assets(root: Path) -> dict[str, Path]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "Question", ":", "Answer", "what", "colour"]
+    words += ["is", "the", "?", *COLOURS, *THINGS]
+    vocab = {word: i for i, word in enumerate(dict.fromkeys(words))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocab) + EMBEDDING_PADDING,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    torch.manual_seed(0)
+    model_dir = root / "model"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    with warnings.catch_warnings():
+        # peft 0.21 calls an API that transformers 5 deprecates; not ours to fix.
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(
+            LlamaForCausalLM.from_pretrained(model_dir),
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        )
+    with torch.no_grad():
+        # LoRA starts with B = 0 (a no-op); random B makes the adapter change the outputs.
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 1.0)
+    adapter_dir = root / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+
+    task_dir = root / "tasks"
+    task_dir.mkdir()
+    data_file = task_dir / "tiny_colours.jsonl"
+    with data_file.open("w", encoding="utf-8") as handle:
+        for i, thing in enumerate(THINGS):
+            doc = {"question": f"what colour is the {thing} ?", "choices": COLOURS, "label": i % 4}
+            handle.write(json.dumps(doc) + "\n")
+    (task_dir / "tiny_colours.yaml").write_text(
+        "task: tiny_colours\n"
+        "dataset_path: json\n"
+        "dataset_kwargs:\n"
+        "  data_files:\n"
+        f"    test: {data_file}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question : {{question}} Answer :"\n'
+        "doc_to_choice: choices\n"
+        "doc_to_target: label\n"
+        "metric_list:\n"
+        "  - metric: acc\n"
+        "  - metric: acc_norm\n"
+        "metadata:\n"
+        "  version: 1.0\n",
+        encoding="utf-8",
+    )
+    return {"model": model_dir, "adapter": adapter_dir, "tasks": task_dir, "root": root}
+
+
+@pytest.fixture(scope="module")
+def base_run(assets: dict[str, Path]) -> dict[str, object]:
+    out = assets["root"] / "runs" / "base.json"
+    samples = assets["root"] / "runs" / "base_samples.jsonl"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        returned = run_lm_eval(
+            pretrained=str(assets["model"]),
+            adapter=None,
+            tasks=["tiny_colours"],
+            include_path=str(assets["tasks"]),
+            output_json=out,
+            samples_jsonl=samples,
+            batch_size=8,
+            seed=7,
+        )
+    return {"path": out, "samples": samples, "returned": returned}
+
+
+@pytest.fixture(scope="module")
+def adapter_run(assets: dict[str, Path]) -> dict[str, object]:
+    out = assets["root"] / "runs" / "adapter.json"
+    samples = assets["root"] / "runs" / "adapter_samples.jsonl"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        returned = run_lm_eval(
+            pretrained=str(assets["model"]),
+            adapter=str(assets["adapter"]),
+            tasks=["tiny_colours"],
+            include_path=str(assets["tasks"]),
+            output_json=out,
+            samples_jsonl=samples,
+            batch_size=8,
+            seed=7,
+        )
+    return {"path": out, "samples": samples, "returned": returned}
+
+
+def _strict_json(path: Path) -> dict:
+    """Parse ``path`` refusing NaN/Infinity, which are not JSON."""
+
+    def reject(constant: str) -> None:
+        raise AssertionError(f"{path} holds the non-JSON constant {constant}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=reject)
+
+
+def _loglikelihoods(path: Path) -> list[list[float]]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [[choice[0] for choice in row["filtered_resps"]] for row in rows]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_base_run_writes_results(base_run: dict[str, object]) -> None:
+    data = _strict_json(base_run["path"])
+    assert data == base_run["returned"]
+    entry = data["results"]["tiny_colours"]
+    assert 0.0 <= entry["acc,none"] <= 1.0
+    assert 0.0 <= entry["acc_norm,none"] <= 1.0
+    assert "acc_stderr,none" in entry
+    assert data["n-samples"]["tiny_colours"] == {"original": N_DOCS, "effective": N_DOCS}
+    assert data["versions"]["tiny_colours"] == 1.0
+    assert data["configs"]["tiny_colours"]["output_type"] == "multiple_choice"
+    assert "samples" not in data  # per-sample logs never go into the results JSON
+
+    block = data["selectmoe"]
+    assert block["adapter"] is None
+    assert block["tasks"] == ["tiny_colours"]
+    assert block["seed"] == 7
+    assert block["batch_size"] == 8
+    assert block["wall_time_s"] > 0
+    assert "peft" not in data["config"]["model_args"]
+    # All four of lm-eval's seeds come from the one seed argument.
+    for key in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed"):
+        assert data["config"][key] == 7
+
+
+def test_samples_jsonl_has_one_line_per_document(base_run: dict[str, object]) -> None:
+    lines = Path(base_run["samples"]).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == N_DOCS
+    record = json.loads(lines[0])
+    assert record["task"] == "tiny_colours"
+    assert len(record["filtered_resps"]) == len(COLOURS)
+    assert set(record["metrics"]) == {"acc", "acc_norm"}
+
+
+def test_adapter_is_loaded_and_changes_outputs(
+    base_run: dict[str, object], adapter_run: dict[str, object], assets: dict[str, Path]
+) -> None:
+    base = _strict_json(base_run["path"])
+    tuned = _strict_json(adapter_run["path"])
+    assert tuned["config"]["model_args"]["peft"] == str(assets["adapter"].resolve())
+    assert tuned["selectmoe"]["adapter"] == str(assets["adapter"])
+    # Exactly the LoRA weights are added: lm-eval's stock loader would also have shrunk the
+    # padded embedding and output matrices to the tokenizer's length.
+    added = tuned["config"]["model_num_parameters"] - base["config"]["model_num_parameters"]
+    assert added == LORA_PARAMS
+    base_ll = _loglikelihoods(base_run["samples"])
+    tuned_ll = _loglikelihoods(adapter_run["samples"])
+    assert len(base_ll) == len(tuned_ll) == N_DOCS
+    differences = [
+        abs(a - b)
+        for doc_a, doc_b in zip(base_ll, tuned_ll, strict=True)
+        for a, b in zip(doc_a, doc_b, strict=True)
+    ]
+    assert max(differences) > 1e-3
+
+
+def test_read_task_metrics_on_run(base_run: dict[str, object]) -> None:
+    metrics = read_task_metrics(base_run["path"])
+    raw = _strict_json(base_run["path"])["results"]["tiny_colours"]
+    assert metrics == {"tiny_colours": {"acc": raw["acc,none"], "acc_norm": raw["acc_norm,none"]}}
+
+
+def test_limit_and_fewshot(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "limited.json"
+    data = run_lm_eval(
+        pretrained=str(assets["model"]),
+        adapter=None,
+        tasks=["tiny_colours"],
+        include_path=assets["tasks"],
+        output_json=out,
+        limit=3.0,
+        num_fewshot=1,
+    )
+    assert data["n-samples"]["tiny_colours"] == {"original": N_DOCS, "effective": 3}
+    assert data["n-shot"]["tiny_colours"] == 1
+    assert data["selectmoe"]["limit"] == 3
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_task_lists_similar_names(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "never.json"
+    with pytest.raises(EvaluationError, match=r"unknown lm-eval task 'tiny_colour'.*tiny_colours"):
+        run_lm_eval(
+            pretrained=str(assets["model"]),
+            adapter=None,
+            tasks=["tiny_colour"],
+            include_path=str(assets["tasks"]),
+            output_json=out,
+        )
+    assert not out.exists()
+
+
+def test_missing_adapter_dir(assets: dict[str, Path], tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_adapter"
+    with pytest.raises(EvaluationError, match=r"adapter directory not found: .*no_such_adapter"):
+        run_lm_eval(
+            pretrained=str(assets["model"]),
+            adapter=str(missing),
+            tasks=["tiny_colours"],
+            include_path=str(assets["tasks"]),
+            output_json=tmp_path / "never.json",
+        )
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_adapter_dir_without_adapter_config(assets: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(EvaluationError, match=r"has no adapter_config\.json"):
+        run_lm_eval(
+            pretrained=str(assets["model"]),
+            adapter=str(tmp_path),
+            tasks=["tiny_colours"],
+            output_json=tmp_path / "never.json",
+        )
+
+
+def test_missing_pretrained_dir(tmp_path: Path) -> None:
+    with pytest.raises(EvaluationError, match=r"pretrained model directory not found"):
+        run_lm_eval(
+            pretrained=str(tmp_path / "nowhere" / "model"),
+            adapter=None,
+            tasks=["tiny_colours"],
+            output_json=tmp_path / "never.json",
+        )
+
+
+def test_missing_data_file_is_reported_before_loading(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    yaml_text = (assets["tasks"] / "tiny_colours.yaml").read_text(encoding="utf-8")
+    yaml_text = yaml_text.replace("task: tiny_colours", "task: tiny_broken")
+    yaml_text = yaml_text.replace(str(assets["tasks"] / "tiny_colours.jsonl"), "gone/x.jsonl")
+    (task_dir / "broken.yaml").write_text(yaml_text, encoding="utf-8")
+    with pytest.raises(EvaluationError, match=r"task 'tiny_broken'.*'gone/x.jsonl' not found"):
+        run_lm_eval(
+            pretrained=str(assets["model"]),
+            adapter=None,
+            tasks=["tiny_broken"],
+            include_path=task_dir,
+            output_json=tmp_path / "never.json",
+        )
+
+
+def test_chat_template_required_when_requested(assets: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(EvaluationError, match="has no chat template"):
+        run_lm_eval(
+            pretrained=str(assets["model"]),
+            adapter=None,
+            tasks=["tiny_colours"],
+            include_path=str(assets["tasks"]),
+            output_json=tmp_path / "never.json",
+            apply_chat_template=True,
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"tasks": "tiny_colours"}, "must be a list of task names"),
+        ({"tasks": []}, "no evaluation tasks"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": "fast"}, "batch_size"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 2.5}, "limit"),
+        ({"num_fewshot": -1}, "num_fewshot"),
+        ({"dtype": "float64"}, "dtype must be one of"),
+        ({"device": "tpu"}, "device must be"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_options(options: dict, pattern: str, tmp_path: Path) -> None:
+    kwargs = {
+        "pretrained": str(tmp_path),
+        "adapter": None,
+        "tasks": ["tiny_colours"],
+        "output_json": tmp_path / "never.json",
+        **options,
+    }
+    with pytest.raises(EvaluationError, match=pattern):
+        run_lm_eval(**kwargs)
+
+
+# --------------------------------------------------------------------------- reading results
+
+
+def test_read_task_metrics_strips_filter_and_stderr() -> None:
+    results = {
+        "results": {
+            "arc_easy": {
+                "alias": "arc_easy",
+                "sample_len": 100,
+                "acc,none": 0.5,
+                "acc_stderr,none": 0.05,
+                "acc_norm,none": 0.25,
+                "acc_norm_stderr,none": "N/A",
+            },
+            "gsm": {"exact_match,strict-match": 0.125, "exact_match_stderr,strict-match": 0.01},
+        }
+    }
+    assert read_task_metrics(results) == {
+        "arc_easy": {"acc": 0.5, "acc_norm": 0.25},
+        "gsm": {"exact_match,strict-match": 0.125},
+    }
+
+
+def test_load_results_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    with pytest.raises(SelectMoeError, match=r"results file not found: .*missing\.json"):
+        load_results(missing)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"results": {', encoding="utf-8")
+    with pytest.raises(SelectMoeError, match=r"invalid JSON in results file .*broken\.json"):
+        load_results(broken)
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"results": {}}', encoding="utf-8")
+    with pytest.raises(SelectMoeError, match=r"empty\.json: no per-task 'results'"):
+        load_results(empty)
+
+
+def test_nan_metrics_become_null() -> None:
+    from selectmoe.evaluation import _jsonable
+
+    converted = _jsonable({"a": math.nan, "b": (1, 2.0), "c": {"d": math.inf}})
+    assert converted == {"a": None, "b": [1, 2.0], "c": {"d": None}}

@@ -1,0 +1,15 @@
+"""Glue: rule summarize -> selectmoe.summary.summarize."""
+
+from selectmoe.runtime import run_job
+from selectmoe.summary import summarize
+
+run_job(
+    snakemake.log[0],  # noqa: F821
+    snakemake.threads,  # noqa: F821
+    lambda: summarize(
+        list(snakemake.params.points),  # noqa: F821
+        output_csv=snakemake.output.csv,  # noqa: F821
+        output_md=snakemake.output.md,  # noqa: F821
+        plot_path=snakemake.output.plot,  # noqa: F821
+    ),
+)

@@ -3,7 +3,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config is the default; a --configfile replaces it instead of merging into it, so that
+# the paper's targets and tasks are not mixed with the demo's.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"
@@ -22,6 +26,6 @@ include: "rules/summarize.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

@@ -46,7 +46,7 @@ def demo_outputs():
     return {
         "manifest": f"{DEMO_DIR}/demo_manifest.json",
         "noise_labels": f"{DEMO_DIR}/noise_labels.jsonl",
-        "pool": [f"{DEMO_DIR}/pool/{d}/{d}_data.jsonl" for d in DATASETS],
+        "pool": [f for d in DATASETS for f in get_pool_files(d)],
         "base_model": f"{DEMO_DIR}/base_model",
         "target_model": f"{DEMO_DIR}/target_model",
         "tasks": f"{DEMO_DIR}/tasks",
@@ -54,17 +54,10 @@ def demo_outputs():
 
 
 def get_pool_files(dataset):
-    """The JSONL files of one dataset: the demo's, or {pool_dir}/{dataset}/*.jsonl."""
-    if is_demo():
-        return [f"{DEMO_DIR}/pool/{dataset}/{dataset}_data.jsonl"]
-    pool_dir = config["data"].get("pool_dir")
-    files = sorted(str(p) for p in Path(pool_dir).glob(f"{dataset}/*.jsonl")) if pool_dir else []
-    if not files:
-        raise WorkflowError(
-            f"no pool files for dataset {dataset!r} under {pool_dir}/{dataset}/*.jsonl; "
-            "put the LESS data there or fix data.pool_dir"
-        )
-    return files
+    """The JSONL files of one dataset: {pool_dir}/{file_pattern} (the demo's pool when active)."""
+    pool_dir = f"{DEMO_DIR}/pool" if is_demo() else config["data"]["pool_dir"]
+    pattern = config["data"]["file_pattern"]
+    return [f"{pool_dir}/{pattern.format(dataset=dataset)}"]
 
 
 def get_all_pool_files(wildcards=None):
@@ -81,7 +74,11 @@ def get_base_source_input(wildcards):
 
 
 def get_target_model(target):
-    return demo_outputs()["target_model"] if is_demo() else config["targets"][target]["model"]
+    return (
+        demo_outputs()["target_model"]
+        if is_demo()
+        else config["targets"][target]["model"]
+    )
 
 
 def get_target_input(wildcards):
@@ -129,7 +126,9 @@ def selection_paths():
         if method == "random":
             paths += [f"random/p{pct}" for pct in PERCENTAGES]
         else:
-            paths += [f"{method}/{loss}/p{pct}" for loss in LOSSES for pct in PERCENTAGES]
+            paths += [
+                f"{method}/{loss}/p{pct}" for loss in LOSSES for pct in PERCENTAGES
+            ]
     if SELECTION.get("full_baseline", True):
         paths.append("full")
     return paths

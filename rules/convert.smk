@@ -3,11 +3,6 @@ rule convert:
         get_base_source_input,
     output:
         model=directory(converted_dir()),
-    params:
-        source=get_base_source(),
-        gate_init_mean=config["base_model"]["quality_gate_init_mean"],
-        gate_init_std=config["base_model"]["quality_gate_init_std"],
-        seed=config["base_model"]["conversion_seed"],
     log:
         f"{RESULTS}/logs/convert.log",
     benchmark:
@@ -15,6 +10,11 @@ rule convert:
     threads: threads("convert")
     resources:
         mem_mb=mem_mb("convert"),
+    params:
+        source=get_base_source(),
+        gate_init_mean=config["base_model"]["quality_gate_init_mean"],
+        gate_init_std=config["base_model"]["quality_gate_init_std"],
+        seed=config["base_model"]["conversion_seed"],
     script:
         "../workflow_scripts/convert.py"
 
@@ -25,8 +25,6 @@ rule verify_conversion:
         model=converted_dir(),
     output:
         report=f"{RESULTS}/models/{BASE}/verify_conversion.json",
-    params:
-        source=get_base_source(),
     log:
         f"{RESULTS}/logs/verify_conversion.log",
     benchmark:
@@ -34,5 +32,7 @@ rule verify_conversion:
     threads: threads("convert")
     resources:
         mem_mb=mem_mb("convert"),
+    params:
+        source=get_base_source(),
     script:
         "../workflow_scripts/verify_conversion.py"

@@ -6,14 +6,14 @@ rule build_demo:
         base_model=directory(demo_outputs()["base_model"]),
         target_model=directory(demo_outputs()["target_model"]),
         tasks=directory(demo_outputs()["tasks"]),
-    params:
-        out_dir=DEMO_DIR,
-        seed=config.get("demo", {}).get("seed", 0),
-        demo_params=config.get("demo", {}).get("params", {}),
     log:
         f"{RESULTS}/logs/build_demo.log",
     benchmark:
         f"{RESULTS}/benchmarks/build_demo.tsv"
     threads: 2
+    params:
+        out_dir=DEMO_DIR,
+        seed=config.get("demo", {}).get("seed", 0),
+        demo_params=config.get("demo", {}).get("params", {}),
     script:
         "../workflow_scripts/build_demo.py"

@@ -5,9 +5,6 @@ rule evaluate:
         adapter=f"{RESULTS}/finetune/{{target}}/{{selection}}/adapter",
     output:
         results=f"{RESULTS}/eval/{{target}}/{{selection}}/results.json",
-    params:
-        base_model=lambda wildcards: get_target_model(wildcards.target),
-        evaluation=config["evaluation"],
     log:
         f"{RESULTS}/logs/evaluate/{{target}}/{{selection}}.log",
     benchmark:
@@ -16,6 +13,9 @@ rule evaluate:
     resources:
         gpu=gpus("evaluate"),
         mem_mb=mem_mb("evaluate"),
+    params:
+        base_model=lambda wildcards: get_target_model(wildcards.target),
+        evaluation=config["evaluation"],
     script:
         "../workflow_scripts/evaluate.py"
 
@@ -27,9 +27,6 @@ rule evaluate_base:
         get_eval_inputs,
     output:
         results=f"{RESULTS}/eval/{{target}}/base/results.json",
-    params:
-        base_model=lambda wildcards: get_target_model(wildcards.target),
-        evaluation=config["evaluation"],
     log:
         f"{RESULTS}/logs/evaluate/{{target}}/base.log",
     benchmark:
@@ -38,5 +35,8 @@ rule evaluate_base:
     resources:
         gpu=gpus("evaluate"),
         mem_mb=mem_mb("evaluate"),
+    params:
+        base_model=lambda wildcards: get_target_model(wildcards.target),
+        evaluation=config["evaluation"],
     script:
         "../workflow_scripts/evaluate.py"

@@ -4,9 +4,6 @@ rule finetune:
         selected=f"{RESULTS}/selection/{{selection}}/selected_data.jsonl",
     output:
         adapter=directory(f"{RESULTS}/finetune/{{target}}/{{selection}}/adapter"),
-    params:
-        base_model=lambda wildcards: get_target_model(wildcards.target),
-        settings=lambda wildcards: finetune_settings(wildcards.target),
     log:
         f"{RESULTS}/logs/finetune/{{target}}/{{selection}}.log",
     benchmark:
@@ -15,5 +12,8 @@ rule finetune:
     resources:
         gpu=gpus("finetune"),
         mem_mb=mem_mb("finetune"),
+    params:
+        base_model=lambda wildcards: get_target_model(wildcards.target),
+        settings=lambda wildcards: finetune_settings(wildcards.target),
     script:
         "../workflow_scripts/finetune.py"

@@ -5,8 +5,6 @@ rule score:
         pool=lambda wildcards: get_pool_files(wildcards.dataset),
     output:
         router_data=f"{RESULTS}/router_data/{{loss}}/{{dataset}}_router_data.pt",
-    params:
-        settings=config["scoring"],
     log:
         f"{RESULTS}/logs/score/{{loss}}/{{dataset}}.log",
     benchmark:
@@ -15,5 +13,7 @@ rule score:
     resources:
         gpu=gpus("score"),
         mem_mb=mem_mb("score"),
+    params:
+        settings=config["scoring"],
     script:
         "../workflow_scripts/score.py"

@@ -2,17 +2,14 @@ rule select_routed:
     """Selections that use the router data: selectmoe, quality_topk, diversity."""
     input:
         router_data=expand(
-            f"{RESULTS}/router_data/{{{{loss}}}}/{{dataset}}_router_data.pt", dataset=DATASETS
+            f"{RESULTS}/router_data/{{{{loss}}}}/{{dataset}}_router_data.pt",
+            dataset=DATASETS,
         ),
         pool=get_all_pool_files,
     output:
         selected=f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/selected_data.jsonl",
         info=f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/selection.json",
         plots=directory(f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/plots"),
-    params:
-        method=lambda wildcards: wildcards.method,
-        percentage=lambda wildcards: float(wildcards.pct),
-        selection=SELECTION,
     log:
         f"{RESULTS}/logs/select/{{method}}/{{loss}}/p{{pct}}.log",
     benchmark:
@@ -20,6 +17,10 @@ rule select_routed:
     threads: threads("select")
     resources:
         mem_mb=mem_mb("select"),
+    params:
+        method=lambda wildcards: wildcards.method,
+        percentage=lambda wildcards: float(wildcards.pct),
+        selection=SELECTION,
     script:
         "../workflow_scripts/select.py"
 
@@ -32,15 +33,15 @@ rule select_random:
         selected=f"{RESULTS}/selection/random/p{{pct}}/selected_data.jsonl",
         info=f"{RESULTS}/selection/random/p{{pct}}/selection.json",
         plots=directory(f"{RESULTS}/selection/random/p{{pct}}/plots"),
-    params:
-        method="random",
-        percentage=lambda wildcards: float(wildcards.pct),
-        selection=SELECTION,
     log:
         f"{RESULTS}/logs/select/random/p{{pct}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/select/random/p{{pct}}.tsv"
     threads: 1
+    params:
+        method="random",
+        percentage=lambda wildcards: float(wildcards.pct),
+        selection=SELECTION,
     script:
         "../workflow_scripts/select.py"
 
@@ -53,14 +54,14 @@ rule select_full:
         selected=f"{RESULTS}/selection/full/selected_data.jsonl",
         info=f"{RESULTS}/selection/full/selection.json",
         plots=directory(f"{RESULTS}/selection/full/plots"),
-    params:
-        method="full",
-        percentage=1.0,
-        selection=SELECTION,
     log:
         f"{RESULTS}/logs/select/full.log",
     benchmark:
         f"{RESULTS}/benchmarks/select/full.tsv"
     threads: 1
+    params:
+        method="full",
+        percentage=1.0,
+        selection=SELECTION,
     script:
         "../workflow_scripts/select.py"

@@ -1,17 +1,19 @@
 rule summarize:
     input:
         results=[p["results_json"] for p in summary_points()],
-        selections=[p["selection_json"] for p in summary_points() if "selection_json" in p],
+        selections=[
+            p["selection_json"] for p in summary_points() if "selection_json" in p
+        ],
     output:
         csv=report(f"{RESULTS}/summary.csv", category="Summary"),
         md=f"{RESULTS}/summary.md",
         plot=report(f"{RESULTS}/summary_accuracy.png", category="Summary"),
-    params:
-        points=summary_points(),
     log:
         f"{RESULTS}/logs/summarize.log",
     benchmark:
         f"{RESULTS}/benchmarks/summarize.tsv"
     threads: 1
+    params:
+        points=summary_points(),
     script:
         "../workflow_scripts/summarize.py"

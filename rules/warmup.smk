@@ -4,8 +4,6 @@ rule warmup:
         pool=get_all_pool_files,
     output:
         weights=f"{RESULTS}/warmup/{{loss}}/full_rank_weights.pt",
-    params:
-        settings=lambda wildcards: warmup_settings(wildcards.loss),
     log:
         f"{RESULTS}/logs/warmup/{{loss}}.log",
     benchmark:
@@ -14,5 +12,7 @@ rule warmup:
     resources:
         gpu=gpus("warmup"),
         mem_mb=mem_mb("warmup"),
+    params:
+        settings=lambda wildcards: warmup_settings(wildcards.loss),
     script:
         "../workflow_scripts/warmup.py"

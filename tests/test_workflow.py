@@ -1,0 +1,225 @@
+"""The Snakemake workflow: DAG shapes, config validation at start, and a full tiny run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "rules", "config", "workflow_scripts", "report", "profiles"]
+PAPER_DATASETS = ["cot", "dolly", "flan_v2", "oasst1"]
+
+
+def _copy_workflow(destination: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name)
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def _snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # job scripts run with the `python` on PATH: make it the interpreter running the tests
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table."""
+    block = output.split("Job stats:", 1)[1]
+    counts: dict[str, int] = {}
+    for line in block.splitlines()[3:]:
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+@pytest.fixture
+def workflow_dir(tmp_path: Path) -> Path:
+    return _copy_workflow(tmp_path)
+
+
+def test_demo_dag_counts(workflow_dir: Path) -> None:
+    result = _snakemake(workflow_dir, "-n", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = _job_counts(result.stdout + result.stderr)
+    # 2 loss types x 2 percentages x {selectmoe, random} + full, one target
+    assert counts == {
+        "build_demo": 1,
+        "validate_data": 1,
+        "convert": 1,
+        "verify_conversion": 1,
+        "warmup": 2,
+        "score": 8,
+        "select_routed": 4,
+        "select_random": 2,
+        "select_full": 1,
+        "finetune": 7,
+        "evaluate": 7,
+        "evaluate_base": 1,
+        "summarize": 1,
+        "all": 1,
+        "total": 38,
+    }
+
+
+def test_paper_dag_counts(workflow_dir: Path) -> None:
+    # the LESS pool files only need to exist for the DAG; nothing is downloaded or read
+    for dataset in PAPER_DATASETS:
+        path = workflow_dir / "data/less/train/processed" / dataset / f"{dataset}_data.jsonl"
+        path.parent.mkdir(parents=True)
+        path.touch()
+    result = _snakemake(
+        workflow_dir,
+        "-n",
+        "--configfile",
+        "config/paper.yaml",
+        "--cores",
+        "32",
+        "--resources",
+        "gpu=4",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = _job_counts(result.stdout + result.stderr)
+    # 2 targets; 4 losses x 3 percentages x {selectmoe, quality_topk, diversity} = 36 routed
+    # selections, 3 random, 1 full -> 40 selections x 2 targets finetuned and evaluated
+    assert counts["warmup"] == 4
+    assert counts["score"] == 16
+    assert counts["select_routed"] == 36
+    assert counts["select_random"] == 3
+    assert counts["select_full"] == 1
+    assert counts["finetune"] == 80
+    assert counts["evaluate"] == 80
+    assert counts["evaluate_base"] == 2
+    assert counts["convert"] == counts["verify_conversion"] == counts["summarize"] == 1
+    assert "build_demo" not in counts
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"percentages": [0.1, 1.5]},
+            r"selection\.percentages\[1\]: 1\.5 is out of range; allowed: values > 0 and <= 1",
+        ),
+        ({"percentages": [0]}, r"selection\.percentages\[0\]: 0 is out of range"),
+        ({"percentages": [-0.2]}, r"selection\.percentages\[0\]: -0\.2 is out of range"),
+        (
+            {"loss_types": ["hinge"]},
+            r"selection\.loss_types\[0\]: 'hinge' is not allowed; allowed values: sigmoid, mse, "
+            r"beta_moment_matching, mean_variance_regularization",
+        ),
+        (
+            {"methods": ["best"]},
+            r"selection\.methods\[0\]: 'best' is not allowed; allowed values: selectmoe, random, "
+            r"quality_topk, diversity",
+        ),
+    ],
+)
+def test_bad_config_fails_at_start(workflow_dir: Path, change: dict, expected: str) -> None:
+    config = yaml.safe_load((workflow_dir / "config/config.yaml").read_text())
+    config["selection"].update(change)
+    (workflow_dir / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = _snakemake(workflow_dir, "--cores", "1", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    assert re.search(expected, result.stdout + result.stderr), (result.stdout + result.stderr)[
+        -2000:
+    ]
+    # nothing ran: no results directory, no job
+    assert not (workflow_dir / "results").exists()
+
+
+SMALL_DEMO = {
+    "demo": {
+        "activate": True,
+        "seed": 0,
+        "params": {"examples_per_dataset": 60, "eval_docs_per_task": 20, "pretrain_steps": 30},
+    },
+    "warmup": {"subset_ratio": 0.5, "max_sequence_length": 128},
+    "scoring": {"max_sequence_length": 128},
+    "selection": {
+        "loss_types": ["sigmoid", "mse"],
+        "percentages": [0.25],
+        "methods": ["selectmoe", "random"],
+        "clustering_params": {"auto_k": True, "k_range": [2, 6], "k_step": 2, "n_init": 1},
+    },
+    "finetune": {"epochs": 1, "max_sequence_length": 128},
+}
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.mark.slow
+def test_demo_workflow_end_to_end(workflow_dir: Path) -> None:
+    config = yaml.safe_load((workflow_dir / "config/config.yaml").read_text())
+    _deep_update(config, SMALL_DEMO)
+    (workflow_dir / "small.yaml").write_text(yaml.safe_dump(config))
+    result = _snakemake(workflow_dir, "--cores", "2", "--configfile", "small.yaml")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    results = workflow_dir / "results"
+    declared = [
+        "demo/demo_manifest.json",
+        "data/validate_data.json",
+        "models/demo-olmoe/converted/config.json",
+        "models/demo-olmoe/verify_conversion.json",
+        "eval/demo-llama/base/results.json",
+        "summary.csv",
+        "summary.md",
+        "summary_accuracy.png",
+    ]
+    for loss in ("sigmoid", "mse"):
+        declared.append(f"warmup/{loss}/full_rank_weights.pt")
+        declared += [f"router_data/{loss}/{d}_router_data.pt" for d in PAPER_DATASETS]
+    selections = ["selectmoe/sigmoid/p0.25", "selectmoe/mse/p0.25", "random/p0.25", "full"]
+    for selection in selections:
+        declared += [
+            f"selection/{selection}/selected_data.jsonl",
+            f"selection/{selection}/selection.json",
+            f"finetune/demo-llama/{selection}/adapter/adapter_config.json",
+            f"eval/demo-llama/{selection}/results.json",
+        ]
+    missing = [path for path in declared if not (results / path).is_file()]
+    assert not missing
+
+    with open(results / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 + len(selections)
+    assert {row["method"] for row in rows} == {"base", "selectmoe", "random", "full"}
+    for row in rows:
+        accuracy = float(row["mean_acc"])
+        assert 0.0 <= accuracy <= 1.0
+    # the selected share is what was asked for: 25% of 4 x 60 examples
+    selectmoe_rows = [row for row in rows if row["method"] == "selectmoe"]
+    assert all(int(row["n_selected"]) == 60 for row in selectmoe_rows)
+
+    again = _snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "small.yaml")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr

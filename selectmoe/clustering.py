@@ -63,7 +63,7 @@ DEFAULT_K_RANGE: tuple[int, int] = (10, 100)
 _METRICS = ("cosine",)
 _ALLOCATION_STRATEGIES = ("round_robin", "balanced")
 # Rows per block of the [rows, K] similarity matrices: bounds the extra memory whatever N is.
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 23
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,24 +182,37 @@ def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
 
 
 def _silhouette_core(
-    X: torch.Tensor, codes: torch.Tensor, n_clusters: int, *, dtype: torch.dtype
+    X: torch.Tensor,
+    codes: torch.Tensor,
+    n_clusters: int,
+    *,
+    dtype: torch.dtype,
+    normalized: bool = False,
 ) -> torch.Tensor:
-    """Per-sample cosine silhouette of ``X`` (any dtype, on the device of ``codes``)."""
+    """Per-sample cosine silhouette of ``X`` (any dtype, on the device of ``codes``).
+
+    ``normalized=True`` says the rows of ``X`` are already unit (or zero) rows, which saves a
+    normalisation per block; they are then used as they are.
+    """
     device = codes.device
     n_samples, n_features = X.shape
     chunk = _chunk_rows(max(n_clusters, n_features))
     eps = torch.finfo(dtype).eps
+
+    def unit_block(start: int) -> torch.Tensor:
+        block = X[start : start + chunk].to(device=device, dtype=dtype)
+        return block if normalized else _unit_rows(block)
+
     counts = torch.bincount(codes, minlength=n_clusters).to(dtype)
     # sums[c] = S_c, the sum of the unit rows of cluster c: [K, D]
     sums = torch.zeros(n_clusters, n_features, dtype=dtype, device=device)
     for start in range(0, n_samples, chunk):
-        unit = _unit_rows(X[start : start + chunk].to(device=device, dtype=dtype))
-        sums.index_add_(0, codes[start : start + chunk], unit)
+        sums.index_add_(0, codes[start : start + chunk], unit_block(start))
     # The identity subtracts two numbers of size |C|; below this the result is rounding noise.
     noise = 4.0 * eps * counts * math.sqrt(n_features)
     out = torch.empty(n_samples, dtype=dtype, device=device)
     for start in range(0, n_samples, chunk):
-        unit = _unit_rows(X[start : start + chunk].to(device=device, dtype=dtype))
+        unit = unit_block(start)
         own = codes[start : start + chunk]
         # dist_sums[i, c] = sum_{j in c} (1 - x̂_i·x̂_j) = |c| - x̂_i·S_c: [rows, K]
         dist_sums = counts - unit @ sums.T
@@ -574,26 +587,6 @@ class _LloydResult:
     converged: bool
 
 
-def _top2(sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Best index (first on ties, like argmax), best and second-best value of each row."""
-    best = sims.argmax(dim=1)
-    best_val = sims.gather(1, best[:, None]).squeeze(1)
-    if sims.shape[1] == 1:
-        return best, best_val, torch.full_like(best_val, -math.inf)
-    masked = sims.scatter(1, best[:, None], -math.inf)
-    return best, best_val, masked.max(dim=1).values
-
-
-def _angle_upper(sim: torch.Tensor, margin: float) -> torch.Tensor:
-    """An angle at least the true one, given a similarity computed with error below ``margin``."""
-    return torch.acos((sim.to(torch.float64) - margin).clamp_(-1.0, 1.0))
-
-
-def _angle_lower(sim: torch.Tensor, margin: float) -> torch.Tensor:
-    """An angle at most the true one, given a similarity computed with error below ``margin``."""
-    return torch.acos((sim.to(torch.float64) + margin).clamp_(-1.0, 1.0))
-
-
 def _own_similarity(
     unit: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor
 ) -> torch.Tensor:
@@ -606,6 +599,46 @@ def _own_similarity(
     return out
 
 
+class _Bounds:
+    """Elkan's bounds (Elkan 2003) on angles, for spherical k-means.
+
+    ``upper[i]`` is at least the angle between ``x̂_i`` and its own centre, ``lower[i, j]`` at most
+    the angle to centre ``j`` (the own column is +inf). Angles on the sphere obey the triangle
+    inequality, so when centre ``j`` moves by the angle ``β_j`` the bounds stay valid as
+    ``upper += β_own`` and ``lower[:, j] -= β_j``; a point with ``upper < min_j lower[:, j]``
+    provably keeps its centre and is not looked at. Similarities computed in floating point are off
+    by less than ``margin``, which the bounds absorb, and ``slack`` covers the rounding of the
+    float32 ``lower`` bookkeeping; so labels are those of plain Lloyd up to ties within rounding.
+    """
+
+    def __init__(self, n_samples: int, n_clusters: int, n_features: int, like: torch.Tensor):
+        self.margin = 16.0 * torch.finfo(like.dtype).eps * math.sqrt(n_features)
+        self.slack = 8.0 * torch.finfo(torch.float32).eps * math.pi
+        self.upper = torch.empty(n_samples, dtype=torch.float64, device=like.device)
+        # float32 halves the memory of the [N, K] table; slack keeps it conservative.
+        self.lower = torch.empty(n_samples, n_clusters, dtype=torch.float32, device=like.device)
+
+    def set_rows(self, rows: slice | torch.Tensor, sims: torch.Tensor) -> torch.Tensor:
+        """Exact bounds of ``rows`` from their similarities to all centres; returns the labels."""
+        best = sims.argmax(dim=1)  # first maximum on ties, as numpy's argmax
+        best_val = sims.gather(1, best[:, None]).squeeze(1).to(torch.float64)
+        self.upper[rows] = torch.acos((best_val - self.margin).clamp_(-1.0, 1.0))
+        lower = torch.acos((sims.to(torch.float32) + self.margin).clamp_(-1.0, 1.0))
+        lower.sub_(self.slack).scatter_(1, best[:, None], math.inf)
+        self.lower[rows] = lower
+        return best
+
+    def move(self, labels: torch.Tensor, moved: torch.Tensor) -> None:
+        """Update after the centres moved by the angles ``moved`` [K]."""
+        self.upper += moved[labels]
+        self.lower.sub_((moved + self.slack).to(torch.float32)[None, :])
+
+    def candidates(self) -> torch.Tensor:
+        """Rows whose bounds do not settle their assignment."""
+        threshold = (self.upper + self.slack).to(torch.float32)
+        return torch.nonzero((self.lower <= threshold[:, None]).any(dim=1)).flatten()
+
+
 def _lloyd(
     unit: torch.Tensor,
     init_centers: torch.Tensor,
@@ -613,41 +646,49 @@ def _lloyd(
     max_iter: int,
     tol: float,
 ) -> _LloydResult:
-    """Spherical Lloyd iterations from ``init_centers`` with Hamerly-style pruning.
-
-    Each point keeps an upper bound on the angle to its own centre and a lower bound on the angle
-    to the nearest other centre. Angles obey the triangle inequality, so after the centres move by
-    angles ``β_c`` the bounds become ``own + β_own`` and ``other - max_{c != own} β_c``; a point
-    whose own bound stays below its other bound keeps its centre and is not looked at. The bounds
-    absorb the rounding error of the similarities (``margin``), so the labels are those of plain
-    Lloyd up to ties within rounding error.
+    """Spherical Lloyd iterations from ``init_centers``, skipping settled points (:class:`_Bounds`).
 
     One iteration is an M-step (unit centroids from running float64 cluster sums) followed by an
-    E-step; the loop stops when no label changes (strict convergence) or when the squared centre
-    shift summed over clusters is at most ``tol`` (the labels are then those of the final centres,
-    as scikit-learn's final E-step gives).
+    E-step on the points whose bounds leave their assignment open; the loop stops when no label
+    changes (strict convergence) or when the squared centre shift summed over clusters is at most
+    ``tol`` (the labels are then those of the final centres, as scikit-learn's final E-step gives).
     """
     n_samples, n_features = unit.shape
     n_clusters = init_centers.shape[0]
     device, dtype = unit.device, unit.dtype
     chunk = _chunk_rows(max(n_clusters, n_features))
-    # Rounding error of a dot product of two unit vectors of length D in this dtype.
-    margin = 16.0 * torch.finfo(dtype).eps * math.sqrt(n_features)
+    bounds = _Bounds(n_samples, n_clusters, n_features, unit)
+    # Checking the own centre first is worth a gathered row only when a full row costs more.
+    tighten = n_clusters >= 32
 
     centers = init_centers.to(torch.float64)
     centers_c = centers.to(dtype)
     labels = torch.empty(n_samples, dtype=torch.int64, device=device)
-    ang_own = torch.empty(n_samples, dtype=torch.float64, device=device)
-    ang_other = torch.empty(n_samples, dtype=torch.float64, device=device)
     sums = torch.zeros(n_clusters, n_features, dtype=torch.float64, device=device)
     for start in range(0, n_samples, chunk):
-        block = unit[start : start + chunk]
-        best, best_val, second_val = _top2(block @ centers_c.T)
-        labels[start : start + chunk] = best
-        ang_own[start : start + chunk] = _angle_upper(best_val, margin)
-        ang_other[start : start + chunk] = _angle_lower(second_val, margin)
-        sums.index_add_(0, best, block.to(torch.float64))
+        rows = slice(start, start + chunk)
+        block = unit[rows]
+        labels[rows] = best = bounds.set_rows(rows, block @ centers_c.T)
+        # Per-block sums in the data's dtype, accumulated in float64 across blocks.
+        block_sums = torch.zeros(n_clusters, n_features, dtype=dtype, device=device)
+        sums += block_sums.index_add_(0, best, block).to(torch.float64)
     counts = torch.bincount(labels, minlength=n_clusters)
+
+    def reassign(rows: slice | torch.Tensor, block: torch.Tensor) -> int:
+        """Recompute the rows' labels and bounds; move changed rows between the sums."""
+        old = labels[rows]
+        best = bounds.set_rows(rows, block @ centers_c.T)
+        changed = best != old
+        if not bool(changed.any()):
+            return 0
+        moved_rows = block[changed].to(torch.float64)
+        sums.index_add_(0, best[changed], moved_rows)
+        sums.index_add_(0, old[changed], -moved_rows)
+        ones = torch.ones(moved_rows.shape[0], dtype=counts.dtype, device=device)
+        counts.index_add_(0, best[changed], ones)
+        counts.index_add_(0, old[changed], -ones)
+        labels[rows] = best
+        return int(changed.sum())
 
     converged = False
     n_iter = 0
@@ -658,47 +699,34 @@ def _lloyd(
         if bool((counts == 0).any()):
             relocated = _relocate_empty(unit, labels, sums, counts, centers_c)
         norms = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
-        # A cluster whose sum vanishes (empty, or opposite directions cancelling) keeps its centre.
+        # A cluster whose sum vanishes (opposite directions cancelling) keeps its centre.
         new_centers = torch.where(norms > 0, sums / torch.where(norms > 0, norms, 1.0), centers)
         shift_sq = ((new_centers - centers) ** 2).sum(dim=1)  # [K]
         moved = 2.0 * torch.asin((shift_sq.sqrt() / 2.0).clamp_(max=1.0))  # angle moved, [K]
         centers, centers_c = new_centers, new_centers.to(dtype)
-        # ---- bounds
-        ang_own += moved[labels]
-        if n_clusters > 1:
-            top_moves = moved.topk(2)
-            other_move = torch.where(
-                labels == top_moves.indices[0], top_moves.values[1], top_moves.values[0]
-            )
-            ang_other -= other_move
+        bounds.move(labels, moved)
         if relocated is not None:
-            ang_own[relocated] = math.inf
-        # ---- E-step on the points whose bounds do not settle their assignment
+            bounds.upper[relocated] = math.inf
+        # ---- E-step
         n_changed = 0
-        candidates = torch.nonzero(ang_own >= ang_other).flatten()
-        for index in candidates.split(chunk):
-            block = unit[index]
-            old = labels[index]
-            # First tighten the own bound with the exact similarity to the current centre.
-            tight = _angle_upper((block * centers_c[old]).sum(dim=1), margin)
-            ang_own[index] = tight
-            open_ = tight >= ang_other[index]
-            if not bool(open_.any()):
-                continue
-            index, block, old = index[open_], block[open_], old[open_]
-            best, best_val, second_val = _top2(block @ centers_c.T)
-            ang_own[index] = _angle_upper(best_val, margin)
-            ang_other[index] = _angle_lower(second_val, margin)
-            changed = best != old
-            if bool(changed.any()):
-                rows = block[changed].to(torch.float64)
-                sums.index_add_(0, best[changed], rows)
-                sums.index_add_(0, old[changed], -rows)
-                ones = torch.ones(rows.shape[0], dtype=counts.dtype, device=device)
-                counts.index_add_(0, best[changed], ones)
-                counts.index_add_(0, old[changed], -ones)
-                labels[index[changed]] = best[changed]
-                n_changed += int(changed.sum())
+        open_rows = bounds.candidates()
+        if open_rows.numel() > n_samples // 2:
+            # Most rows are open: contiguous blocks beat gathering them.
+            for start in range(0, n_samples, chunk):
+                rows = slice(start, start + chunk)
+                n_changed += reassign(rows, unit[rows])
+        else:
+            for index in open_rows.split(chunk):
+                block = unit[index]
+                if tighten:
+                    own = (block * centers_c[labels[index]]).sum(dim=1).to(torch.float64)
+                    bounds.upper[index] = torch.acos((own - bounds.margin).clamp_(-1.0, 1.0))
+                    threshold = (bounds.upper[index] + bounds.slack).to(torch.float32)
+                    still = (bounds.lower[index] <= threshold[:, None]).any(dim=1)
+                    if not bool(still.any()):
+                        continue
+                    index, block = index[still], block[still]
+                n_changed += reassign(index, block)
         if n_changed == 0:
             converged = True
             break
@@ -706,9 +734,10 @@ def _lloyd(
             converged = True
             break
 
-    own = _own_similarity(unit, labels, centers_c).to(torch.float64)
-    # inertia = sum_i ||x̂_i - c_{l_i}||² = sum_i 2 (1 - x̂_i·c_{l_i}) for unit centres.
-    inertia = float((2.0 - 2.0 * own).clamp_(min=0.0).sum())
+    # inertia = sum_i ||x̂_i - c_{l_i}||² = sum_i 2 (1 - x̂_i·c_{l_i}) = sum_k 2 (n_k - c_k·S_k),
+    # with S_k the running sum of cluster k's unit rows (consistent with the final labels).
+    dots = (centers * sums).sum(dim=1)
+    inertia = float((2.0 * (counts.to(torch.float64) - dots)).sum().clamp_(min=0.0))
     return _LloydResult(labels, centers, inertia, n_iter, converged)
 
 
@@ -1057,7 +1086,8 @@ def _labels_silhouette(unit: torch.Tensor, labels: torch.Tensor, k: int) -> floa
         labels, k = remap[labels], present.numel()
     if not 2 <= k <= unit.shape[0] - 1:
         return 0.0
-    return float(_silhouette_core(unit, labels, k, dtype=torch.float64).mean())
+    values = _silhouette_core(unit, labels, k, dtype=torch.float64, normalized=True)
+    return float(values.mean())
 
 
 def _sweep_worker(payload: dict[str, Any]) -> list[_KFit]:

@@ -1262,6 +1262,8 @@ def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str,
     import torch
     from transformers import LlamaForCausalLM, OlmoeForCausalLM
 
+    # mkdtemp makes the directory private (0700); the demo is a shared project output
+    tmp.chmod(0o755)
     seed = parameters["seed"]
     world = _build_world(seed)
 

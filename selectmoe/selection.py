@@ -1,0 +1,907 @@
+"""Stage 2b: select a share of the pool from its router data (SPEC §5).
+
+Each sample has a *score* (how good the quality gate finds it) and a *feature vector* (where the
+MoE routers send it):
+
+- score ``s_n = mean_l sigmoid(quality_score[n, l])``;
+- features ``f_n = moe_probs[n].reshape(L * E)``.
+
+Methods (``method``):
+
+- ``selectmoe``: cluster the features (``clustering_method``, spherical k-means by default, with k
+  chosen automatically), then :func:`round_robin` over the clusters by score;
+- ``random``: a seeded uniform sample;
+- ``quality_topk``: the best scores;
+- ``diversity``: the same clusters, but a random order within each cluster;
+- ``full``: everything.
+
+The budget is global over the pooled router data of all datasets:
+``n = round_half_up(selection_percentage * N)`` clipped to ``[1, N]``; the per-dataset counts that
+result are reported. :func:`run_selection` writes ``selected_data.jsonl`` (selection order),
+``selection.json`` and the plots, all atomically; the same inputs and seed give byte-identical
+``selected_data.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selectmoe.clustering import ClusteringResult, get_clustering_method
+from selectmoe.errors import RouterDataError, SelectionError
+from selectmoe.io import atomic_path, atomic_write_json, atomic_write_jsonl
+
+__all__ = [
+    "PLOT_FILES",
+    "ROUTER_DATA_KEYS",
+    "SELECTION_METHODS",
+    "RouterData",
+    "SelectionResult",
+    "budget",
+    "load_router_data",
+    "round_robin",
+    "run_selection",
+    "select_indices",
+    "write_plots",
+]
+
+logger = logging.getLogger(__name__)
+
+SELECTION_METHODS: tuple[str, ...] = ("selectmoe", "random", "quality_topk", "diversity", "full")
+ROUTER_DATA_KEYS: tuple[str, ...] = ("quality_score", "moe_probs", "sample_ids", "dataset")
+PLOT_FILES: dict[str, str] = {
+    "elbow": "elbow.png",
+    "silhouette": "silhouette.png",
+    "cluster_sizes": "cluster_sizes.png",
+    "score_distribution": "score_distribution.png",
+}
+# Decimal places of the score written to selected_data.jsonl: far below any meaningful difference,
+# and it keeps the file byte-identical across machines whose float kernels differ in the last ulp.
+_SCORE_DECIMALS = 8
+
+
+# --------------------------------------------------------------------------------------------
+# Round robin
+# --------------------------------------------------------------------------------------------
+
+
+def round_robin(scores: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices chosen by taking each cluster's next best sample in turn (SPEC §5).
+
+    Each cluster is sorted by score, descending and stable (ties keep the lower index first).
+    Clusters are visited in ascending label order; round ``r`` takes the ``r``-th best of every
+    cluster that still has one (exhausted clusters are skipped), until ``n`` are taken. Vectorised:
+    with ``rank_i`` the position of sample ``i`` in its cluster's order, the result is the first
+    ``n`` samples sorted by ``(rank_i, label_i)``.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray of shape (N,)
+        Finite score of each sample (higher is better).
+    labels : numpy.ndarray of shape (N,)
+        Integer cluster of each sample (any integers; visited in ascending order).
+    n : int
+        How many to take, ``0 <= n <= N``.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n,), int64
+        Sample indices in selection order.
+
+    Examples
+    --------
+    >>> round_robin(np.array([0.1, 0.9, 0.5, 0.7, 0.3]), np.array([1, 0, 0, 1, 1]), 4)
+    array([1, 3, 2, 4])
+    """
+    scores = np.asarray(scores)
+    labels = np.asarray(labels)
+    if scores.ndim != 1:
+        raise SelectionError(f"scores must be 1-D, got shape {scores.shape}")
+    if labels.shape != scores.shape:
+        raise SelectionError(
+            f"labels must have the shape of scores {scores.shape}, got {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise SelectionError(f"labels must be integers, got dtype {labels.dtype}")
+    if not np.issubdtype(scores.dtype, np.number) or not np.all(np.isfinite(scores)):
+        raise SelectionError("scores must be finite numbers (no NaN or infinity)")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise SelectionError(f"n must be an integer, got {n!r}")
+    total = scores.shape[0]
+    if not 0 <= n <= total:
+        raise SelectionError(f"n must be in [0, {total}] (the number of samples), got {n}")
+    index = np.arange(total)
+    # Within-cluster order: label ascending, score descending, index ascending (lexsort: last key
+    # is the primary one).
+    order = np.lexsort((index, -scores.astype(np.float64), labels))
+    sorted_labels = labels[order]
+    group_start = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    sizes = np.diff(np.r_[group_start, total])
+    rank = index - np.repeat(group_start, sizes)
+    # Round r (rank) first, then clusters in label order; lexsort is stable.
+    picked = order[np.lexsort((sorted_labels, rank))]
+    return picked[:n].astype(np.int64)
+
+
+def budget(selection_percentage: float, n_samples: int) -> int:
+    """Samples to select: ``floor(p * N + 0.5)`` (round half up) clipped to ``[1, N]``.
+
+    Examples
+    --------
+    >>> budget(0.05, 270679)
+    13534
+    >>> budget(0.001, 10)
+    1
+    """
+    _check_percentage(selection_percentage)
+    return int(min(n_samples, max(1, math.floor(selection_percentage * n_samples + 0.5))))
+
+
+def _check_percentage(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise SelectionError(f"selection_percentage must be a number in (0, 1], got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise SelectionError(
+            f"selection_percentage must be in (0, 1] (a fraction: 0.05 selects 5%), got {value}"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Router data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RouterData:
+    """The router data of several files, concatenated in the given order.
+
+    Attributes
+    ----------
+    quality_score : torch.Tensor of shape (N, L), float32
+        Mean raw quality-gate score per layer.
+    moe_probs : torch.Tensor of shape (N, L, E), float32
+        Mean routing distribution per layer.
+    sample_ids : list of str, length N
+        Sample ids, file order within each file.
+    datasets : list of str, length N
+        Dataset of each sample.
+    files : list of str
+        The files, in order.
+    file_offsets : list of int
+        Start row of each file (length ``len(files) + 1``; the last is N).
+    metadata : list of dict
+        Each file's ``metadata``.
+    """
+
+    quality_score: torch.Tensor
+    moe_probs: torch.Tensor
+    sample_ids: list[str]
+    datasets: list[str]
+    files: list[str]
+    file_offsets: list[int]
+    metadata: list[dict[str, Any]]
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.quality_score.shape[0])
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``mean_l sigmoid(quality_score[:, l])`` in float64: shape (N,)."""
+        return torch.sigmoid(self.quality_score.to(torch.float64)).mean(dim=1).numpy()
+
+    @property
+    def features(self) -> torch.Tensor:
+        """``moe_probs.reshape(N, L * E)`` (a view, no copy): shape (N, L*E)."""
+        n, layers, experts = self.moe_probs.shape
+        return self.moe_probs.reshape(n, layers * experts)
+
+    def file_of(self, row: int) -> str:
+        """The file that row ``row`` came from (for error messages)."""
+        index = int(np.searchsorted(self.file_offsets, row, side="right")) - 1
+        return self.files[min(max(index, 0), len(self.files) - 1)]
+
+
+def _load_one(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise RouterDataError(f"{path}: router-data file not found; run the score stage first")
+    try:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            # Files written without the zip format cannot be memory-mapped; read them whole.
+            if "mmap" not in str(exc):
+                raise
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file gets the same one-line error
+        # The first line is the useful part (torch's weights_only errors run to a page).
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise RouterDataError(
+            f"{path}: cannot be read as a router-data file ({type(exc).__name__}: {reason}); "
+            "re-run the score stage for this dataset"
+        ) from exc
+    if not isinstance(payload, dict):
+        raise RouterDataError(
+            f"{path}: expected a dict with keys {list(ROUTER_DATA_KEYS)}, got "
+            f"{type(payload).__name__}"
+        )
+    missing = [key for key in ROUTER_DATA_KEYS if key not in payload]
+    if missing:
+        raise RouterDataError(
+            f"{path}: missing key(s) {missing}; a router-data file holds "
+            f"{[*ROUTER_DATA_KEYS, 'metadata']}"
+        )
+    return payload
+
+
+def _check_tensor(path: str, name: str, value: Any, ndim: int, shape_doc: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise RouterDataError(
+            f"{path}: {name} must be a tensor {shape_doc}, got {type(value).__name__}"
+        )
+    if value.ndim != ndim:
+        raise RouterDataError(
+            f"{path}: {name} must have shape {shape_doc}, got {tuple(value.shape)}"
+        )
+    if not value.is_floating_point():
+        raise RouterDataError(f"{path}: {name} must be float32, got dtype {value.dtype}")
+    return value
+
+
+def _check_finite(path: str, name: str, value: torch.Tensor, ids: Sequence[str]) -> None:
+    finite = torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()
+        first = int(bad[0])
+        raise RouterDataError(
+            f"{path}: {name} has NaN or infinite values in {bad.numel()} sample(s) (first: row "
+            f"{first}, id {ids[first]!r}); re-run the score stage (check the model and its "
+            "weights for overflow)"
+        )
+
+
+def load_router_data(paths: Sequence[str | os.PathLike[str]]) -> RouterData:
+    """Read, validate and concatenate router-data files (one per dataset, SPEC §5).
+
+    Each file is a ``torch.load``-able dict: ``quality_score`` float32 ``[N, L]``, ``moe_probs``
+    float32 ``[N, L, E]``, ``sample_ids`` (N strings, file order), ``dataset`` (str), ``metadata``
+    (dict, optional). Other floating dtypes are converted to float32.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        The files, concatenated in this order.
+
+    Returns
+    -------
+    RouterData
+
+    Raises
+    ------
+    RouterDataError
+        Naming the file and the problem: unreadable, missing keys, wrong types or shapes, layers or
+        experts that differ between files, no samples, NaN/Inf values, duplicate ids.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise RouterDataError("no router-data files given; pass at least one *_router_data.pt")
+    scores: list[torch.Tensor] = []
+    probs: list[torch.Tensor] = []
+    sample_ids: list[str] = []
+    datasets: list[str] = []
+    metadata: list[dict[str, Any]] = []
+    offsets = [0]
+    seen: dict[tuple[str, str], str] = {}
+    layout: tuple[int, int, str] | None = None
+    for path in paths:
+        payload = _load_one(path)
+        quality = _check_tensor(path, "quality_score", payload["quality_score"], 2, "[N, L]")
+        moe = _check_tensor(path, "moe_probs", payload["moe_probs"], 3, "[N, L, E]")
+        ids = payload["sample_ids"]
+        dataset = payload["dataset"]
+        if not isinstance(dataset, str) or not dataset:
+            raise RouterDataError(f"{path}: dataset must be a non-empty string, got {dataset!r}")
+        if not isinstance(ids, list | tuple) or not all(isinstance(i, str) for i in ids):
+            raise RouterDataError(f"{path}: sample_ids must be a list of strings")
+        n = quality.shape[0]
+        if n == 0:
+            raise RouterDataError(f"{path}: holds no samples; score a non-empty dataset")
+        if moe.shape[0] != n or moe.shape[1] != quality.shape[1] or len(ids) != n:
+            raise RouterDataError(
+                f"{path}: shapes disagree: quality_score {tuple(quality.shape)}, moe_probs "
+                f"{tuple(moe.shape)}, {len(ids)} sample_ids; expected [N, L], [N, L, E] and N ids"
+            )
+        if layout is None:
+            layout = (moe.shape[1], moe.shape[2], path)
+        elif (moe.shape[1], moe.shape[2]) != layout[:2]:
+            raise RouterDataError(
+                f"{path}: {moe.shape[1]} layers x {moe.shape[2]} experts, but {layout[2]} has "
+                f"{layout[0]} x {layout[1]}; all files must come from the same model"
+            )
+        _check_finite(path, "quality_score", quality, ids)
+        _check_finite(path, "moe_probs", moe, ids)
+        for sample_id in ids:
+            key = (dataset, sample_id)
+            if key in seen:
+                where = "this file" if seen[key] == path else seen[key]
+                raise RouterDataError(
+                    f"{path}: duplicate sample id {sample_id!r} of dataset {dataset!r} (also in "
+                    f"{where}); each (dataset, id) must appear once"
+                )
+            seen[key] = path
+        meta = payload.get("metadata", {})
+        scores.append(quality.to(torch.float32))
+        probs.append(moe.to(torch.float32))
+        sample_ids.extend(ids)
+        datasets.extend([dataset] * n)
+        metadata.append(dict(meta) if isinstance(meta, Mapping) else {"value": meta})
+        offsets.append(offsets[-1] + n)
+    # One file: keep its (memory-mapped) tensors; several: one contiguous copy.
+    quality_all = scores[0] if len(scores) == 1 else torch.cat(scores)
+    probs_all = probs[0] if len(probs) == 1 else torch.cat(probs)
+    del scores, probs
+    return RouterData(
+        quality_score=quality_all,
+        moe_probs=probs_all,
+        sample_ids=sample_ids,
+        datasets=datasets,
+        files=paths,
+        file_offsets=offsets,
+        metadata=metadata,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Selection
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SelectionResult:
+    """Result of :func:`select_indices`.
+
+    Attributes
+    ----------
+    indices : numpy.ndarray of shape (n,), int64
+        Selected rows of the router data, in selection order.
+    scores : numpy.ndarray of shape (N,), float64
+        Score of every sample.
+    labels : numpy.ndarray of shape (N,), int64
+        Cluster of every sample, -1 for methods without clusters.
+    info : dict
+        JSON-ready details (method, budget, k and curves, cluster sizes, per-dataset counts,
+        timings) for ``selection.json``.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    info: dict[str, Any]
+
+
+def _check_method(method: str) -> None:
+    if method not in SELECTION_METHODS:
+        raise SelectionError(
+            f"unknown selection method {method!r}; valid: {list(SELECTION_METHODS)}"
+        )
+
+
+def _cluster(
+    router: RouterData,
+    *,
+    clustering_method: str,
+    clustering_params: Mapping[str, Any],
+    seed: int,
+    debug_print: bool,
+) -> ClusteringResult:
+    method = get_clustering_method(clustering_method)
+    params = dict(clustering_params)
+    n = router.n_samples
+    # Catch k larger than the data here, with the config key in the message.
+    is_kmeans = clustering_method == "kmeans"
+    k = params.get("k")
+    if is_kmeans and not params.get("auto_k", True) and isinstance(k, int) and k > n:
+        raise SelectionError(
+            f"clustering_params.k={k} is larger than the number of samples {n} in "
+            f"{len(router.files)} router-data file(s); use k <= {n}"
+        )
+    k_range = params.get("k_range")
+    k_max = (
+        k_range[1]
+        if isinstance(k_range, Sequence) and not isinstance(k_range, str) and len(k_range) == 2
+        else None
+    )
+    if is_kmeans and params.get("auto_k", True) and isinstance(k_max, int) and k_max > n - 1:
+        raise SelectionError(
+            f"clustering_params.k_range upper bound {k_max} is larger than n_samples - 1 "
+            f"= {n - 1} ({n} samples in {len(router.files)} router-data file(s)); lower it"
+        )
+    if is_kmeans and debug_print:
+        params.setdefault("debug_print", True)
+    result = method(router.features, params=params, seed=seed)
+    labels = np.asarray(result.labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise SelectionError(
+            f"clustering method {clustering_method!r} returned labels of shape {labels.shape} "
+            f"and dtype {labels.dtype}; expected ({n},) integers"
+        )
+    return dataclasses.replace(result, labels=labels.astype(np.int64))
+
+
+def select_indices(
+    router: RouterData,
+    *,
+    method: str,
+    selection_percentage: float,
+    clustering_method: str = "kmeans",
+    clustering_params: Mapping[str, Any] | None = None,
+    seed: int = 42,
+    debug_print: bool = False,
+) -> SelectionResult:
+    """Choose samples of the router data by one of the methods (module docstring).
+
+    Parameters
+    ----------
+    router : RouterData
+        Pooled router data of all datasets.
+    method : {"selectmoe", "random", "quality_topk", "diversity", "full"}
+        Selection method.
+    selection_percentage : float
+        Fraction of all samples to select, in (0, 1]; the budget is
+        ``floor(p * N + 0.5)`` clipped to ``[1, N]`` (see :func:`budget`). Ignored by ``full``.
+    clustering_method : str, default="kmeans"
+        A registered clustering method (``selectmoe`` and ``diversity``).
+    clustering_params : dict, optional
+        Its parameters (for ``kmeans``: ``auto_k``, ``k``, ``k_range``, ``k_step``,
+        ``max_iters``, ``n_init``, ``tol``, ``enable_parallel_kmeans``, ``parallel_processes``,
+        ``gpu_allocation_strategy``, ``compute_silhouette``, ``device``).
+    seed : int, default=42
+        Seed of the clustering and of the random methods (``numpy.random.default_rng(seed)``).
+    debug_print : bool, default=False
+        Print per-cluster sizes, score ranges and dataset mix to stderr.
+
+    Returns
+    -------
+    SelectionResult
+    """
+    _check_method(method)
+    percentage = _check_percentage(selection_percentage)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise SelectionError(f"seed must be an integer >= 0, got {seed!r}")
+    n_samples = router.n_samples
+    n = n_samples if method == "full" else budget(percentage, n_samples)
+    timings: dict[str, float] = {}
+    scores = router.scores
+    labels = np.full(n_samples, -1, dtype=np.int64)
+    clustering: ClusteringResult | None = None
+
+    start = time.perf_counter()
+    if method in ("selectmoe", "diversity"):
+        clustering = _cluster(
+            router,
+            clustering_method=clustering_method,
+            clustering_params=clustering_params or {},
+            seed=int(seed),
+            debug_print=debug_print,
+        )
+        labels = clustering.labels
+    timings["clustering"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(int(seed))
+    if method == "selectmoe":
+        indices = round_robin(scores, labels, n)
+    elif method == "diversity":
+        # Round robin over the clusters with a random priority in place of the score.
+        indices = round_robin(rng.random(n_samples), labels, n)
+    elif method == "random":
+        indices = rng.permutation(n_samples)[:n].astype(np.int64)
+    elif method == "quality_topk":
+        indices = np.lexsort((np.arange(n_samples), -scores))[:n].astype(np.int64)
+    else:  # full
+        indices = np.arange(n_samples, dtype=np.int64)
+    timings["selection"] = time.perf_counter() - start
+
+    info = _selection_info(
+        router,
+        method=method,
+        percentage=percentage,
+        n=n,
+        indices=indices,
+        scores=scores,
+        labels=labels,
+        clustering=clustering,
+        clustering_method=clustering_method if clustering is not None else None,
+        seed=int(seed),
+        timings=timings,
+    )
+    if debug_print:
+        _debug_print(info, router, scores, labels, indices)
+    return SelectionResult(indices=indices, scores=scores, labels=labels, info=info)
+
+
+def _summary(values: np.ndarray) -> dict[str, float | None]:
+    if values.size == 0:
+        return {"min": None, "mean": None, "max": None}
+    return {
+        "min": float(values.min()),
+        "mean": float(values.mean()),
+        "max": float(values.max()),
+    }
+
+
+def _selection_info(
+    router: RouterData,
+    *,
+    method: str,
+    percentage: float,
+    n: int,
+    indices: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    clustering: ClusteringResult | None,
+    clustering_method: str | None,
+    seed: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    datasets = np.asarray(router.datasets)
+    names = list(dict.fromkeys(router.datasets))
+    selected_mask = np.zeros(router.n_samples, dtype=bool)
+    selected_mask[indices] = True
+    per_dataset = {}
+    for name in names:
+        in_pool = datasets == name
+        chosen = in_pool & selected_mask
+        per_dataset[name] = {
+            "pool": int(in_pool.sum()),
+            "selected": int(chosen.sum()),
+            "fraction": float(chosen.sum() / in_pool.sum()),
+            "score": _summary(scores[in_pool]),
+            "selected_score": _summary(scores[chosen]),
+        }
+    info: dict[str, Any] = {
+        "method": method,
+        "selection_percentage": percentage,
+        "budget_rule": "n = floor(p * N + 0.5) clipped to [1, N]; full selects all",
+        "seed": seed,
+        "n_pool": router.n_samples,
+        "n_selected": int(n),
+        "score_definition": "mean over layers of sigmoid(quality_score)",
+        "score": _summary(scores),
+        "selected_score": _summary(scores[indices]),
+        "per_dataset": per_dataset,
+        "clustering_method": clustering_method,
+        "k": None,
+    }
+    if clustering is not None:
+        k = clustering.k
+        sizes = np.bincount(labels, minlength=k)
+        chosen = np.bincount(labels[indices], minlength=k)
+        info.update(
+            {
+                "k": int(k),
+                "k_selection": clustering.info.get("k_selection"),
+                "ks": clustering.info.get("ks"),
+                "inertias": clustering.info.get("inertias"),
+                "silhouettes": clustering.info.get("silhouettes"),
+                "knee_k": clustering.info.get("knee_k"),
+                "silhouette_k": clustering.info.get("silhouette_k"),
+                "inertia": clustering.info.get("inertia"),
+                "silhouette": clustering.info.get("silhouette"),
+                "cluster_sizes": sizes.tolist(),
+                "cluster_selected": chosen.tolist(),
+                "clustering": {
+                    key: value
+                    for key, value in clustering.info.items()
+                    if key not in {"ks", "inertias", "silhouettes"}
+                },
+            }
+        )
+    info["router_files"] = list(router.files)
+    info["timings"] = {key: round(value, 4) for key, value in timings.items()}
+    return info
+
+
+def _debug_print(
+    info: Mapping[str, Any],
+    router: RouterData,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+) -> None:
+    def out(line: str) -> None:
+        print(f"[select] {line}", file=sys.stderr, flush=True)
+
+    out(
+        f"method={info['method']} pool={info['n_pool']} selected={info['n_selected']} "
+        f"({info['selection_percentage']:.4g}) k={info['k']}"
+    )
+    for name, row in info["per_dataset"].items():
+        out(
+            f"dataset {name}: {row['selected']}/{row['pool']} selected "
+            f"({row['fraction']:.2%}), score min/mean/max "
+            f"{row['score']['min']:.4f}/{row['score']['mean']:.4f}/{row['score']['max']:.4f}"
+        )
+    if info.get("k") is None:
+        return
+    datasets = np.asarray(router.datasets)
+    chosen = np.zeros(router.n_samples, dtype=bool)
+    chosen[indices] = True
+    for cluster in range(int(info["k"])):
+        members = labels == cluster
+        if not members.any():
+            out(f"cluster {cluster}: empty")
+            continue
+        mix = Counter(datasets[members].tolist())
+        mix_text = ", ".join(f"{name} {count}" for name, count in sorted(mix.items()))
+        s = scores[members]
+        out(
+            f"cluster {cluster}: size {int(members.sum())}, selected "
+            f"{int((members & chosen).sum())}, score {s.min():.4f}..{s.max():.4f} "
+            f"(mean {s.mean():.4f}), datasets: {mix_text}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+
+
+def _new_figure(width: float = 6.4, height: float = 4.0) -> Any:
+    # The object-oriented API with the Agg canvas: no pyplot, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _placeholder(figure: Any, text: str) -> None:
+    axes = figure.add_subplot()
+    axes.axis("off")
+    axes.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+
+
+def write_plots(
+    info: Mapping[str, Any],
+    *,
+    scores: np.ndarray,
+    datasets: Sequence[str],
+    plot_dir: str | os.PathLike[str],
+) -> dict[str, str]:
+    """Write the four PNGs of a selection into ``plot_dir`` (names in :data:`PLOT_FILES`).
+
+    Elbow curve with the chosen k, silhouette per k, cluster sizes (pool and selected), and the
+    score distribution per dataset. Methods without clusters get a one-line placeholder for the
+    cluster plots, so the set of files is always the same. Returns ``{plot: path}``.
+    """
+    directory = Path(plot_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+    ks, k = info.get("ks"), info.get("k")
+    no_clusters = f"method {info['method']!r} does not cluster"
+
+    figure = _new_figure()
+    if ks:
+        axes = figure.add_subplot()
+        axes.plot(ks, info["inertias"], marker="o")
+        axes.axvline(k, color="tab:red", linestyle="--", label=f"k = {k} ({info['k_selection']})")
+        axes.set_xlabel("k")
+        axes.set_ylabel("inertia  (sum of 2(1 - cos))")
+        axes.set_title("Elbow curve")
+        axes.legend()
+    else:
+        _placeholder(figure, no_clusters)
+    _save_figure(figure, directory / PLOT_FILES["elbow"])
+    written["elbow"] = str(directory / PLOT_FILES["elbow"])
+
+    figure = _new_figure()
+    silhouettes = info.get("silhouettes")
+    if ks and silhouettes:
+        axes = figure.add_subplot()
+        axes.plot(ks, silhouettes, marker="o", color="tab:green")
+        axes.axvline(k, color="tab:red", linestyle="--", label=f"k = {k}")
+        axes.set_xlabel("k")
+        axes.set_ylabel("mean silhouette (cosine)")
+        axes.set_title("Silhouette per k")
+        axes.legend()
+    else:
+        _placeholder(figure, no_clusters if not ks else "silhouette not computed")
+    _save_figure(figure, directory / PLOT_FILES["silhouette"])
+    written["silhouette"] = str(directory / PLOT_FILES["silhouette"])
+
+    figure = _new_figure(max(6.4, 0.12 * (k or 0)), 4.0)
+    if info.get("cluster_sizes") is not None:
+        axes = figure.add_subplot()
+        positions = np.arange(len(info["cluster_sizes"]))
+        axes.bar(positions, info["cluster_sizes"], color="lightgray", label="pool")
+        axes.bar(positions, info["cluster_selected"], color="tab:blue", label="selected")
+        axes.set_xlabel("cluster")
+        axes.set_ylabel("samples")
+        axes.set_title(f"Cluster sizes (k = {k})")
+        axes.legend()
+    else:
+        _placeholder(figure, no_clusters)
+    _save_figure(figure, directory / PLOT_FILES["cluster_sizes"])
+    written["cluster_sizes"] = str(directory / PLOT_FILES["cluster_sizes"])
+
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    names = list(dict.fromkeys(datasets))
+    dataset_array = np.asarray(datasets)
+    low, high = float(scores.min()), float(scores.max())
+    bins = np.linspace(low, high if high > low else low + 1e-6, 41)
+    for name in names:
+        axes.hist(scores[dataset_array == name], bins=bins, histtype="step", label=name)
+    axes.set_xlabel("score = mean_l sigmoid(quality_score)")
+    axes.set_ylabel("samples")
+    axes.set_title("Score distribution per dataset")
+    axes.legend()
+    _save_figure(figure, directory / PLOT_FILES["score_distribution"])
+    written["score_distribution"] = str(directory / PLOT_FILES["score_distribution"])
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------------
+
+
+def run_selection(
+    router_data_paths: Sequence[str | os.PathLike[str]],
+    pool_paths: Sequence[str | os.PathLike[str]],
+    *,
+    output_jsonl: str | os.PathLike[str],
+    output_json: str | os.PathLike[str],
+    plot_dir: str | os.PathLike[str] | None = None,
+    method: str,
+    selection_percentage: float,
+    clustering_method: str = "kmeans",
+    clustering_params: Mapping[str, Any] | None = None,
+    seed: int = 42,
+    debug_print: bool = False,
+) -> dict[str, Any]:
+    """Select from router data and write ``selected_data.jsonl``, ``selection.json`` and plots.
+
+    ``selected_data.jsonl`` has one line per selected example, in selection order:
+    ``{"dataset", "id", "score", "cluster", "messages"}`` (``score`` rounded to 8 decimals,
+    ``cluster`` -1 for methods without clusters). Same inputs and seed give a byte-identical file.
+    ``selection.json`` holds the method, budget, k and both curves, cluster sizes, per-dataset
+    counts, timings and seed. Every file is written atomically; nothing is written on error.
+
+    Parameters
+    ----------
+    router_data_paths : sequence of path
+        ``{dataset}_router_data.pt`` files.
+    pool_paths : sequence of path
+        The pool JSONL files the router data was computed from (read with
+        :func:`selectmoe.data.load_pool`); every router sample must be in them.
+    output_jsonl, output_json : path
+        Where to write ``selected_data.jsonl`` and ``selection.json``.
+    plot_dir : path, optional
+        Directory for the PNG plots (:data:`PLOT_FILES`); no plots when None.
+    method, selection_percentage, clustering_method, clustering_params, seed, debug_print
+        As in :func:`select_indices`.
+
+    Returns
+    -------
+    dict
+        The content of ``selection.json``.
+
+    Raises
+    ------
+    RouterDataError
+        Bad router data, or router ids missing from the pool (names the file and ids).
+    SelectionError
+        Bad settings (method, percentage, k larger than the data, ...).
+    """
+    from selectmoe.data import load_pool
+
+    total_start = time.perf_counter()
+    _check_method(method)
+    _check_percentage(selection_percentage)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    router = load_router_data(router_data_paths)
+    timings["load_router_data"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    pool = load_pool(pool_paths)
+    position = {(example.dataset, example.id): i for i, example in enumerate(pool)}
+    rows = np.empty(router.n_samples, dtype=np.int64)
+    missing: list[int] = []
+    for row, key in enumerate(zip(router.datasets, router.sample_ids, strict=True)):
+        found = position.get(key, -1)
+        rows[row] = found
+        if found < 0:
+            missing.append(row)
+    if missing:
+        first = missing[0]
+        examples = ", ".join(repr(router.sample_ids[r]) for r in missing[:3])
+        raise RouterDataError(
+            f"{router.file_of(first)}: {len(missing)} sample id(s) of dataset "
+            f"{router.datasets[first]!r} are not in the pool files (e.g. {examples}); score the "
+            "same pool you select from, or pass the matching pool files"
+        )
+    unscored = len(pool) - router.n_samples
+    if unscored:
+        logger.warning("%d pool example(s) have no router data and cannot be selected", unscored)
+    timings["load_pool"] = time.perf_counter() - start
+
+    result = select_indices(
+        router,
+        method=method,
+        selection_percentage=selection_percentage,
+        clustering_method=clustering_method,
+        clustering_params=clustering_params,
+        seed=seed,
+        debug_print=debug_print,
+    )
+    timings.update(result.info["timings"])
+
+    records = (
+        {
+            "dataset": pool[rows[i]].dataset,
+            "id": pool[rows[i]].id,
+            "score": round(float(result.scores[i]), _SCORE_DECIMALS),
+            "cluster": int(result.labels[i]),
+            "messages": [dict(message) for message in pool[rows[i]].messages],
+        }
+        for i in result.indices
+    )
+    info = dict(result.info)
+    info["n_pool_examples"] = len(pool)
+    info["n_unscored_pool_examples"] = unscored
+    info["pool_files"] = [os.fspath(p) for p in pool_paths]
+    info["output"] = os.fspath(output_jsonl)
+    written: list[Path] = []
+    try:
+        # Plots, then the data, then selection.json: the JSON is the last file to appear, and a
+        # failure part-way removes what this call wrote.
+        if plot_dir is not None:
+            start = time.perf_counter()
+            info["plots"] = write_plots(
+                info, scores=result.scores, datasets=router.datasets, plot_dir=plot_dir
+            )
+            written += [Path(p) for p in info["plots"].values()]
+            timings["plots"] = time.perf_counter() - start
+        start = time.perf_counter()
+        atomic_write_jsonl(output_jsonl, records)
+        written.append(Path(output_jsonl))
+        timings["write_jsonl"] = time.perf_counter() - start
+        timings["total"] = time.perf_counter() - total_start
+        info["timings"] = {key: round(value, 4) for key, value in timings.items()}
+        atomic_write_json(output_json, info)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    logger.info(
+        "selected %d of %d (%s, k=%s) -> %s",
+        info["n_selected"],
+        info["n_pool"],
+        method,
+        info["k"],
+        output_jsonl,
+    )
+    return info

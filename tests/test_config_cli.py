@@ -1,0 +1,259 @@
+"""Config validation against the schema, the command line's error contract, atomic output."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from selectmoe.cli import main
+from selectmoe.config import load_schema, validate_config
+from selectmoe.errors import ConfigError
+from selectmoe.io import (
+    atomic_output_dir,
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_jsonl,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+LOSS_TYPES = "sigmoid, mse, beta_moment_matching, mean_variance_regularization"
+METHODS = "selectmoe, random, quality_topk, diversity"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    return load_schema(REPO / "config" / "schema.yaml")
+
+
+@pytest.fixture
+def config() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------
+# config
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+def test_shipped_configs_are_valid(schema: dict[str, Any], name: str) -> None:
+    loaded = yaml.safe_load((REPO / "config" / name).read_text(encoding="utf-8"))
+    assert validate_config(loaded, schema) is None
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.5])
+def test_percentage_out_of_range(schema: dict[str, Any], config: dict[str, Any], value) -> None:
+    config["selection"]["percentages"] = [0.1, value]
+    pattern = re.escape(
+        f"config key selection.percentages[1]: {value!r} is out of range; "
+        "allowed: values > 0 and <= 1"
+    )
+    with pytest.raises(ConfigError, match=pattern):
+        validate_config(config, schema)
+
+
+def test_subset_ratio_out_of_range(schema: dict[str, Any], config: dict[str, Any]) -> None:
+    config["warmup"]["subset_ratio"] = 0
+    with pytest.raises(
+        ConfigError, match=re.escape("config key warmup.subset_ratio: 0 is out of range")
+    ):
+        validate_config(config, schema)
+
+
+def test_unknown_loss_type(schema: dict[str, Any], config: dict[str, Any]) -> None:
+    config["selection"]["loss_types"] = ["sigmoid", "focal"]
+    pattern = re.escape(
+        f"config key selection.loss_types[1]: 'focal' is not allowed; allowed values: {LOSS_TYPES}"
+    )
+    with pytest.raises(ConfigError, match=pattern):
+        validate_config(config, schema)
+
+
+def test_unknown_method(schema: dict[str, Any], config: dict[str, Any]) -> None:
+    config["selection"]["methods"] = ["kmeans_magic"]
+    pattern = re.escape(
+        f"config key selection.methods[0]: 'kmeans_magic' is not allowed; allowed values: {METHODS}"
+    )
+    with pytest.raises(ConfigError, match=pattern):
+        validate_config(config, schema)
+
+
+def test_misspelt_key(schema: dict[str, Any], config: dict[str, Any]) -> None:
+    config["warmup"]["learning_rat"] = config["warmup"].pop("learning_rate")
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, schema)
+    message = str(info.value)
+    assert "config key warmup: unknown key(s) learning_rat; allowed keys: " in message
+    allowed = message.split("allowed keys: ", 1)[1].split(", ")
+    assert "learning_rate" in allowed and "subset_ratio" in allowed
+    assert "\n" not in message
+
+    top = copy.deepcopy(config)
+    top["warmup"]["learning_rate"] = top["warmup"].pop("learning_rat")
+    top["selecton"] = {}
+    with pytest.raises(
+        ConfigError, match=re.escape("config key (top level): unknown key(s) selecton")
+    ):
+        validate_config(top, schema)
+
+
+def test_several_problems_are_reported_together(
+    schema: dict[str, Any], config: dict[str, Any]
+) -> None:
+    config["selection"]["percentages"] = [2]
+    config["finetune"]["lora_r"] = 0
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, schema)
+    message = str(info.value)
+    assert message.startswith("invalid configuration: ")
+    assert "finetune.lora_r: 0 is out of range; allowed: values >= 1" in message
+    assert "selection.percentages[0]: 2 is out of range" in message
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def _pool_file(path: Path, bad_line: str | None = None) -> Path:
+    lines = [
+        json.dumps(
+            {
+                "dataset": "d",
+                "id": f"d_{i}",
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a"},
+                ],
+            }
+        )
+        for i in range(2)
+    ]
+    if bad_line is not None:
+        lines.append(bad_line)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_cli_bad_pool_file_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = _pool_file(tmp_path / "pool.jsonl", '{"dataset": "d", "id": "d_9", "messages": []}')
+    report = tmp_path / "report.json"
+    status = main(["validate-data", str(bad), "--report", str(report)])
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("selectmoe: error: ")
+    assert f"{bad}:3: field 'messages' is empty or not a list" in lines[0]
+    assert captured.out == ""
+    assert not report.exists()
+
+
+def test_cli_good_pool_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = _pool_file(tmp_path / "pool.jsonl")
+    report = tmp_path / "report.json"
+    assert main(["validate-data", str(good), "--report", str(report)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    printed = json.loads(captured.out)
+    assert printed["n_examples"] == 2 and printed["per_dataset"] == {"d": 2}
+    assert json.loads(report.read_text()) == printed
+
+
+def test_cli_convert_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "no_model"
+    output = tmp_path / "out"
+    status = main(["convert", "--source", str(missing), "--output", str(output)])
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert len(lines) == 1
+    assert lines[0].startswith(f"selectmoe: error: {missing}: model directory not found; ")
+    assert not output.exists()
+
+
+def test_cli_unknown_setting(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    status = main(
+        [
+            "warmup",
+            "--model",
+            str(tmp_path),
+            "--pool",
+            str(tmp_path / "p.jsonl"),
+            "--output",
+            str(tmp_path / "w.pt"),
+            "--set",
+            "learning_rat=0.1",
+        ]
+    )
+    (line,) = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert line.startswith("selectmoe: error: unknown warmup setting(s) learning_rat; valid: ")
+    assert "learning_rate" in line
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic output
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    with pytest.raises(Boom), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        assert tmp.parent == tmp_path and tmp != target
+        raise Boom
+    assert list(tmp_path.iterdir()) == []
+    # an existing file is left untouched
+    target.write_text("old")
+    with pytest.raises(Boom), atomic_path(target) as tmp:
+        tmp.write_text("new")
+        raise Boom
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_writers(tmp_path: Path) -> None:
+    import torch
+
+    atomic_write_json(tmp_path / "sub" / "a.json", {"x": 1, "path": tmp_path})
+    assert json.loads((tmp_path / "sub" / "a.json").read_text()) == {"x": 1, "path": str(tmp_path)}
+
+    def records():
+        yield {"id": 1}
+        yield {"id": 2}
+        raise Boom
+
+    with pytest.raises(Boom):
+        atomic_write_jsonl(tmp_path / "b.jsonl", records())
+    assert not (tmp_path / "b.jsonl").exists()
+    assert atomic_write_jsonl(tmp_path / "c.jsonl", [{"é": 1}, {"id": 2}]) == 2
+    assert (tmp_path / "c.jsonl").read_text(encoding="utf-8") == '{"é": 1}\n{"id": 2}\n'
+    atomic_torch_save({"t": torch.arange(3)}, tmp_path / "d.pt")
+    assert torch.equal(torch.load(tmp_path / "d.pt")["t"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "d.pt", "sub"]
+
+
+def test_atomic_output_dir(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    with pytest.raises(Boom), atomic_output_dir(target) as tmp:
+        (tmp / "weights.bin").write_text("partial")
+        raise Boom
+    assert list(tmp_path.iterdir()) == []
+    with atomic_output_dir(target) as tmp:
+        (tmp / "weights.bin").write_text("v1")
+    with pytest.raises(Boom), atomic_output_dir(target) as tmp:
+        (tmp / "weights.bin").write_text("v2")
+        raise Boom
+    assert (target / "weights.bin").read_text() == "v1"
+    with atomic_output_dir(target) as tmp:
+        (tmp / "other.bin").write_text("v3")
+    assert [p.name for p in target.iterdir()] == ["other.bin"]  # replaced as a whole
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

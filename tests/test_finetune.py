@@ -1,0 +1,233 @@
+"""Stage 3: LoRA finetuning of the target on the selected data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from selectmoe.errors import DataError, ModelError
+from selectmoe.finetune import FinetuneSettings, run_finetune
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def _settings(**changes: Any) -> FinetuneSettings:
+    values: dict[str, Any] = {
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        "learning_rate": 1e-2,
+        "epochs": 1,
+        "effective_batch_size": 2,
+        "per_device_batch_size": 2,
+        "bf16": False,
+        "device": "cpu",
+        "log_every": 1,
+    }
+    values.update(changes)
+    return FinetuneSettings(**values)
+
+
+def _write_selection(path: Path, records: list[dict]) -> Path:
+    lines = [
+        json.dumps({**r, "score": 0.9 - 0.1 * i, "cluster": i % 2}) for i, r in enumerate(records)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _hashes(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def selection(tmp_path_factory: pytest.TempPathFactory, tiny_pool: dict[str, Path]) -> Path:
+    records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()[:4]]
+    return _write_selection(tmp_path_factory.mktemp("selection") / "selected_data.jsonl", records)
+
+
+@pytest.fixture(scope="module")
+def finetuned(
+    tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, selection: Path
+) -> dict[str, Any]:
+    base_hashes = _hashes(tiny_llama_dir)
+    output = tmp_path_factory.mktemp("finetune") / "adapter"
+    log = run_finetune(
+        base_model=str(tiny_llama_dir),
+        selected_data=selection,
+        output_dir=output,
+        settings=_settings(),
+    )
+    return {"output": output, "log": log, "base_hashes": base_hashes}
+
+
+def test_adapter_directory_contents(finetuned: dict[str, Any], tiny_llama_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    output = finetuned["output"]
+    names = sorted(p.name for p in output.iterdir())
+    assert names == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "training_log.json",
+    ] or (names == ["adapter_config.json", "adapter_model.safetensors", "training_log.json"])
+    config = json.loads((output / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    assert config["r"] == 4 and config["lora_alpha"] == 8
+    assert sorted(config["target_modules"]) == sorted(LORA_TARGETS)
+    assert config["base_model_name_or_path"] == str(tiny_llama_dir)
+    weights = load_file(output / "adapter_model.safetensors")
+    # 2 layers x 4 projections x (A, B), nothing else (no embedding, no head)
+    assert len(weights) == 16
+    assert all("lora_A" in k or "lora_B" in k for k in weights)
+    q_a = next(v for k, v in weights.items() if "layers.0.self_attn.q_proj.lora_A" in k)
+    q_b = next(v for k, v in weights.items() if "layers.0.self_attn.q_proj.lora_B" in k)
+    assert q_a.shape == (4, 32) and q_b.shape == (32, 4)
+    assert q_b.abs().max() > 0  # B starts at zero: training moved it
+
+
+def test_training_log(finetuned: dict[str, Any], selection: Path) -> None:
+    log = json.loads((finetuned["output"] / "training_log.json").read_text())
+    assert log == json.loads(json.dumps(finetuned["log"], default=str))
+    assert log["n_examples"] == 4
+    assert log["selected_data"] == str(selection)
+    assert log["optimizer_steps"] == 2  # 4 examples, batches of 2, one epoch
+    assert log["effective_batch_size"] == 2
+    assert log["gradient_accumulation_steps_used"] == 1
+    assert log["bf16"] is False
+    assert log["settings"]["lora_r"] == 4
+    assert [record["step"] for record in log["history"]] == [1, 2]
+    assert all(math.isfinite(record["loss"]) and record["loss"] > 0 for record in log["history"])
+    assert log["tokens_seen"] > 0
+
+
+def test_adapter_loads_and_changes_logits(finetuned: dict[str, Any], tiny_llama_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    input_ids = torch.tensor([[0, 301, 50, 60, 70, 302, 80]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    with torch.no_grad():
+        base_logits = base(input_ids).logits
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir), finetuned["output"]
+    ).eval()
+    with torch.no_grad():
+        adapted_logits = adapted(input_ids).logits
+        assert (adapted_logits - base_logits).abs().max() > 1e-4
+        with adapted.disable_adapter():
+            torch.testing.assert_close(adapted(input_ids).logits, base_logits)
+
+
+def test_base_model_files_unchanged(finetuned: dict[str, Any], tiny_llama_dir: Path) -> None:
+    assert _hashes(tiny_llama_dir) == finetuned["base_hashes"]
+
+
+def test_tokenizer_without_pad_token(
+    tiny_llama_dir: Path,
+    tiny_build_tokenizer,
+    selection: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from transformers import AutoTokenizer
+
+    import selectmoe.training as training
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama_dir, base)
+    tokenizer = tiny_build_tokenizer()
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(base)
+    loaded = AutoTokenizer.from_pretrained(base)
+    assert loaded.pad_token_id is None and loaded.eos_token_id is not None
+    pad_ids: list[int] = []
+    original = training.collate_encoded
+
+    def spy(batch, *, pad_token_id):
+        pad_ids.append(pad_token_id)
+        return original(batch, pad_token_id=pad_token_id)
+
+    monkeypatch.setattr(training, "collate_encoded", spy)
+    before = _hashes(base)
+    log = run_finetune(
+        base_model=str(base),
+        selected_data=selection,
+        output_dir=tmp_path / "out",
+        settings=_settings(),
+    )
+    assert set(pad_ids) == {loaded.eos_token_id}  # padded with eos, masked out
+    assert log["optimizer_steps"] == 2
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert _hashes(base) == before  # no pad token added to the base model
+
+
+def test_empty_or_missing_selection(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "adapter"
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(DataError, match=re.escape(f"{missing}: selected data not found")):
+        run_finetune(
+            base_model=str(tiny_llama_dir),
+            selected_data=missing,
+            output_dir=output,
+            settings=_settings(),
+        )
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match=re.escape(f"{empty}: no selected examples")):
+        run_finetune(
+            base_model=str(tiny_llama_dir),
+            selected_data=empty,
+            output_dir=output,
+            settings=_settings(),
+        )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"dataset": "a", "id": "1", "messages": [{"role": "robot", "content": "x"}]}\n')
+    with pytest.raises(DataError, match=re.escape(f"{bad}:1: messages[0].role is 'robot'")):
+        run_finetune(
+            base_model=str(tiny_llama_dir),
+            selected_data=bad,
+            output_dir=output,
+            settings=_settings(),
+        )
+    assert not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "empty.jsonl"]
+
+
+def test_selection_without_assistant_tokens_after_truncation(
+    tiny_llama_dir: Path, selection: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        DataError, match=r"no example keeps an assistant token within max_sequence_length=8"
+    ):
+        run_finetune(
+            base_model=str(tiny_llama_dir),
+            selected_data=selection,
+            output_dir=tmp_path / "adapter",
+            settings=_settings(max_sequence_length=8),
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_base_model(selection: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no_model"
+    with pytest.raises(ModelError, match=re.escape(f"{missing}: target model not found")):
+        run_finetune(
+            base_model=str(missing),
+            selected_data=selection,
+            output_dir=tmp_path / "a",
+            settings=_settings(),
+        )

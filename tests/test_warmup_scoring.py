@@ -1,0 +1,314 @@
+"""Stage 1 (warmup of gates and routers) and stage 2 (router data per dataset)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from selectmoe.data import encode_examples, load_pool
+from selectmoe.errors import ConfigError, DataError, ModelError
+from selectmoe.scoring import ROUTER_DATA_KEYS, file_sha256, score_dataset
+from selectmoe.warmup import FULL_RANK_TARGETS, WarmupSettings, load_warmed_model, run_warmup
+
+TRAINED = [f"model.layers.{i}.{suffix}" for i in range(2) for suffix in FULL_RANK_TARGETS]
+
+
+def _settings(**changes: Any) -> WarmupSettings:
+    values: dict[str, Any] = {
+        "subset_ratio": 1.0,
+        "batch_size": 4,
+        "learning_rate": 1e-2,
+        "max_steps": 3,
+        "quality_loss_type": "mse",
+        "quality_loss_weight": 0.5,
+        "device": "cpu",
+        "log_every": 1,
+    }
+    values.update(changes)
+    return WarmupSettings(**values)
+
+
+@pytest.fixture(scope="module")
+def warmup(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_converted_dir: Path,
+    tiny_pool: dict[str, Path],
+) -> dict[str, Any]:
+    """One warmup run; also keeps the full state of the model as training left it."""
+    import selectmoe.warmup as warmup_module
+
+    original = warmup_module.train_loop
+    captured: dict[str, torch.Tensor] = {}
+
+    def spy(model, *args, **kwargs):
+        result = original(model, *args, **kwargs)
+        captured.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return result
+
+    output = tmp_path_factory.mktemp("warmup") / "full_rank_weights.pt"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(warmup_module, "train_loop", spy)
+        returned = run_warmup(
+            model_dir=tiny_converted_dir,
+            pool_files=[tiny_pool["alpha"], tiny_pool["beta"]],
+            output_path=output,
+            settings=_settings(),
+        )
+    return {"path": output, "returned": returned, "trained_state": captured}
+
+
+@pytest.fixture(scope="module")
+def router_data(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_converted_dir: Path,
+    tiny_pool: dict[str, Path],
+    warmup: dict[str, Any],
+) -> dict[str, Any]:
+    output = tmp_path_factory.mktemp("router") / "alpha_router_data.pt"
+    summary = score_dataset(
+        model_dir=tiny_converted_dir,
+        weights_path=warmup["path"],
+        pool_files=[tiny_pool["alpha"]],
+        dataset="alpha",
+        output_path=output,
+        batch_size=4,
+        max_sequence_length=64,
+        device="cpu",
+        progress=False,
+    )
+    return {"path": output, "summary": summary, "data": torch.load(output, weights_only=False)}
+
+
+# ----------------------------------------------------------------------------------------------
+# warmup
+
+
+def test_warmup_changes_only_gates_and_routers(
+    warmup: dict[str, Any], tiny_converted_dir: Path
+) -> None:
+    from selectmoe import SelectMoeForCausalLM
+
+    before = SelectMoeForCausalLM.from_pretrained(tiny_converted_dir).state_dict()
+    after = warmup["trained_state"]
+    assert before.keys() == after.keys()
+    changed = sorted(name for name in before if not torch.equal(before[name], after[name]))
+    assert changed == sorted(TRAINED)
+    assert len(before) == 27  # 25 OLMoE tensors + 2 gates: every other one is bit-identical
+
+
+def test_weights_file_layout(warmup: dict[str, Any]) -> None:
+    payload = torch.load(warmup["path"], weights_only=False)
+    assert {"weights", "peft_mode", "target_patterns", "config"} <= payload.keys()
+    assert sorted(payload["weights"]) == sorted(TRAINED)
+    assert payload["peft_mode"] == "full_rank"
+    assert payload["target_patterns"] == ["quality_gate.weight", "mlp.gate.weight"]
+    for name, tensor in payload["weights"].items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(tensor, warmup["trained_state"][name])
+    assert payload["weights"]["model.layers.0.quality_gate.weight"].shape == (1, 32)
+    assert payload["weights"]["model.layers.0.mlp.gate.weight"].shape == (8, 32)
+    config = payload["config"]
+    assert config["model_overrides"]["quality_loss_type"] == "mse"
+    assert config["model_overrides"]["quality_loss_weight"] == 0.5
+    assert config["settings"]["learning_rate"] == 1e-2
+    assert config["n_examples"] == 12
+    assert payload["optimizer_steps"] == 3
+    assert [record["step"] for record in payload["history"]] == [1, 2, 3]
+    assert all(record["quality_loss"] > 0 for record in payload["history"])
+    assert warmup["returned"] == {k: v for k, v in payload.items() if k != "weights"}
+    json.dumps(payload["config"])  # the config is plain data
+
+
+def test_load_warmed_model_applies_weights_and_overrides(
+    warmup: dict[str, Any], tiny_converted_dir: Path
+) -> None:
+    model, _ = load_warmed_model(tiny_converted_dir, warmup["path"])
+    assert not model.training
+    assert model.config.quality_loss_type == "mse"
+    assert model.config.quality_loss_weight == 0.5
+    state = model.state_dict()
+    for name, tensor in warmup["trained_state"].items():
+        assert torch.equal(state[name], tensor), name
+
+
+def test_warmup_is_seeded(
+    warmup: dict[str, Any], tiny_converted_dir: Path, tiny_pool: dict[str, Path], tmp_path: Path
+) -> None:
+    output = tmp_path / "again.pt"
+    run_warmup(
+        model_dir=tiny_converted_dir,
+        pool_files=[tiny_pool["alpha"], tiny_pool["beta"]],
+        output_path=output,
+        settings=_settings(),
+    )
+    first = torch.load(warmup["path"], weights_only=False)["weights"]
+    second = torch.load(output, weights_only=False)["weights"]
+    assert all(torch.equal(first[name], second[name]) for name in TRAINED)
+
+
+def test_warmup_errors_write_nothing(
+    tiny_converted_dir: Path, tiny_pool: dict[str, Path], tmp_path: Path
+) -> None:
+    output = tmp_path / "w.pt"
+    with pytest.raises(ConfigError, match=r"unknown quality_loss_type 'nope'; valid types: "):
+        _settings(quality_loss_type="nope")
+    with pytest.raises(ConfigError, match=r"warmup.peft_mode is 'dora'; allowed: full_rank"):
+        _settings(peft_mode="dora")
+    with pytest.raises(ConfigError, match=r"warmup.subset_ratio is 0; it must be in \(0, 1\]"):
+        _settings(subset_ratio=0)
+    with pytest.raises(ModelError, match="converted model not found"):
+        run_warmup(
+            model_dir=tmp_path / "none",
+            pool_files=[tiny_pool["alpha"]],
+            output_path=output,
+            settings=_settings(),
+        )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"dataset": "x", "id": "1"}\n')
+    with pytest.raises(DataError, match=re.escape(f"{bad}:1: missing field 'messages'")):
+        run_warmup(
+            model_dir=tiny_converted_dir,
+            pool_files=[bad],
+            output_path=output,
+            settings=_settings(),
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring
+
+
+def test_router_data_layout(router_data: dict[str, Any], warmup: dict[str, Any]) -> None:
+    data = router_data["data"]
+    assert set(data) == set(ROUTER_DATA_KEYS)
+    assert data["quality_score"].dtype == torch.float32
+    assert data["moe_probs"].dtype == torch.float32
+    assert data["quality_score"].shape == (6, 2)
+    assert data["moe_probs"].shape == (6, 2, 8)
+    assert torch.isfinite(data["quality_score"]).all() and torch.isfinite(data["moe_probs"]).all()
+    torch.testing.assert_close(data["moe_probs"].sum(-1), torch.ones(6, 2), rtol=0, atol=1e-5)
+    assert data["sample_ids"] == [f"alpha_{i}" for i in range(6)]  # file order
+    assert data["dataset"] == "alpha"
+    metadata = data["metadata"]
+    assert metadata["weights_sha256"] == file_sha256(warmup["path"])
+    assert metadata["max_sequence_length"] == 64
+    assert metadata["quality_loss_type"] == "mse"
+    assert router_data["summary"]["n_samples"] == 6
+    assert router_data["summary"]["shape"] == [6, 2, 8]
+
+
+def test_router_data_values_are_per_sample_means(
+    router_data: dict[str, Any],
+    warmup: dict[str, Any],
+    tiny_converted_dir: Path,
+    tiny_pool: dict[str, Path],
+    tiny_tokenizer,
+) -> None:
+    model, _ = load_warmed_model(tiny_converted_dir, warmup["path"])
+    examples = load_pool([tiny_pool["alpha"]])
+    encoded = encode_examples(
+        examples, tiny_tokenizer, full_sequence_prediction=True, max_sequence_length=64
+    )
+    data = router_data["data"]
+    for row in (0, 4):  # a single-turn and a multi-turn example
+        ids = torch.tensor([encoded[row].input_ids])
+        with torch.no_grad():
+            routers = model(input_ids=ids, output_router_logits=True).router_logits
+        expected_score = torch.stack([r["quality_score"].mean() for r in routers])
+        expected_probs = torch.stack([torch.softmax(r["moe_logits"], -1).mean(0) for r in routers])
+        torch.testing.assert_close(data["quality_score"][row], expected_score, rtol=0, atol=1e-5)
+        torch.testing.assert_close(data["moe_probs"][row], expected_probs, rtol=0, atol=1e-5)
+    # examples differ in length, so the batches really were padded
+    assert len({len(e.input_ids) for e in encoded}) > 1
+
+
+def test_scores_do_not_depend_on_batching(
+    router_data: dict[str, Any],
+    warmup: dict[str, Any],
+    tiny_converted_dir: Path,
+    tiny_pool: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    output = tmp_path / "alpha_router_data.pt"
+    score_dataset(
+        model_dir=tiny_converted_dir,
+        weights_path=warmup["path"],
+        pool_files=[tiny_pool["alpha"]],
+        dataset="alpha",
+        output_path=output,
+        batch_size=1,
+        max_sequence_length=64,
+        device="cpu",
+        progress=False,
+    )
+    single = torch.load(output, weights_only=False)
+    batched = router_data["data"]
+    assert single["sample_ids"] == batched["sample_ids"]
+    for key in ("quality_score", "moe_probs"):
+        torch.testing.assert_close(single[key], batched[key], rtol=0, atol=1e-5)
+
+
+def test_foreign_example_in_dataset_dir(
+    warmup: dict[str, Any], tiny_converted_dir: Path, tiny_pool: dict[str, Path], tmp_path: Path
+) -> None:
+    mixed = tmp_path / "alpha" / "alpha_data.jsonl"
+    mixed.parent.mkdir()
+    alpha_lines = tiny_pool["alpha"].read_text().splitlines()
+    beta_lines = tiny_pool["beta"].read_text().splitlines()
+    lines = [alpha_lines[0], alpha_lines[1], beta_lines[0]]
+    mixed.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "alpha_router_data.pt"
+    pattern = re.escape(f"{mixed}:3: example of dataset 'beta' in the files of dataset 'alpha'")
+    with pytest.raises(DataError, match=pattern):
+        score_dataset(
+            model_dir=tiny_converted_dir,
+            weights_path=warmup["path"],
+            pool_files=[mixed],
+            dataset="alpha",
+            output_path=output,
+            device="cpu",
+            progress=False,
+        )
+    assert not output.exists()
+
+
+def test_missing_or_bad_weights(
+    tiny_converted_dir: Path, tiny_pool: dict[str, Path], tmp_path: Path
+) -> None:
+    output = tmp_path / "alpha_router_data.pt"
+
+    def score(weights: Path) -> None:
+        score_dataset(
+            model_dir=tiny_converted_dir,
+            weights_path=weights,
+            pool_files=[tiny_pool["alpha"]],
+            dataset="alpha",
+            output_path=output,
+            device="cpu",
+            progress=False,
+        )
+
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(ModelError, match=re.escape(f"{missing}: warmup weights not found")):
+        score(missing)
+    junk = tmp_path / "junk.pt"
+    torch.save({"state": 1}, junk)
+    with pytest.raises(ModelError, match=re.escape(f"{junk}: not a warmup weights file")):
+        score(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save(
+        {"weights": {"model.nope.weight": torch.zeros(1)}, "peft_mode": "full_rank"}, foreign
+    )
+    with pytest.raises(ModelError, match=r"tensors not in .*model\.nope\.weight"):
+        score(foreign)
+    wrong_shape = tmp_path / "wrong_shape.pt"
+    torch.save({"weights": {TRAINED[0]: torch.zeros(2, 32)}, "peft_mode": "full_rank"}, wrong_shape)
+    with pytest.raises(ModelError, match=r"has shape \(2, 32\), the model expects \(1, 32\)"):
+        score(wrong_shape)
+    assert not output.exists()

@@ -64,6 +64,8 @@ _METRICS = ("cosine",)
 _ALLOCATION_STRATEGIES = ("round_robin", "balanced")
 # Rows per block of the [rows, K] similarity matrices: bounds the extra memory whatever N is.
 _CHUNK_ELEMENTS = 1 << 23
+# k-means keeps Elkan's bounds from this many features on (see _lloyd).
+_BOUNDS_MIN_FEATURES = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,10 +635,27 @@ class _Bounds:
         self.upper += moved[labels]
         self.lower.sub_((moved + self.slack).to(torch.float32)[None, :])
 
-    def candidates(self) -> torch.Tensor:
-        """Rows whose bounds do not settle their assignment."""
-        threshold = (self.upper + self.slack).to(torch.float32)
-        return torch.nonzero((self.lower <= threshold[:, None]).any(dim=1)).flatten()
+    def candidates(self, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """Rows whose bounds do not settle their assignment.
+
+        Centre ``j`` is ruled out for row ``i`` by its lower bound, or (Elkan's second test) when
+        ``upper[i] <= angle(c_own, c_j) / 2``: then ``x̂_i`` is nearer its own centre by the
+        triangle inequality, however stale ``lower[i, j]`` is.
+        """
+        # half_angle[a, j] = angle(c_a, c_j) / 2 = asin(|c_a - c_j| / 2): [K, K]
+        gram = (centers @ centers.T).clamp_(-1.0, 1.0)
+        chord = (2.0 - 2.0 * gram).clamp_(min=0.0).sqrt_()
+        half_angle = (torch.asin((chord / 2.0).clamp_(max=1.0)) - self.slack).to(torch.float32)
+        threshold = (self.upper + self.slack).to(torch.float32)[:, None]
+        chunk = _chunk_rows(self.lower.shape[1])
+        open_rows = []
+        for start in range(0, self.lower.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            near = (self.lower[rows] <= threshold[rows]) & (
+                half_angle[labels[rows]] <= threshold[rows]
+            )
+            open_rows.append(torch.nonzero(near.any(dim=1)).flatten() + start)
+        return torch.cat(open_rows)
 
 
 def _lloyd(
@@ -646,7 +665,8 @@ def _lloyd(
     max_iter: int,
     tol: float,
 ) -> _LloydResult:
-    """Spherical Lloyd iterations from ``init_centers``, skipping settled points (:class:`_Bounds`).
+    """Spherical Lloyd iterations from ``init_centers``, skipping settled points (:class:`_Bounds`,
+    for ``n_features >= 256``; shorter rows are all recomputed, which is cheaper than the bounds).
 
     One iteration is an M-step (unit centroids from running float64 cluster sums) followed by an
     E-step on the points whose bounds leave their assignment open; the loop stops when no label
@@ -657,9 +677,18 @@ def _lloyd(
     n_clusters = init_centers.shape[0]
     device, dtype = unit.device, unit.dtype
     chunk = _chunk_rows(max(n_clusters, n_features))
-    bounds = _Bounds(n_samples, n_clusters, n_features, unit)
-    # Checking the own centre first is worth a gathered row only when a full row costs more.
-    tighten = n_clusters >= 32
+    # Keeping a bound costs a few elementwise operations per (sample, centre) and iteration; it
+    # pays only when a similarity (2·D flops) costs more, i.e. for long feature vectors.
+    bounds = (
+        _Bounds(n_samples, n_clusters, n_features, unit)
+        if n_features >= _BOUNDS_MIN_FEATURES
+        else None
+    )
+
+    def assign(rows: slice | torch.Tensor, sims: torch.Tensor) -> torch.Tensor:
+        if bounds is None:
+            return sims.argmax(dim=1)  # first maximum on ties, as numpy's argmax
+        return bounds.set_rows(rows, sims)
 
     centers = init_centers.to(torch.float64)
     centers_c = centers.to(dtype)
@@ -668,7 +697,7 @@ def _lloyd(
     for start in range(0, n_samples, chunk):
         rows = slice(start, start + chunk)
         block = unit[rows]
-        labels[rows] = best = bounds.set_rows(rows, block @ centers_c.T)
+        labels[rows] = best = assign(rows, block @ centers_c.T)
         # Per-block sums in the data's dtype, accumulated in float64 across blocks.
         block_sums = torch.zeros(n_clusters, n_features, dtype=dtype, device=device)
         sums += block_sums.index_add_(0, best, block).to(torch.float64)
@@ -677,7 +706,7 @@ def _lloyd(
     def reassign(rows: slice | torch.Tensor, block: torch.Tensor) -> int:
         """Recompute the rows' labels and bounds; move changed rows between the sums."""
         old = labels[rows]
-        best = bounds.set_rows(rows, block @ centers_c.T)
+        best = assign(rows, block @ centers_c.T)
         changed = best != old
         if not bool(changed.any()):
             return 0
@@ -704,29 +733,21 @@ def _lloyd(
         shift_sq = ((new_centers - centers) ** 2).sum(dim=1)  # [K]
         moved = 2.0 * torch.asin((shift_sq.sqrt() / 2.0).clamp_(max=1.0))  # angle moved, [K]
         centers, centers_c = new_centers, new_centers.to(dtype)
-        bounds.move(labels, moved)
-        if relocated is not None:
-            bounds.upper[relocated] = math.inf
+        if bounds is not None:
+            bounds.move(labels, moved)
+            if relocated is not None:
+                bounds.upper[relocated] = math.inf
         # ---- E-step
         n_changed = 0
-        open_rows = bounds.candidates()
-        if open_rows.numel() > n_samples // 2:
+        open_rows = None if bounds is None else bounds.candidates(labels, centers)
+        if open_rows is None or open_rows.numel() > n_samples // 2:
             # Most rows are open: contiguous blocks beat gathering them.
             for start in range(0, n_samples, chunk):
                 rows = slice(start, start + chunk)
                 n_changed += reassign(rows, unit[rows])
         else:
             for index in open_rows.split(chunk):
-                block = unit[index]
-                if tighten:
-                    own = (block * centers_c[labels[index]]).sum(dim=1).to(torch.float64)
-                    bounds.upper[index] = torch.acos((own - bounds.margin).clamp_(-1.0, 1.0))
-                    threshold = (bounds.upper[index] + bounds.slack).to(torch.float32)
-                    still = (bounds.lower[index] <= threshold[:, None]).any(dim=1)
-                    if not bool(still.any()):
-                        continue
-                    index, block = index[still], block[still]
-                n_changed += reassign(index, block)
+                n_changed += reassign(index, unit[index])
         if n_changed == 0:
             converged = True
             break

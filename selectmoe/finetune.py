@@ -50,6 +50,9 @@ class FinetuneSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        for key in ("per_device_batch_size", "effective_batch_size", "epochs", "lora_r"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"finetune.{key} is {getattr(self, key)}; it must be >= 1")
         if self.effective_batch_size % self.per_device_batch_size:
             raise ConfigError(
                 f"finetune.effective_batch_size ({self.effective_batch_size}) must be a multiple "
@@ -102,6 +105,7 @@ def run_finetune(
     looks_like_hub_id = base_model.count("/") == 1 and not base_model.startswith((".", "/"))
     if not os.path.isdir(base_model) and not looks_like_hub_id:
         raise ModelError(f"{base_model}: target model not found; build the demo or fix the path")
+    examples = load_selected_examples(selected_data)  # fail fast, before loading a large model
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     use_bf16 = settings.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -115,7 +119,6 @@ def run_finetune(
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora_config)
-    examples = load_selected_examples(selected_data)
     encoded = encode_examples(
         examples,
         tokenizer,

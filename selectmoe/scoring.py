@@ -107,9 +107,13 @@ def score_dataset(
     max_sequence_length: int = 2048,
     device: str = "auto",
     dtype: str = "float32",
+    seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score one dataset's pool files and write ``{dataset}_router_data.pt`` atomically.
+
+    Scoring is deterministic for a given batch size; with ``trash_expert_mode="noise"`` the noise
+    comes from ``torch.manual_seed(seed)`` and so also depends on how examples are batched.
 
     Returns
     -------
@@ -137,6 +141,7 @@ def score_dataset(
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
+    torch.manual_seed(seed)
     start = time.perf_counter()
     quality_score, moe_probs = compute_router_data(
         model,
@@ -158,6 +163,8 @@ def score_dataset(
         "quality_loss_type": model.config.quality_loss_type,
         "trash_expert_mode": model.config.trash_expert_mode,
         "dtype": dtype,
+        "batch_size": batch_size,
+        "seed": seed,
         "n_tokens": n_tokens,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1),

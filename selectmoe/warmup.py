@@ -91,6 +91,9 @@ class WarmupSettings:
                 f"warmup.peft_mode is {self.peft_mode!r}; allowed: {', '.join(PEFT_MODES)}"
             )
         get_quality_loss(self.quality_loss_type)  # unknown names fail here, listing valid ones
+        for key in ("batch_size", "gradient_accumulation_steps", "epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"warmup.{key} is {getattr(self, key)}; it must be >= 1")
         if not 0 < self.subset_ratio <= 1:
             raise ConfigError(f"warmup.subset_ratio is {self.subset_ratio}; it must be in (0, 1]")
 

@@ -84,7 +84,7 @@ def test_gradient_reaches_the_gate_weights_through_the_model(
     for layer in model.model.layers:
         grad = layer.quality_gate.weight.grad
         assert grad is not None and grad.shape == (1, 32)
-        assert grad.abs().max() > 1e-6, loss_type
+        assert grad.abs().max() > 1e-3, loss_type
     # the quality loss alone does not touch the language-model head
     assert model.lm_head.weight.grad is None or torch.all(model.lm_head.weight.grad == 0)
 

@@ -186,6 +186,34 @@ def test_trash_expert_mode_is_read_at_forward_time(
     assert torch.equal(_logits(model), zero)
 
 
+def test_noise_trash_expert_statistics_and_no_gradient() -> None:
+    from types import SimpleNamespace
+
+    from selectmoe.modeling_select_moe import trash_expert
+
+    torch.manual_seed(0)
+    scale = torch.tensor([0.5, 2.0, 4.0]).view(1, 3, 1)
+    shift = torch.tensor([-1.0, 0.0, 3.0]).view(1, 3, 1)
+    hidden = (torch.randn(2, 3, 4096) * scale + shift).requires_grad_()
+    noise = trash_expert(hidden, SimpleNamespace(trash_expert_mode="noise"))
+    assert noise.shape == hidden.shape
+    assert not noise.requires_grad
+    # per token: the mean and std of that token's hidden state, but not the hidden state itself
+    torch.testing.assert_close(noise.mean(-1), hidden.detach().mean(-1), rtol=0, atol=0.15)
+    torch.testing.assert_close(
+        noise.std(-1) / hidden.detach().std(-1), torch.ones(2, 3), rtol=0, atol=0.05
+    )
+    centred = torch.stack(
+        [
+            (noise - noise.mean(-1, keepdim=True)).flatten(),
+            (hidden - hidden.mean(-1, keepdim=True)).detach().flatten(),
+        ]
+    )
+    assert torch.corrcoef(centred)[0, 1].abs() < 0.05  # independent of the hidden state
+    zero = trash_expert(hidden, SimpleNamespace(trash_expert_mode="zero"))
+    assert torch.equal(zero, torch.zeros_like(hidden))
+
+
 def test_mix_is_good_moe_plus_bad_trash(tiny_select_moe, no_custom_trash: None) -> None:
     """Layer 0's output moves by exactly (1 - good) * c when the trash expert returns c."""
     from selectmoe import register_trash_expert

@@ -63,17 +63,25 @@ def warmup(
 
 
 @pytest.fixture(scope="module")
+def alpha_file(tmp_path_factory: pytest.TempPathFactory, tiny_pool: dict[str, Path]) -> Path:
+    """The alpha examples in reverse order: file order is neither id order nor length order."""
+    path = tmp_path_factory.mktemp("alpha") / "alpha_data.jsonl"
+    path.write_text("\n".join(reversed(tiny_pool["alpha"].read_text().splitlines())) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
 def router_data(
     tmp_path_factory: pytest.TempPathFactory,
     tiny_converted_dir: Path,
-    tiny_pool: dict[str, Path],
+    alpha_file: Path,
     warmup: dict[str, Any],
 ) -> dict[str, Any]:
     output = tmp_path_factory.mktemp("router") / "alpha_router_data.pt"
     summary = score_dataset(
         model_dir=tiny_converted_dir,
         weights_path=warmup["path"],
-        pool_files=[tiny_pool["alpha"]],
+        pool_files=[alpha_file],
         dataset="alpha",
         output_path=output,
         batch_size=4,
@@ -193,7 +201,7 @@ def test_router_data_layout(router_data: dict[str, Any], warmup: dict[str, Any])
     assert data["moe_probs"].shape == (6, 2, 8)
     assert torch.isfinite(data["quality_score"]).all() and torch.isfinite(data["moe_probs"]).all()
     torch.testing.assert_close(data["moe_probs"].sum(-1), torch.ones(6, 2), rtol=0, atol=1e-5)
-    assert data["sample_ids"] == [f"alpha_{i}" for i in range(6)]  # file order
+    assert data["sample_ids"] == [f"alpha_{i}" for i in reversed(range(6))]  # file order
     assert data["dataset"] == "alpha"
     metadata = data["metadata"]
     assert metadata["weights_sha256"] == file_sha256(warmup["path"])
@@ -207,16 +215,16 @@ def test_router_data_values_are_per_sample_means(
     router_data: dict[str, Any],
     warmup: dict[str, Any],
     tiny_converted_dir: Path,
-    tiny_pool: dict[str, Path],
+    alpha_file: Path,
     tiny_tokenizer,
 ) -> None:
     model, _ = load_warmed_model(tiny_converted_dir, warmup["path"])
-    examples = load_pool([tiny_pool["alpha"]])
+    examples = load_pool([alpha_file])
     encoded = encode_examples(
         examples, tiny_tokenizer, full_sequence_prediction=True, max_sequence_length=64
     )
     data = router_data["data"]
-    for row in (0, 4):  # a single-turn and a multi-turn example
+    for row in range(len(examples)):
         ids = torch.tensor([encoded[row].input_ids])
         with torch.no_grad():
             routers = model(input_ids=ids, output_router_logits=True).router_logits
@@ -232,14 +240,14 @@ def test_scores_do_not_depend_on_batching(
     router_data: dict[str, Any],
     warmup: dict[str, Any],
     tiny_converted_dir: Path,
-    tiny_pool: dict[str, Path],
+    alpha_file: Path,
     tmp_path: Path,
 ) -> None:
     output = tmp_path / "alpha_router_data.pt"
     score_dataset(
         model_dir=tiny_converted_dir,
         weights_path=warmup["path"],
-        pool_files=[tiny_pool["alpha"]],
+        pool_files=[alpha_file],
         dataset="alpha",
         output_path=output,
         batch_size=1,

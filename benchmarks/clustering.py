@@ -269,12 +269,17 @@ def bench_full(args: argparse.Namespace) -> dict:
         ]
         if args.verbose:
             command.append("--verbose")
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        # The child's log goes straight to our stderr with --verbose (progress of a long run).
+        done = subprocess.run(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=None if args.verbose else subprocess.PIPE,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
-            sys.stderr.write(done.stderr)
+            sys.stderr.write(done.stderr or "")
             raise SystemExit(f"full-pool run failed with status {done.returncode}")
-        if args.verbose:
-            sys.stderr.write(done.stderr)
         result = json.loads(done.stdout.strip().splitlines()[-1])
         result["generate_s"] = generate_s
         return result

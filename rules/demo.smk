@@ -10,7 +10,7 @@ rule build_demo:
         f"{RESULTS}/logs/build_demo.log",
     benchmark:
         f"{RESULTS}/benchmarks/build_demo.tsv"
-    threads: 2
+    threads: 1
     params:
         out_dir=DEMO_DIR,
         seed=config.get("demo", {}).get("seed", 0),

@@ -13,10 +13,11 @@
 
 Everything comes from small generators over an invented world (countries with capitals,
 currencies, languages and national animals; an invented lexicon; word problems; sentiment word
-lists), so the data are *learnable*: a model that sees more clean examples answers the held-out
-evaluation questions better, and planted noise (wrong answers, shuffled, truncated, junk, near
-duplicates) teaches it wrong things. The noise labels are only in the sidecar file: ids are
-``{dataset}_{position}`` and planted examples sit at random positions.
+lists), so the data are *learnable*: the answers follow from the question and the world's facts,
+and planted noise (wrong answers, shuffled, truncated, junk, near duplicates) teaches wrong
+things. The models are tiny, so accuracies move by a few points, not tens. The noise labels are
+only in the sidecar file: ids are ``{dataset}_{position}`` and planted examples sit at random
+positions.
 
 Held-out evaluation questions never occur verbatim as a user message of the pool or of the
 pretraining corpus: arithmetic and sentiment questions come from their own random stream and
@@ -27,6 +28,11 @@ Both models are briefly pretrained (plain causal LM on packed documents, each st
 ``<s>``) on a clean corpus from the same generators but another random stream, rendered with the
 chat template of SPEC §4, so the base model's routers and the target's heads mean something. The
 target gets fewer steps so that finetuning has room to improve it.
+
+The tokenizer is byte-level BPE (every string, "\n" and junk included, round-trips exactly) with
+``<unk>``=0, ``<s>``=1, ``</s>``=2, ``<pad>``=3 and the chat tags as single special tokens; like
+Llama's, it puts ``<s>`` in front when ``add_special_tokens`` is true (so lm-eval's prompts start
+with it, as the pretraining documents and ``selectmoe.data.encode_examples`` do).
 
 Reproducibility: the pool, labels and task files are byte-identical for a given seed. The models
 are reproducible on the same machine with the same number of torch threads (float reductions may
@@ -538,9 +544,8 @@ def _review(rng: random.Random) -> tuple[str, str]:
         "mixed": ["positive", "negative", "neutral"],
     }[label]
     n_sentences = rng.randint(2, 3)
-    chosen = (
-        ["positive", "negative"] if label == "mixed" else [polarities[0]]
-    )  # the label's defining polarity comes first
+    # the polarities that define the label first, the rest drawn from what the label allows
+    chosen = ["positive", "negative"] if label == "mixed" else [polarities[0]]
     while len(chosen) < n_sentences:
         chosen.append(rng.choice(polarities))
     rng.shuffle(chosen)
@@ -985,15 +990,16 @@ def _batches(blocks: Any, settings: _PretrainSettings) -> Iterator[Any]:
     order = torch.randperm(len(blocks), generator=generator)
     cursor = 0
     for _ in range(settings.steps):
-        rows = []
-        while len(rows) < settings.batch_size:
+        chunks, n_rows = [], 0
+        while n_rows < settings.batch_size:  # a batch may span the end of one pass
             if cursor == len(order):
                 order = torch.randperm(len(blocks), generator=generator)
                 cursor = 0
-            take = min(settings.batch_size - len(rows), len(order) - cursor)
-            rows.append(order[cursor : cursor + take])
+            take = min(settings.batch_size - n_rows, len(order) - cursor)
+            chunks.append(order[cursor : cursor + take])
             cursor += take
-        yield blocks[torch.cat(rows)]
+            n_rows += take
+        yield blocks[torch.cat(chunks)]
 
 
 def _pretrain(model: Any, blocks: Any, settings: _PretrainSettings, *, name: str) -> float | None:
@@ -1153,7 +1159,7 @@ def build_demo(
     pretrain_sequence_length: int = 128,
     pretrain_learning_rate: float = 3e-3,
     vocab_size: int = 1536,
-    num_threads: int | None = None,
+    num_threads: int | None = 1,
 ) -> dict[str, Any]:
     """Build the embedded demo (tokenizer, tiny models, noisy pool, local lm-eval tasks).
 
@@ -1191,8 +1197,11 @@ def build_demo(
         Peak AdamW learning rate (10% linear warmup, cosine decay to a tenth).
     vocab_size : int, default 1536
         BPE vocabulary size, special tokens included (256 to 8192).
-    num_threads : int, optional
-        ``torch.set_num_threads`` for the build (restored afterwards); default: leave as is.
+    num_threads : int or None, default 1
+        ``torch.set_num_threads`` for the build (restored afterwards); None leaves torch's
+        setting as it is. One thread is the default because the models are so small that more
+        threads gain little, while on shared cores torch's threads wait on each other: on a busy
+        2-core machine 2 threads made the build ten times slower than 1.
 
     Returns
     -------
@@ -1296,9 +1305,12 @@ def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str,
 
     # -- held-out evaluation tasks
     pool_questions = {
-        m["content"] for examples in pool.values() for e in examples for m in e.messages
-        if m["role"] == "user"
-    }  # fmt: skip
+        message["content"]
+        for examples in pool.values()
+        for example in examples
+        for message in example.messages
+        if message["role"] == "user"
+    }
     eval_questions: set[str] = set()
     for task in EVAL_TASKS:
         docs = _eval_docs(

@@ -25,6 +25,8 @@ SMALL: dict[str, Any] = {
     "eval_docs_per_task": 10,
     "pretrain_steps": 5,
     "target_pretrain_steps": 2,
+    # one thread: other test processes on the same cores slow multi-threaded torch down badly
+    "num_threads": 1,
 }
 
 
@@ -405,7 +407,7 @@ def test_pretraining_teaches_the_format(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir = tmp_path / "demo"
-    manifest = build_demo(out_dir, **{**SMALL, "pretrain_steps": 40, "target_pretrain_steps": 0})
+    manifest = build_demo(out_dir, **{**SMALL, "pretrain_steps": 60, "target_pretrain_steps": 0})
     assert manifest["models"]["base"]["final_pretrain_loss"] < 4.0  # from ~7.3 = ln(1536)
     assert manifest["models"]["target"]["final_pretrain_loss"] is None
     tokenizer = AutoTokenizer.from_pretrained(out_dir / "base_model")
@@ -416,3 +418,18 @@ def test_pretraining_teaches_the_format(tmp_path: Path) -> None:
     # the routers spread tokens over several experts, not one
     chosen = torch.cat([layer.topk(2, dim=-1).indices.flatten() for layer in router_logits])
     assert len(set(chosen.tolist())) >= 3
+
+
+def test_pretraining_batches_have_the_requested_shape() -> None:
+    import torch
+
+    blocks = torch.arange(10 * 4).view(10, 4)
+    settings = demo._PretrainSettings(
+        steps=7, batch_size=3, sequence_length=4, learning_rate=1e-3, seed=0
+    )
+    batches = list(demo._batches(blocks, settings))
+    assert [tuple(b.shape) for b in batches] == [(3, 4)] * 7
+    # each pass over the corpus visits every block once (7 * 3 = 21 = 2 passes + 1 block)
+    rows = torch.cat(batches)[:, 0] // 4
+    assert sorted(rows[:10].tolist()) == list(range(10))
+    assert sorted(rows[10:20].tolist()) == list(range(10))

@@ -40,7 +40,7 @@ def run_job(log_path: str | os.PathLike[str] | None, threads: int, job: Callable
         return job()
     except SelectMoeError as error:
         message = f"selectmoe: error: {error}"
-        logging.getLogger("selectmoe").error(message)
+        print(message, file=sys.stderr)
         if sys.stderr is not real_stderr:
             print(message, file=real_stderr)
         sys.exit(2)

@@ -9,8 +9,8 @@ arithmetic in torch so that the same code serves CPU and CUDA, and takes numpy o
   unit rows of cluster ``C``).
 - :class:`KMeans`: spherical k-means (unit centroids, cosine similarity) with scikit-learn's API:
   greedy k-means++ seeding, ``n_init`` restarts, ``max_iter``, ``tol``, re-seeding of empty
-  clusters. Lloyd iterations skip the points whose assignment provably cannot change (Hamerly's
-  bounds on angles), which keeps the result of plain Lloyd but does a fraction of its work after
+  clusters. Lloyd iterations skip the points whose assignment provably cannot change (Elkan's
+  bounds, on angles), which keeps the result of plain Lloyd but does a fraction of its work after
   the first iterations.
 - :func:`choose_k`: k-means over a range of k, the elbow of the inertia curve by Kneedle, the best
   silhouette as a fallback; the k-means++ seeding is computed once for the largest k and its
@@ -185,59 +185,97 @@ def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _silhouette_core(
+def _block_silhouette(
+    dots: torch.Tensor,
+    self_term: torch.Tensor,
+    own: torch.Tensor,
+    counts: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Silhouette of a block of rows from ``dots[i, c] = x̂_i·S_c`` ([rows, K])."""
+    # dist_sums[i, c] = sum_{j in c} (1 - x̂_i·x̂_j) = |c| - x̂_i·S_c: [rows, K]
+    dist_sums = counts - dots
+    dist_sums = torch.where(dist_sums.abs() <= noise, 0.0, dist_sums).clamp_(min=0.0)
+    own_counts = counts[own]
+    # The identity counts d(i, i) = 1 - |x̂_i|² (0 for unit rows, 1 for zero rows); a point's
+    # distance to itself is 0, so remove that term from its own cluster's sum.
+    intra = (dist_sums.gather(1, own[:, None]).squeeze(1) - self_term).clamp_(min=0.0)
+    singleton = own_counts <= 1
+    a = intra / torch.where(singleton, torch.ones_like(own_counts), own_counts - 1)
+    mean_dist = dist_sums / counts
+    mean_dist.scatter_(1, own[:, None], math.inf)
+    b = mean_dist.min(dim=1).values
+    denom = torch.maximum(a, b)
+    s = (b - a) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    # scikit-learn's convention: a cluster of one sample scores 0 (its a is undefined), and so
+    # does 0/0 (a = b = 0, e.g. duplicated points in two clusters).
+    return torch.where(singleton | (denom <= 0), torch.zeros_like(s), s)
+
+
+def _silhouette_blocks(
     X: torch.Tensor,
-    codes: torch.Tensor,
-    n_clusters: int,
+    labelings: Sequence[tuple[torch.Tensor, int]],
     *,
     dtype: torch.dtype,
-    normalized: bool = False,
-) -> torch.Tensor:
-    """Per-sample cosine silhouette of ``X`` (any dtype, on the device of ``codes``).
+    normalized: bool,
+    per_sample: bool,
+) -> list[torch.Tensor]:
+    """Cosine silhouettes of several labelings of ``X`` in two passes over the data.
 
-    ``normalized=True`` says the rows of ``X`` are already unit (or zero) rows, which saves a
-    normalisation per block; they are then used as they are.
+    Each labeling is ``(codes [N] on the run device, K)`` with codes ``0..K-1``, all present.
+    Pass one sums each cluster's unit rows (``S_c``); pass two gets ``x̂_i·S_c`` of every
+    labeling from one matrix product per block of rows. Returns, per labeling, the values ``[N]``
+    (``per_sample``) or their sum (a 0-d float64 tensor). ``normalized=True`` says the rows of
+    ``X`` are already unit (or zero) rows, which saves a normalisation per block.
     """
-    device = codes.device
+    device = labelings[0][0].device
     n_samples, n_features = X.shape
-    chunk = _chunk_rows(max(n_clusters, n_features))
+    offsets = np.cumsum([0] + [k for _, k in labelings]).tolist()
+    total_k = offsets[-1]
+    chunk = _chunk_rows(max(total_k, n_features))
     eps = torch.finfo(dtype).eps
 
     def unit_block(start: int) -> torch.Tensor:
         block = X[start : start + chunk].to(device=device, dtype=dtype)
         return block if normalized else _unit_rows(block)
 
-    counts = torch.bincount(codes, minlength=n_clusters).to(dtype)
-    # sums[c] = S_c, the sum of the unit rows of cluster c: [K, D]
-    sums = torch.zeros(n_clusters, n_features, dtype=dtype, device=device)
-    for start in range(0, n_samples, chunk):
-        sums.index_add_(0, codes[start : start + chunk], unit_block(start))
-    # The identity subtracts two numbers of size |C|; below this the result is rounding noise.
-    noise = 4.0 * eps * counts * math.sqrt(n_features)
-    out = torch.empty(n_samples, dtype=dtype, device=device)
+    # sums[offset_l + c] = S_c of labeling l, the sum of the unit rows of its cluster c: [ΣK, D]
+    sums = torch.zeros(total_k, n_features, dtype=dtype, device=device)
     for start in range(0, n_samples, chunk):
         unit = unit_block(start)
-        own = codes[start : start + chunk]
-        # dist_sums[i, c] = sum_{j in c} (1 - x̂_i·x̂_j) = |c| - x̂_i·S_c: [rows, K]
-        dist_sums = counts - unit @ sums.T
-        dist_sums = torch.where(dist_sums.abs() <= noise, 0.0, dist_sums).clamp_(min=0.0)
-        # The identity counts d(i, i) = 1 - |x̂_i|² (0 for unit rows, 1 for zero rows); a point's
-        # distance to itself is 0, so remove that term from its own cluster's sum.
+        for (codes, _), offset in zip(labelings, offsets, strict=False):
+            sums.index_add_(0, codes[start : start + chunk] + offset, unit)
+    counts = torch.cat([torch.bincount(codes, minlength=k) for codes, k in labelings]).to(dtype)
+    # The identity subtracts two numbers of size |C|; below this the result is rounding noise.
+    noise = 4.0 * eps * counts * math.sqrt(n_features)
+    outs = [
+        torch.empty(n_samples, dtype=dtype, device=device)
+        if per_sample
+        else torch.zeros((), dtype=torch.float64, device=device)
+        for _ in labelings
+    ]
+    for start in range(0, n_samples, chunk):
+        unit = unit_block(start)
+        dots = unit @ sums.T  # [rows, ΣK]
         self_term = 1.0 - (unit * unit).sum(dim=1)
-        own_counts = counts[own]
-        intra = (dist_sums.gather(1, own[:, None]).squeeze(1) - self_term).clamp_(min=0.0)
-        singleton = own_counts <= 1
-        a = intra / torch.where(singleton, torch.ones_like(own_counts), own_counts - 1)
-        mean_dist = dist_sums / counts
-        mean_dist.scatter_(1, own[:, None], math.inf)
-        b = mean_dist.min(dim=1).values
-        denom = torch.maximum(a, b)
-        s = (b - a) / torch.where(denom > 0, denom, torch.ones_like(denom))
-        # scikit-learn's convention: a cluster of one sample scores 0 (its a is undefined), and
-        # so does 0/0 (a = b = 0, e.g. duplicated points in two clusters).
-        s = torch.where(singleton | (denom <= 0), torch.zeros_like(s), s)
-        out[start : start + chunk] = s
-    return out
+        for index, (codes, _) in enumerate(labelings):
+            cols = slice(offsets[index], offsets[index + 1])
+            values = _block_silhouette(
+                dots[:, cols], self_term, codes[start : start + chunk], counts[cols], noise[cols]
+            )
+            if per_sample:
+                outs[index][start : start + chunk] = values
+            else:
+                outs[index] += values.sum(dtype=torch.float64)
+    return outs
+
+
+def _silhouette_core(
+    X: torch.Tensor, codes: torch.Tensor, n_clusters: int, *, dtype: torch.dtype
+) -> torch.Tensor:
+    """Per-sample cosine silhouette of ``X`` (any dtype, on the device of ``codes``)."""
+    labelings = [(codes, n_clusters)]
+    return _silhouette_blocks(X, labelings, dtype=dtype, normalized=False, per_sample=True)[0]
 
 
 def silhouette_samples(
@@ -604,18 +642,22 @@ def _own_similarity(
 
 
 class _Bounds:
-    """Elkan's bounds (Elkan 2003) on angles, for spherical k-means.
+    """Bounds on angles that let spherical k-means skip settled points (Elkan 2003).
 
     ``upper[i]`` is at least the angle between ``x̂_i`` and its own centre, ``lower[i, j]`` at most
     the angle to centre ``j`` (the own column is +inf). Angles on the sphere obey the triangle
     inequality, so when centre ``j`` moves by the angle ``β_j`` the bounds stay valid as
-    ``upper += β_own`` and ``lower[:, j] -= β_j``; a point with ``upper < min_j lower[:, j]``
-    provably keeps its centre and is not looked at. Similarities computed in floating point are off
-    by less than ``margin``, which the bounds absorb, and ``slack`` covers the rounding of the
-    float32 ``lower`` bookkeeping; so labels are those of plain Lloyd up to ties within rounding.
+    ``upper += β_own`` and ``lower[:, j] -= β_j``. Centre ``j`` cannot take row ``i`` when
+    ``upper[i] <= lower[i, j]`` or ``upper[i] <= angle(c_own, c_j) / 2`` (then ``x̂_i`` is
+    nearer its own centre); a row where every other centre is ruled out keeps its centre and is
+    not looked at. Similarities computed in floating point are off by less than ``margin``, which
+    the bounds absorb, and ``slack`` covers the rounding of the float32 table; so labels are those
+    of plain Lloyd up to ties within rounding.
     """
 
-    def __init__(self, n_samples: int, n_clusters: int, n_features: int, like: torch.Tensor):
+    def __init__(
+        self, n_samples: int, n_clusters: int, n_features: int, like: torch.Tensor
+    ) -> None:
         self.margin = 16.0 * torch.finfo(like.dtype).eps * math.sqrt(n_features)
         self.slack = 8.0 * torch.finfo(torch.float32).eps * math.pi
         self.upper = torch.empty(n_samples, dtype=torch.float64, device=like.device)
@@ -638,25 +680,25 @@ class _Bounds:
         self.lower.sub_((moved + self.slack).to(torch.float32)[None, :])
 
     def candidates(self, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-        """Rows whose bounds do not settle their assignment.
-
-        Centre ``j`` is ruled out for row ``i`` by its lower bound, or (Elkan's second test) when
-        ``upper[i] <= angle(c_own, c_j) / 2``: then ``x̂_i`` is nearer its own centre by the
-        triangle inequality, however stale ``lower[i, j]`` is.
-        """
+        """Rows whose bounds do not settle their assignment."""
         # half_angle[a, j] = angle(c_a, c_j) / 2 = asin(|c_a - c_j| / 2): [K, K]
         gram = (centers @ centers.T).clamp_(-1.0, 1.0)
         chord = (2.0 - 2.0 * gram).clamp_(min=0.0).sqrt_()
-        half_angle = (torch.asin((chord / 2.0).clamp_(max=1.0)) - self.slack).to(torch.float32)
-        threshold = (self.upper + self.slack).to(torch.float32)[:, None]
-        chunk = _chunk_rows(self.lower.shape[1])
-        open_rows = []
-        for start in range(0, self.lower.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            near = (self.lower[rows] <= threshold[rows]) & (
-                half_angle[labels[rows]] <= threshold[rows]
-            )
-            open_rows.append(torch.nonzero(near.any(dim=1)).flatten() + start)
+        half_angle = torch.asin((chord / 2.0).clamp_(max=1.0)) - self.slack
+        half_angle.fill_diagonal_(math.inf)
+        threshold = self.upper + self.slack
+        # Cheap tests first, O(N): the nearest lower bound, and the nearest other centre.
+        open_ = (self.lower.min(dim=1).values <= threshold.to(torch.float32)) & (
+            threshold > half_angle.min(dim=1).values[labels]
+        )
+        rows = torch.nonzero(open_).flatten()
+        # Then centre by centre for the rows left: [rows, K].
+        half_angle32 = half_angle.to(torch.float32)
+        open_rows = [rows[:0]]
+        for index in rows.split(_chunk_rows(self.lower.shape[1])):
+            limit = threshold[index].to(torch.float32)[:, None]
+            near = (self.lower[index] <= limit) & (half_angle32[labels[index]] <= limit)
+            open_rows.append(index[near.any(dim=1)])
         return torch.cat(open_rows)
 
 
@@ -854,9 +896,10 @@ class KMeans:
     cluster, ``m_k`` the mean of the unit rows; the two agree as clusters tighten.)
 
     Seeding is greedy k-means++; each of ``n_init`` restarts uses its own seed stream derived from
-    ``seed`` and the run with the lowest inertia is kept. The Lloyd iterations skip points whose
-    assignment cannot change (bounds on angles, Hamerly 2010), with the same labels as plain Lloyd.
-    An empty cluster takes the point farthest from its centre. Deterministic for a seed on CPU.
+    ``seed`` and the run with the lowest inertia is kept. With 256 features or more, the Lloyd
+    iterations skip points whose assignment cannot change (Elkan's bounds, on angles), with the
+    labels of plain Lloyd. An empty cluster takes the point farthest from its centre.
+    Deterministic for a seed on CPU (the order of floating-point sums on GPUs is not fixed).
     All-zero rows have similarity 0 with every centre.
 
     Parameters
@@ -1072,7 +1115,6 @@ class _KFit:
     labels: np.ndarray
     centers: np.ndarray
     seconds: float
-    silhouette_seconds: float
 
 
 def _fit_one_k(
@@ -1082,59 +1124,87 @@ def _fit_one_k(
     *,
     max_iter: int,
     tol: float,
-    compute_silhouette: bool,
 ) -> _KFit:
     start = time.perf_counter()
     best = _fit_best(unit, k, seedings, max_iter=max_iter, tol=tol)
-    seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    silhouette = None
-    if compute_silhouette:
-        silhouette = _labels_silhouette(unit, best.labels, k)
     return _KFit(
         k=k,
         inertia=best.inertia,
-        silhouette=silhouette,
+        silhouette=None,
         n_iter=best.n_iter,
         labels=best.labels.cpu().numpy().astype(np.int64),
         centers=best.centers.cpu().numpy(),
-        seconds=seconds,
-        silhouette_seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start,
     )
 
 
-def _labels_silhouette(unit: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    """Mean silhouette in float64; labels may leave clusters empty (then they are re-coded)."""
-    counts = torch.bincount(labels, minlength=k)
-    if bool((counts == 0).any()):
-        present = torch.nonzero(counts).flatten()
-        remap = torch.full((k,), -1, dtype=torch.int64, device=labels.device)
-        remap[present] = torch.arange(present.numel(), device=labels.device)
-        labels, k = remap[labels], present.numel()
-    if not 2 <= k <= unit.shape[0] - 1:
-        return 0.0
-    values = _silhouette_core(unit, labels, k, dtype=torch.float64, normalized=True)
-    return float(values.mean())
+def _mean_silhouettes(unit: torch.Tensor, label_sets: Sequence[np.ndarray]) -> list[float]:
+    """Mean cosine silhouette (float64) of each labeling of the unit rows, in one data pass.
+
+    Empty clusters are dropped first; a labeling with fewer than 2 or more than N - 1 clusters
+    scores 0.
+    """
+    n_samples = unit.shape[0]
+    results = [0.0] * len(label_sets)
+    labelings: list[tuple[torch.Tensor, int]] = []
+    where: list[int] = []
+    for index, labels in enumerate(label_sets):
+        codes, classes = _encode_labels(labels, n_samples)
+        if 2 <= len(classes) <= n_samples - 1:
+            labelings.append((torch.from_numpy(codes).to(unit.device), len(classes)))
+            where.append(index)
+    if labelings:
+        totals = _silhouette_blocks(
+            unit, labelings, dtype=torch.float64, normalized=True, per_sample=False
+        )
+        for index, total in zip(where, totals, strict=True):
+            results[index] = float(total) / n_samples
+    return results
 
 
-def _sweep_worker(payload: dict[str, Any]) -> list[_KFit]:
+def _fit_share(
+    unit: torch.Tensor,
+    ks: Sequence[int],
+    seedings: Sequence[np.ndarray],
+    *,
+    max_iter: int,
+    tol: float,
+    compute_silhouette: bool,
+    verbose: bool,
+) -> tuple[list[_KFit], float]:
+    """Fit every k of ``ks``; then, optionally, all their silhouettes in one pass over the data.
+
+    Returns the fits and the seconds spent on the silhouettes.
+    """
+    fits = []
+    for k in ks:
+        fits.append(_fit_one_k(unit, k, seedings, max_iter=max_iter, tol=tol))
+        if verbose:
+            _print_fit(fits[-1])
+    start = time.perf_counter()
+    if compute_silhouette:
+        values = _mean_silhouettes(unit, [fit.labels for fit in fits])
+        for fit, value in zip(fits, values, strict=True):
+            fit.silhouette = value
+    return fits, time.perf_counter() - start
+
+
+def _sweep_worker(payload: dict[str, Any]) -> tuple[list[_KFit], float]:
     """Fit the ks of one process (runs in a spawned process; module level so it pickles)."""
     torch.set_num_threads(payload["threads"])
     device = torch.device(payload["device"])
     if device.type == "cuda":
         torch.cuda.set_device(device)
     unit = payload["unit"].to(device)
-    return [
-        _fit_one_k(
-            unit,
-            k,
-            payload["seedings"],
-            max_iter=payload["max_iter"],
-            tol=payload["tol"],
-            compute_silhouette=payload["compute_silhouette"],
-        )
-        for k in payload["ks"]
-    ]
+    return _fit_share(
+        unit,
+        payload["ks"],
+        payload["seedings"],
+        max_iter=payload["max_iter"],
+        tol=payload["tol"],
+        compute_silhouette=payload["compute_silhouette"],
+        verbose=False,
+    )
 
 
 def _process_devices(n_processes: int, devices: Sequence[str], strategy: str) -> list[str]:
@@ -1264,21 +1334,17 @@ def choose_k(
     start = time.perf_counter()
     n_processes = min(parallel_processes, len(ks))
     if n_processes <= 1:
-        fits = []
-        for k in ks:
-            fit = _fit_one_k(
-                unit,
-                k,
-                seedings,
-                max_iter=max_iter,
-                tol=tol_abs,
-                compute_silhouette=compute_silhouette,
-            )
-            fits.append(fit)
-            if verbose:
-                _print_fit(fit)
+        fits, seconds["silhouette"] = _fit_share(
+            unit,
+            ks,
+            seedings,
+            max_iter=max_iter,
+            tol=tol_abs,
+            compute_silhouette=compute_silhouette,
+            verbose=verbose,
+        )
     else:
-        fits = _parallel_sweep(
+        fits, seconds["silhouette"] = _parallel_sweep(
             unit,
             ks,
             seedings,
@@ -1293,19 +1359,19 @@ def choose_k(
             for fit in fits:
                 _print_fit(fit)
     seconds["kmeans"] = sum(f.seconds for f in fits)
-    seconds["silhouette"] = sum(f.silhouette_seconds for f in fits)
     seconds["sweep_wall"] = time.perf_counter() - start
 
     inertias = [f.inertia for f in fits]
     knee_k = _knee(ks, inertias, knee_sensitivity)
     silhouettes: list[float] | None = None
+    if not compute_silhouette and knee_k is None:
+        # No knee: the fallback needs the silhouettes after all.
+        start = time.perf_counter()
+        for fit, value in zip(fits, _mean_silhouettes(unit, [f.labels for f in fits]), strict=True):
+            fit.silhouette = value
+        seconds["silhouette"] = time.perf_counter() - start
     if compute_silhouette or knee_k is None:
-        silhouettes = [
-            f.silhouette
-            if f.silhouette is not None
-            else _labels_silhouette(unit, torch.from_numpy(f.labels).to(run_device), f.k)
-            for f in fits
-        ]
+        silhouettes = [0.0 if f.silhouette is None else f.silhouette for f in fits]
     silhouette_k = None if silhouettes is None else ks[int(np.argmax(silhouettes))]
     if knee_k is not None:
         chosen, method = knee_k, "knee"
@@ -1341,7 +1407,7 @@ def _print_fit(fit: _KFit) -> None:
     silhouette = "n/a" if fit.silhouette is None else f"{fit.silhouette:.4f}"
     print(
         f"[kmeans] k={fit.k:>4} inertia={fit.inertia:.4f} silhouette={silhouette} "
-        f"iterations={fit.n_iter} ({fit.seconds:.2f} s + {fit.silhouette_seconds:.2f} s)",
+        f"iterations={fit.n_iter} ({fit.seconds:.2f} s)",
         file=sys.stderr,
         flush=True,
     )
@@ -1358,8 +1424,12 @@ def _parallel_sweep(
     max_iter: int,
     tol: float,
     compute_silhouette: bool,
-) -> list[_KFit]:
-    """Run :func:`_fit_one_k` for the ks in ``n_processes`` spawned processes."""
+) -> tuple[list[_KFit], float]:
+    """Run :func:`_fit_share` for shares of the ks in ``n_processes`` spawned processes.
+
+    Returns the fits in the order of ``ks`` and the wall time the processes spent on silhouettes
+    (the longest of them).
+    """
     import torch.multiprocessing as mp
 
     if run_device.type == "cuda":
@@ -1395,8 +1465,8 @@ def _parallel_sweep(
     context = mp.get_context("spawn")
     with context.Pool(len(payloads)) as pool:
         results = pool.map(_sweep_worker, payloads, chunksize=1)
-    by_k = {fit.k: fit for share in results for fit in share}
-    return [by_k[k] for k in ks]
+    by_k = {fit.k: fit for share, _ in results for fit in share}
+    return [by_k[k] for k in ks], max(seconds for _, seconds in results)
 
 
 # --------------------------------------------------------------------------------------------

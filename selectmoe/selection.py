@@ -766,6 +766,26 @@ def write_plots(
 # --------------------------------------------------------------------------------------------
 
 
+POOL_ONLY_METHODS: tuple[str, ...] = ("random", "full")
+
+
+def _pool_placeholder_router(pool_paths: Sequence[str | os.PathLike[str]]) -> RouterData:
+    """Router data with the pool's ids and no information, for the pool-only methods."""
+    from selectmoe.data import load_pool
+
+    pool = load_pool(pool_paths)
+    n_samples = len(pool)
+    return RouterData(
+        quality_score=torch.zeros(n_samples, 1),
+        moe_probs=torch.ones(n_samples, 1, 1),
+        sample_ids=[example.id for example in pool],
+        datasets=[example.dataset for example in pool],
+        files=[os.fspath(p) for p in pool_paths],
+        file_offsets=[0, n_samples],
+        metadata=[{"source": "pool only: no router data"}],
+    )
+
+
 def run_selection(
     router_data_paths: Sequence[str | os.PathLike[str]],
     pool_paths: Sequence[str | os.PathLike[str]],
@@ -822,7 +842,17 @@ def run_selection(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    router = load_router_data(router_data_paths)
+    if router_data_paths:
+        router = load_router_data(router_data_paths)
+    elif method in POOL_ONLY_METHODS:
+        # random and full need no scores: select straight from the pool, so that these
+        # baselines do not depend on any warmup (and on its quality-loss type)
+        router = _pool_placeholder_router(pool_paths)
+    else:
+        raise RouterDataError(
+            f"method {method!r} needs router data; pass the *_router_data.pt files "
+            f"(only {', '.join(POOL_ONLY_METHODS)} can select from the pool alone)"
+        )
     timings["load_router_data"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -863,7 +893,7 @@ def run_selection(
         {
             "dataset": pool[rows[i]].dataset,
             "id": pool[rows[i]].id,
-            "score": round(float(result.scores[i]), _SCORE_DECIMALS),
+            "score": round(float(result.scores[i]), _SCORE_DECIMALS) if router_data_paths else None,
             "cluster": int(result.labels[i]),
             "messages": [dict(message) for message in pool[rows[i]].messages],
         }

@@ -543,6 +543,14 @@ def _summary(values: np.ndarray) -> dict[str, float | None]:
     }
 
 
+def _cluster_ids(labels: np.ndarray, k: int) -> list[int]:
+    """The cluster ids to report: ``0..max(k, max label + 1) - 1`` for non-negative labels (so
+    empty clusters show up), else the distinct labels (a plugged-in method may use any ints)."""
+    if labels.size and labels.min() >= 0:
+        return list(range(max(int(k), int(labels.max()) + 1)))
+    return [int(c) for c in np.unique(labels)]
+
+
 def _selection_info(
     router: RouterData,
     *,
@@ -588,8 +596,14 @@ def _selection_info(
     }
     if clustering is not None:
         k = clustering.k
-        sizes = np.bincount(labels, minlength=k)
-        chosen = np.bincount(labels[indices], minlength=k)
+        ids = _cluster_ids(labels, k)
+        chosen_labels = labels[indices]
+        if labels.min() >= 0:
+            sizes = np.bincount(labels, minlength=len(ids))
+            chosen = np.bincount(chosen_labels, minlength=len(ids))
+        else:
+            sizes = np.array([np.count_nonzero(labels == c) for c in ids])
+            chosen = np.array([np.count_nonzero(chosen_labels == c) for c in ids])
         info.update(
             {
                 "k": int(k),
@@ -601,6 +615,7 @@ def _selection_info(
                 "silhouette_k": clustering.info.get("silhouette_k"),
                 "inertia": clustering.info.get("inertia"),
                 "silhouette": clustering.info.get("silhouette"),
+                "cluster_ids": ids,
                 "cluster_sizes": sizes.tolist(),
                 "cluster_selected": chosen.tolist(),
                 "clustering": {
@@ -640,7 +655,7 @@ def _debug_print(
     datasets = np.asarray(router.datasets)
     chosen = np.zeros(router.n_samples, dtype=bool)
     chosen[indices] = True
-    for cluster in range(int(info["k"])):
+    for cluster in info["cluster_ids"]:
         members = labels == cluster
         if not members.any():
             out(f"cluster {cluster}: empty")

@@ -257,3 +257,12 @@ def test_atomic_output_dir(tmp_path: Path) -> None:
         (tmp / "other.bin").write_text("v3")
     assert [p.name for p in target.iterdir()] == ["other.bin"]  # replaced as a whole
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_cli_validate_silhouette_prints_the_verdict(capsys) -> None:
+    from selectmoe.cli import main
+
+    assert main(["validate-silhouette", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "10 samples x 3 features x 2 clusters" in out
+    assert out.strip().splitlines()[-1].endswith("PASS")

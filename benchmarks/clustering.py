@@ -13,7 +13,8 @@ Three measurements (issue #4):
 3. The full pool's shape: synthetic router data of 270,679 samples x 16 layers x 64 experts in four
    files (the sizes of LESS's CoT, Dolly, FLAN-v2 and OASST1) with a matching pool, then
    ``selectmoe.selection.run_selection`` (method ``selectmoe``, automatic k over [10, 100]) in a
-   child process: wall time and peak resident memory.
+   child process, once per ``--processes`` value (default: 1 and 2 sweep processes): wall time and
+   peak memory.
 
 Usage::
 
@@ -199,6 +200,47 @@ def write_full_pool(directory: Path, seed: int) -> tuple[list[Path], list[Path]]
     return router_paths, pool_paths
 
 
+def _tree_pss_bytes(pid: int) -> int:
+    """Proportional set size of a process and its descendants (shared pages counted once)."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            total += sum(_tree_pss_bytes(int(child)) for child in children)
+    except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
+        pass
+    return total
+
+
+class MemorySampler:
+    """Samples the PSS of this process tree every ``interval`` seconds; keeps the peak."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_pss_bytes(os.getpid()))
+            self._stop.wait(interval)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def full_child(args: argparse.Namespace) -> None:
     """Runs in a child process so that its peak memory is its own."""
     import logging
@@ -214,32 +256,33 @@ def full_child(args: argparse.Namespace) -> None:
         "k_range": [10, 100],
         "n_init": args.n_init,
         "device": "cpu",
-        "enable_parallel_kmeans": args.processes > 1,
-        "parallel_processes": args.processes,
+        "enable_parallel_kmeans": args.processes[0] > 1,
+        "parallel_processes": args.processes[0],
     }
     start = time.perf_counter()
-    info = run_selection(
-        router_paths,
-        pool_paths,
-        output_jsonl=directory / "out" / "selected_data.jsonl",
-        output_json=directory / "out" / "selection.json",
-        plot_dir=directory / "out" / "plots",
-        method="selectmoe",
-        selection_percentage=0.05,
-        clustering_method="kmeans",
-        clustering_params=params,
-        seed=42,
-        debug_print=args.verbose,
-    )
+    sampler = MemorySampler()
+    with sampler:
+        info = run_selection(
+            router_paths,
+            pool_paths,
+            output_jsonl=directory / "out" / "selected_data.jsonl",
+            output_json=directory / "out" / "selection.json",
+            plot_dir=directory / "out" / "plots",
+            method="selectmoe",
+            selection_percentage=0.05,
+            clustering_method="kmeans",
+            clustering_params=params,
+            seed=42,
+            debug_print=args.verbose,
+        )
     wall = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-    children_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
     print(
         json.dumps(
             {
                 "wall_s": wall,
                 "peak_rss_gb": peak_gb,
-                "worker_peak_rss_gb": children_gb,
+                "peak_tree_pss_gb": sampler.peak / 1e9,
                 "k": info["k"],
                 "k_selection": info["k_selection"],
                 "ks": info["ks"],
@@ -252,37 +295,42 @@ def full_child(args: argparse.Namespace) -> None:
     )
 
 
-def bench_full(args: argparse.Namespace) -> dict:
+def bench_full(args: argparse.Namespace) -> list[dict]:
+    """One child run of ``run_selection`` per process count, on the same generated data."""
+    runs = []
     with tempfile.TemporaryDirectory(prefix="selectmoe-bench-") as tmp:
         start = time.perf_counter()
         write_full_pool(Path(tmp), seed=0)
         generate_s = time.perf_counter() - start
-        command = [
-            sys.executable,
-            __file__,
-            "--full-child",
-            tmp,
-            "--n-init",
-            str(args.n_init),
-            "--processes",
-            str(args.processes),
-        ]
-        if args.verbose:
-            command.append("--verbose")
-        # The child's log goes straight to our stderr with --verbose (progress of a long run).
-        done = subprocess.run(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=None if args.verbose else subprocess.PIPE,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr or "")
-            raise SystemExit(f"full-pool run failed with status {done.returncode}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        result["generate_s"] = generate_s
-        return result
+        for processes in args.processes:
+            command = [
+                sys.executable,
+                __file__,
+                "--full-child",
+                tmp,
+                "--n-init",
+                str(args.n_init),
+                "--processes",
+                str(processes),
+            ]
+            if args.verbose:
+                command.append("--verbose")
+            # With --verbose the child's log goes straight to our stderr (progress of a long run).
+            done = subprocess.run(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=None if args.verbose else subprocess.PIPE,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                sys.stderr.write(done.stderr or "")
+                raise SystemExit(f"full-pool run failed with status {done.returncode}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result.update(generate_s=generate_s, processes=processes)
+            print(json.dumps(result), flush=True)
+            runs.append(result)
+    return runs
 
 
 def markdown(results: dict, args: argparse.Namespace) -> str:
@@ -331,27 +379,44 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
             "",
         ]
     if full:
-        t = full["timings"]
+        first = full[0]
         lines += [
             "### `select` on the full pool's shape: 270,679 x 16 layers x 64 experts (CPU)",
             "",
             f"Method `selectmoe`, 5%, automatic k over [10, 100] (k step "
-            f"{full['ks'][1] - full['ks'][0]}, {len(full['ks'])} candidates), n_init="
-            f"{args.n_init}, {args.processes} process(es); synthetic data with 40 routing "
-            "patterns.",
+            f"{first['ks'][1] - first['ks'][0]}, {len(first['ks'])} candidates), n_init="
+            f"{args.n_init}; synthetic router data with 40 routing patterns per dataset, pool "
+            "JSONL of the same ids. Processes: `clustering_params.parallel_processes` (each with "
+            "2 / processes torch threads).",
             "",
-            "| wall time | peak RSS | chosen k | load router data | load pool | clustering | "
-            "write |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            f"| {full['wall_s']:.0f} s | {max(full['peak_rss_gb'], full['worker_peak_rss_gb']):.2f}"
-            f" GB | {full['k']} ({full['k_selection']}) | {t['load_router_data']:.1f} s | "
-            f"{t['load_pool']:.1f} s | {t['clustering']:.1f} s | "
-            f"{t.get('write_jsonl', 0) + t.get('plots', 0):.1f} s |",
+            "| processes | wall time | peak memory | chosen k | load router data | load pool | "
+            "clustering | write |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for run in full:
+            t = run["timings"]
+            lines.append(
+                f"| {run['processes']} | {run['wall_s']:.0f} s | "
+                f"{max(run['peak_rss_gb'], run['peak_tree_pss_gb']):.2f} GB | {run['k']} "
+                f"({run['k_selection']}) | {t['load_router_data']:.1f} s | "
+                f"{t['load_pool']:.1f} s | {t['clustering']:.1f} s | "
+                f"{t.get('write_jsonl', 0) + t.get('plots', 0):.1f} s |"
+            )
+        lines += [
             "",
-            f"Clustering breakdown: {json.dumps(full['clustering_seconds'])}; Lloyd iterations "
-            f"per k: {full['n_iters']}.",
+            "Peak memory: the larger of the selection process's peak RSS and the peak "
+            "proportional set size of its process tree (workers and shared memory included, "
+            "sampled every 0.25 s).",
             "",
         ]
+        for run in full:
+            seconds = {key: round(value, 1) for key, value in run["clustering_seconds"].items()}
+            lines.append(
+                f"- {run['processes']} process(es): clustering seconds {json.dumps(seconds)} "
+                "(k-means and silhouette summed over processes, sweep_wall is wall time); "
+                f"Lloyd iterations per k {run['n_iters']}."
+            )
+        lines.append("")
     lines.append(END)
     return "\n".join(lines) + "\n"
 
@@ -372,8 +437,14 @@ def main() -> None:
     parser.add_argument("--skip-full", action="store_true", help="skip the full-pool run")
     parser.add_argument("--n-init", type=int, default=1, help="n_init of the full-pool run")
     parser.add_argument("--kmeans-n-init", type=int, default=3, help="n_init of benchmark 2")
-    parser.add_argument("--repeats", type=int, default=3, help="seeds in benchmark 2")
-    parser.add_argument("--processes", type=int, default=1, help="processes of the k sweep")
+    parser.add_argument("--repeats", type=int, default=5, help="seeds in benchmark 2")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="processes of the k sweep; one full-pool run per value",
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--verbose", action="store_true")
@@ -392,7 +463,6 @@ def main() -> None:
     print(json.dumps({k: v for k, v in results["kmeans"].items() if k != "rows"}), flush=True)
     if not args.skip_full:
         results["full"] = bench_full(args)
-        print(json.dumps(results["full"]), flush=True)
     section = markdown(results, args)
     print(section)
     if not args.no_write:

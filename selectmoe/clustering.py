@@ -560,10 +560,18 @@ def validate_silhouette(
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare_unit(X: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Unit rows of ``X`` in ``dtype`` on ``device``, normalised in float64 block by block."""
+def _prepare_unit(
+    X: torch.Tensor, device: torch.device, dtype: torch.dtype, *, shared: bool = False
+) -> torch.Tensor:
+    """Unit rows of ``X`` in ``dtype`` on ``device``, normalised in float64 block by block.
+
+    ``shared=True`` (CPU only) allocates the result in shared memory, so that worker processes
+    can use it without a copy.
+    """
     n_samples, n_features = X.shape
     out = torch.empty(n_samples, n_features, dtype=dtype, device=device)
+    if shared and out.device.type == "cpu":
+        out.share_memory_()
     chunk = _chunk_rows(n_features)
     for start in range(0, n_samples, chunk):
         block = X[start : start + chunk].to(device=device, dtype=torch.float64)
@@ -1258,7 +1266,9 @@ def choose_k(
     Work shared across k: the data is normalised once, and each restart's greedy k-means++ seeding
     is computed once for the largest k; its first ``k`` centres seed every smaller k (the draws of
     a seeding step do not depend on the final k). So the result for k equals
-    ``KMeans(k, n_init=n_init, seed=seed, n_local_trials=2 + int(log(max(ks))), ...)``.
+    ``KMeans(k, n_init=n_init, seed=seed, n_local_trials=2 + int(log(max(ks))), ...)``. The
+    silhouettes of all candidates come from one two-pass sweep over the data (one matrix product
+    per block of rows for all candidates together).
 
     With ``parallel_processes > 1`` the ks are shared among that many spawned processes (about the
     same total k each), placed on the visible GPUs by ``gpu_allocation_strategy`` (``round_robin``:
@@ -1322,7 +1332,8 @@ def choose_k(
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    unit = _prepare_unit(tensor, run_device, dtype)
+    n_processes = min(parallel_processes, len(ks))
+    unit = _prepare_unit(tensor, run_device, dtype, shared=n_processes > 1)
     tol_abs = _tolerance(unit, tol)
     trials = _default_trials(ks[-1])
     seedings = [
@@ -1332,7 +1343,6 @@ def choose_k(
     seconds["prepare_and_seed"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    n_processes = min(parallel_processes, len(ks))
     if n_processes <= 1:
         fits, seconds["silhouette"] = _fit_share(
             unit,
@@ -1441,7 +1451,8 @@ def _parallel_sweep(
     # CPU processes share the cores this process would use; GPU processes need few threads.
     threads = max(1, torch.get_num_threads() // n_processes)
     # The data travels once through shared memory (torch's reducer), not once per process.
-    shared = unit.cpu().share_memory_() if unit.device.type != "cpu" else unit.share_memory_()
+    on_cpu = unit.device.type == "cpu"
+    shared = unit if on_cpu and unit.is_shared() else unit.cpu().share_memory_()
     payloads = [
         {
             "unit": shared,
@@ -1595,9 +1606,10 @@ def _kmeans_method(
             **common,
         )
         index = sweep.ks.index(sweep.k)
+        summary = sweep.to_dict()
         info = {
-            "k_selection": sweep.method,
-            **sweep.to_dict(),
+            "k_selection": summary.pop("method"),
+            **summary,
             "inertia": sweep.inertias[index],
             "silhouette": None if sweep.silhouettes is None else sweep.silhouettes[index],
             "params": p,

@@ -49,6 +49,7 @@ __all__ = [
     "RouterData",
     "SelectionResult",
     "budget",
+    "find_router_data",
     "load_router_data",
     "round_robin",
     "run_selection",
@@ -271,6 +272,25 @@ def _check_finite(path: str, name: str, value: torch.Tensor, ids: Sequence[str])
             f"{first}, id {ids[first]!r}); re-run the score stage (check the model and its "
             "weights for overflow)"
         )
+
+
+def find_router_data(directory: str | os.PathLike[str]) -> list[Path]:
+    """The ``*_router_data.pt`` files of a directory, sorted by name (for ``selectmoe select``).
+
+    Raises
+    ------
+    RouterDataError
+        When the directory does not exist or holds no router-data file.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise RouterDataError(f"{root}: router-data directory not found")
+    found = sorted(root.glob("*_router_data.pt"))
+    if not found:
+        raise RouterDataError(
+            f"{root}: no *_router_data.pt files; run the score stage or point to its output"
+        )
+    return found
 
 
 def load_router_data(paths: Sequence[str | os.PathLike[str]]) -> RouterData:

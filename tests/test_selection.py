@@ -15,6 +15,7 @@ from selectmoe.errors import RouterDataError, SelectionError
 from selectmoe.selection import (
     PLOT_FILES,
     budget,
+    find_router_data,
     load_router_data,
     round_robin,
     run_selection,
@@ -255,6 +256,16 @@ def test_load_router_data_rejects_duplicates_and_mixed_models(tmp_path):
         load_router_data([a, other_path])
 
 
+def test_find_router_data_lists_sorted_files(tmp_path, router_files):
+    assert find_router_data(tmp_path) == sorted(router_files)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RouterDataError, match=r"empty: no \*_router_data.pt files"):
+        find_router_data(empty)
+    with pytest.raises(RouterDataError, match="missing: router-data directory not found"):
+        find_router_data(tmp_path / "missing")
+
+
 def test_load_router_data_rejects_missing_unreadable_and_empty(tmp_path):
     with pytest.raises(RouterDataError, match=r"nope.pt: router-data file not found"):
         load_router_data([tmp_path / "nope.pt"])
@@ -359,6 +370,28 @@ def test_select_with_a_plugged_in_clustering_method(router_files):
     assert result.info["per_dataset"]["alpha"]["selected"] == 6
     assert result.info["per_dataset"]["beta"]["selected"] == 6
     assert result.info["k_selection"] == "fixed"
+    assert result.info["cluster_ids"] == [0, 1] and result.info["cluster_sizes"] == [30, 18]
+
+
+def test_select_reports_any_integer_cluster_ids(router_files):
+    def signed(features, *, params, seed):
+        return ClusteringResult(labels=np.repeat([7, -2], [30, 18]), k=2, info={})
+
+    register_clustering_method("signed_for_test", signed, overwrite=True)
+    router = load_router_data(router_files)
+    result = select_indices(
+        router,
+        method="selectmoe",
+        selection_percentage=0.5,
+        clustering_method="signed_for_test",
+        clustering_params={},
+        seed=0,
+    )
+    assert result.info["cluster_ids"] == [-2, 7]
+    assert result.info["cluster_sizes"] == [18, 30]
+    assert result.info["cluster_selected"] == [12, 12]
+    # round robin visits -2 (beta) first
+    assert result.indices[0] >= 30 and result.indices[1] < 30
 
 
 @pytest.mark.parametrize(

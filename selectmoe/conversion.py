@@ -14,6 +14,7 @@ from selectmoe.configuration_select_moe import SelectMoeConfig
 from selectmoe.errors import ModelError
 from selectmoe.io import atomic_output_dir, atomic_write_json
 from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
+from selectmoe.training import require_model_source
 
 __all__ = ["QUALITY_GATE_SUFFIX", "convert_olmoe", "verify_conversion"]
 
@@ -24,9 +25,7 @@ QUALITY_GATE_SUFFIX = "quality_gate.weight"
 
 def _load_olmoe(source: str, *, dtype: torch.dtype | str) -> OlmoeForCausalLM:
     # a hub id is "org/name"; anything else that is not a directory is a missing local path
-    looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "/"))
-    if not os.path.isdir(source) and not looks_like_hub_id:
-        raise ModelError(f"{source}: model directory not found; build the demo or fix the path")
+    require_model_source(source, what="model directory")
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as error:

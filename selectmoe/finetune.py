@@ -14,10 +14,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selectmoe.data import Example, encode_examples, parse_record
-from selectmoe.errors import ConfigError, DataError, ModelError
+from selectmoe.errors import ConfigError, DataError
 from selectmoe.io import atomic_output_dir, atomic_write_json
 from selectmoe.losses import causal_lm_loss
-from selectmoe.training import resolve_device, seed_everything, train_loop
+from selectmoe.training import require_model_source, resolve_device, seed_everything, train_loop
 
 __all__ = ["FinetuneSettings", "load_selected_examples", "run_finetune"]
 
@@ -102,9 +102,7 @@ def run_finetune(
     """
     from peft import LoraConfig, get_peft_model
 
-    looks_like_hub_id = base_model.count("/") == 1 and not base_model.startswith((".", "/"))
-    if not os.path.isdir(base_model) and not looks_like_hub_id:
-        raise ModelError(f"{base_model}: target model not found; build the demo or fix the path")
+    require_model_source(base_model, what="target model")
     examples = load_selected_examples(selected_data)  # fail fast, before loading a large model
     seed_everything(settings.seed)
     device = resolve_device(settings.device)

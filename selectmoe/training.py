@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,12 +22,28 @@ __all__ = [
     "TrainResult",
     "length_sorted_batches",
     "linear_warmup_decay",
+    "require_model_source",
     "resolve_device",
     "seed_everything",
     "train_loop",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def require_model_source(source: str, *, what: str) -> None:
+    """Fail early unless ``source`` is an existing directory or looks like a hub id ("org/name").
+
+    Raises
+    ------
+    ModelError
+        Naming ``what`` (e.g. "target model") and the path.
+    """
+    from selectmoe.errors import ModelError
+
+    looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "/"))
+    if not os.path.isdir(source) and not looks_like_hub_id:
+        raise ModelError(f"{source}: {what} not found; build the demo or fix the path")
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -38,6 +38,7 @@ __all__ = [
     "encode_examples",
     "load_jsonl_examples",
     "load_pool",
+    "pad_token_id_of",
     "parse_record",
     "render_chat",
     "subset_examples",
@@ -407,6 +408,15 @@ def encode_examples(
             labels = labels[:max_sequence_length]
         encoded.append(EncodedExample(input_ids=input_ids, labels=labels, index=index))
     return encoded
+
+
+def pad_token_id_of(tokenizer: Any) -> int:
+    """The id to pad with: the tokenizer's pad token, else its eos token.
+
+    Padded positions are masked out of attention and loss, so padding with eos needs no new
+    embedding and leaves the model's weights as they are.
+    """
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def collate_encoded(batch: Sequence[EncodedExample], *, pad_token_id: int) -> dict[str, Any]:

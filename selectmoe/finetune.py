@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selectmoe.data import Example, encode_examples, parse_record
+from selectmoe.data import Example, encode_examples, pad_token_id_of, parse_record
 from selectmoe.errors import ConfigError, DataError
 from selectmoe.io import atomic_output_dir, atomic_write_json
 from selectmoe.losses import causal_lm_loss
@@ -141,9 +141,7 @@ def run_finetune(
         loss = causal_lm_loss(logits, batch["labels"], sample_wise=settings.sample_wise_averaging)
         return loss, {}
 
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = pad_token_id_of(tokenizer)
     result = train_loop(
         model,
         encoded,

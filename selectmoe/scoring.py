@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from selectmoe.data import collate_encoded, encode_examples, load_pool
+from selectmoe.data import collate_encoded, encode_examples, load_pool, pad_token_id_of
 from selectmoe.errors import DataError
 from selectmoe.io import atomic_torch_save
 from selectmoe.training import length_sorted_batches, resolve_device
@@ -138,9 +138,7 @@ def score_dataset(
         full_sequence_prediction=True,
         max_sequence_length=max_sequence_length,
     )
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = pad_token_id_of(tokenizer)
     torch.manual_seed(seed)
     start = time.perf_counter()
     quality_score, moe_probs = compute_router_data(

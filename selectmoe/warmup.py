@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from selectmoe.data import encode_examples, load_pool, subset_examples
+from selectmoe.data import encode_examples, load_pool, pad_token_id_of, subset_examples
 from selectmoe.errors import ConfigError, ModelError
 from selectmoe.io import atomic_torch_save
 from selectmoe.losses import get_quality_loss
@@ -155,22 +155,22 @@ def run_warmup(
     logger.info("warmup on %d examples (subset_ratio %s)", len(encoded), settings.subset_ratio)
 
     def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-        output = model(**batch)
-        good_mean = (
-            torch.stack(
-                [torch.sigmoid(r["quality_score"]).mean() for r in output.router_logits or ()]
-            )
-            if output.router_logits
-            else None
-        )
-        metrics = {"lm_loss": output.lm_loss.detach(), "quality_loss": output.quality_loss.detach()}
-        if good_mean is not None:
-            metrics["good_mean"] = good_mean.mean().detach()
+        output = model(**batch, output_router_logits=True)
+        with torch.no_grad():
+            # mean gate output over the valid tokens of every layer: the curve that shows the
+            # quality loss pulling tokens toward the trash expert
+            mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
+            good_mean = torch.stack(
+                [(torch.sigmoid(r["quality_score"]) * mask).sum() for r in output.router_logits]
+            ).mean() / mask.sum().clamp(min=1.0)
+        metrics = {
+            "lm_loss": output.lm_loss.detach(),
+            "quality_loss": output.quality_loss.detach(),
+            "good_mean": good_mean,
+        }
         return output.loss, metrics
 
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = pad_token_id_of(tokenizer)
     result = train_loop(
         model,
         encoded,

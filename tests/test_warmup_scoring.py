@@ -128,6 +128,11 @@ def test_weights_file_layout(warmup: dict[str, Any]) -> None:
     assert payload["optimizer_steps"] == 3
     assert [record["step"] for record in payload["history"]] == [1, 2, 3]
     assert all(record["quality_loss"] > 0 for record in payload["history"])
+    # the fixture trains with the mse loss, E[good^2]; the gates barely move from their init, so
+    # good is nearly constant and the loss is close to the square of the logged good_mean
+    for record in payload["history"]:
+        assert 0.0 < record["good_mean"] < 1.0
+        assert record["quality_loss"] == pytest.approx(record["good_mean"] ** 2, abs=0.01)
     assert warmup["returned"] == {k: v for k, v in payload.items() if k != "weights"}
     json.dumps(payload["config"])  # the config is plain data
 

@@ -13,6 +13,7 @@ rule finetune:
         gpu=gpus("finetune"),
         mem_mb=mem_mb("finetune"),
     params:
+        checkpoint_dir=lambda wildcards: f"{RESULTS}/checkpoints/finetune/{wildcards.target}/{wildcards.selection}",
         base_model=lambda wildcards: get_target_model(wildcards.target),
         settings=lambda wildcards: finetune_settings(wildcards.target),
     script:

@@ -13,6 +13,7 @@ rule warmup:
         gpu=gpus("warmup"),
         mem_mb=mem_mb("warmup"),
     params:
+        checkpoint_dir=lambda wildcards: f"{RESULTS}/checkpoints/warmup/{wildcards.loss}",
         settings=lambda wildcards: warmup_settings(wildcards.loss),
     script:
         "../workflow_scripts/warmup.py"

@@ -47,7 +47,27 @@ def build_settings(cls: type, values: dict[str, Any], *, section: str) -> Any:
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+    from selectmoe.training import distributed_info
+
+    if distributed_info().is_main:  # under accelerate launch only one process reports
+        print(json.dumps(obj, indent=2, default=str))
+
+
+def _settings_values(args: argparse.Namespace) -> dict[str, Any]:
+    """``--settings FILE`` (a YAML/JSON mapping) updated by the ``--set KEY=VALUE`` pairs."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if args.settings:
+        path = Path(args.settings)
+        if not path.is_file():
+            raise ConfigError(f"{path}: settings file not found")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: settings file must hold a mapping of KEY: VALUE")
+        values.update(loaded)
+    values.update(_parse_overrides(args.set))
+    return values
 
 
 def _cmd_build_demo(args: argparse.Namespace) -> None:
@@ -94,10 +114,14 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 def _cmd_warmup(args: argparse.Namespace) -> None:
     from selectmoe.warmup import WarmupSettings, run_warmup
 
-    settings = build_settings(WarmupSettings, _parse_overrides(args.set), section="warmup")
+    settings = build_settings(WarmupSettings, _settings_values(args), section="warmup")
     _print_json(
         run_warmup(
-            model_dir=args.model, pool_files=args.pool, output_path=args.output, settings=settings
+            model_dir=args.model,
+            pool_files=args.pool,
+            output_path=args.output,
+            settings=settings,
+            checkpoint_dir=args.checkpoint_dir,
         )
     )
 
@@ -147,12 +171,13 @@ def _cmd_select(args: argparse.Namespace) -> None:
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from selectmoe.finetune import FinetuneSettings, run_finetune
 
-    settings = build_settings(FinetuneSettings, _parse_overrides(args.set), section="finetune")
+    settings = build_settings(FinetuneSettings, _settings_values(args), section="finetune")
     log = run_finetune(
         base_model=args.base_model,
         selected_data=args.data,
         output_dir=args.output,
         settings=settings,
+        checkpoint_dir=args.checkpoint_dir,
     )
     _print_json({k: v for k, v in log.items() if k != "history"})
 
@@ -199,6 +224,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     set_help = "KEY=VALUE setting (repeatable; VALUE parsed as YAML)"
+    settings_help = "YAML/JSON file of settings (--set pairs override it)"
+    checkpoint_help = "training checkpoints (default: OUTPUT.checkpoints); removed when done"
 
     p = sub.add_parser("build-demo", help="generate the embedded demo (tokenizer, data, models)")
     p.add_argument("--output", required=True, help="directory to create")
@@ -231,7 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="converted Select-MoE directory")
     p.add_argument("--pool", nargs="+", required=True, help="pool JSONL files")
     p.add_argument("--output", required=True, help="full_rank_weights.pt")
+    p.add_argument("--settings", help=settings_help)
     p.add_argument("--set", action="append", default=[], help=set_help)
+    p.add_argument("--checkpoint-dir", help=checkpoint_help)
     p.set_defaults(func=_cmd_warmup)
 
     p = sub.add_parser("score", help="stage 2: router data of one dataset")
@@ -268,7 +297,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", required=True)
     p.add_argument("--data", required=True, help="selected_data.jsonl")
     p.add_argument("--output", required=True, help="adapter directory")
+    p.add_argument("--settings", help=settings_help)
     p.add_argument("--set", action="append", default=[], help=set_help)
+    p.add_argument("--checkpoint-dir", help=checkpoint_help)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", help="stage 4: lm-eval on base model (+ adapter)")

@@ -17,7 +17,15 @@ from selectmoe.data import Example, encode_examples, pad_token_id_of, parse_reco
 from selectmoe.errors import ConfigError, DataError
 from selectmoe.io import atomic_output_dir, atomic_write_json
 from selectmoe.losses import causal_lm_loss
-from selectmoe.training import require_model_source, resolve_device, seed_everything, train_loop
+from selectmoe.training import (
+    clear_checkpoints,
+    distributed_info,
+    require_model_source,
+    resolve_device,
+    run_fingerprint,
+    seed_everything,
+    train_loop,
+)
 
 __all__ = ["FinetuneSettings", "load_selected_examples", "run_finetune"]
 
@@ -47,12 +55,17 @@ class FinetuneSettings:
     seed: int = 42
     log_every: int = 10
     max_steps: int | None = None
+    checkpoint_every: int = 20
     device: str = "auto"
 
     def __post_init__(self) -> None:
         for key in ("per_device_batch_size", "effective_batch_size", "epochs", "lora_r"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"finetune.{key} is {getattr(self, key)}; it must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"finetune.checkpoint_every is {self.checkpoint_every}; use 0 (never) or more"
+            )
         if self.effective_batch_size % self.per_device_batch_size:
             raise ConfigError(
                 f"finetune.effective_batch_size ({self.effective_batch_size}) must be a multiple "
@@ -92,8 +105,14 @@ def run_finetune(
     selected_data: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
     settings: FinetuneSettings,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """LoRA-finetune ``base_model`` on the selected examples and save the PEFT adapter.
+
+    Checkpoints go to ``checkpoint_dir`` (default ``{output_dir}.checkpoints``) every
+    ``settings.checkpoint_every`` optimizer steps; a killed run resumes from the newest one, and
+    they are removed once the adapter is written. Under ``accelerate launch`` with several
+    processes the main process writes the adapter.
 
     The adapter directory (written atomically) holds ``adapter_config.json``,
     ``adapter_model.safetensors`` and ``training_log.json`` (settings, history, derived numbers).
@@ -104,6 +123,9 @@ def run_finetune(
 
     require_model_source(base_model, what="target model")
     examples = load_selected_examples(selected_data)  # fail fast, before loading a large model
+    info = distributed_info()
+    if checkpoint_dir is None:
+        checkpoint_dir = Path(f"{os.fspath(output_dir).rstrip('/')}.checkpoints")
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     use_bf16 = settings.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -131,16 +153,33 @@ def run_finetune(
             f"max_sequence_length={settings.max_sequence_length}"
         )
     micro = settings.per_device_batch_size
-    accumulation = settings.gradient_accumulation_steps
+    per_step = micro * info.world_size  # examples per accumulation micro-step, all processes
+    if settings.effective_batch_size % per_step:
+        raise ConfigError(
+            f"finetune.effective_batch_size ({settings.effective_batch_size}) is not a multiple "
+            f"of per_device_batch_size x processes ({micro} x {info.world_size})"
+        )
+    accumulation = settings.effective_batch_size // per_step
     # a selection smaller than the effective batch would make a single step; shrink the
     # accumulation so that every epoch still takes at least one full step of real examples
-    accumulation = max(1, min(accumulation, math.ceil(len(encoded) / micro)))
+    accumulation = max(1, min(accumulation, math.ceil(len(encoded) / per_step)))
 
     def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = causal_lm_loss(logits, batch["labels"], sample_wise=settings.sample_wise_averaging)
         return loss, {}
 
+    fingerprint = run_fingerprint(
+        stage="finetune",
+        settings={
+            k: v
+            for k, v in asdict(settings).items()
+            if k not in ("log_every", "device", "checkpoint_every")
+        },
+        base_model=base_model,
+        examples=[(e.dataset, e.id) for e in examples],
+        world_size=info.world_size,
+    )
     pad_id = pad_token_id_of(tokenizer)
     result = train_loop(
         model,
@@ -159,6 +198,9 @@ def run_finetune(
         autocast_dtype=torch.bfloat16 if use_bf16 else None,
         log_every=settings.log_every,
         max_steps=settings.max_steps,
+        checkpoint_dir=checkpoint_dir if settings.checkpoint_every > 0 else None,
+        checkpoint_every=settings.checkpoint_every,
+        fingerprint=fingerprint,
     )
     log = {
         "base_model": base_model,
@@ -169,8 +211,10 @@ def run_finetune(
         "bf16": use_bf16,
         **result,
     }
-    with atomic_output_dir(output_dir) as tmp:
-        model.save_pretrained(tmp)
-        atomic_write_json(Path(tmp) / "training_log.json", log)
-    logger.info("adapter saved to %s after %d steps", output_dir, result["optimizer_steps"])
+    if info.is_main:
+        with atomic_output_dir(output_dir) as tmp:
+            model.save_pretrained(tmp)
+            atomic_write_json(Path(tmp) / "training_log.json", log)
+        clear_checkpoints(checkpoint_dir)
+        logger.info("adapter saved to %s after %d steps", output_dir, result["optimizer_steps"])
     return log

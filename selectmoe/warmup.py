@@ -2,10 +2,22 @@
 
 ``peft_mode="full_rank"`` trains exactly the tensors whose names end in one of
 :data:`FULL_RANK_TARGETS` (every quality gate and every MoE router weight); all other weights stay
-frozen and bit-identical. The output ``full_rank_weights.pt`` holds::
+frozen and bit-identical.
 
-    {"weights": {param_name: tensor}, "peft_mode": "full_rank",
-     "target_patterns": [...], "config": {...}, "history": [...]}
+``peft_mode="lora"`` puts LoRA adapters (peft ``target_parameters``) on the raw router weights
+named by ``lora_target_parameters`` (default ``mlp.gate.weight``: OLMoE's ``OlmoeTopKRouter``
+holds a bare ``weight``, not an ``nn.Linear``) and trains the new quality gates in full (a gate
+is a single ``[1, hidden]`` row, which a low-rank adapter could not make smaller).
+
+The output ``full_rank_weights.pt`` holds::
+
+    {"weights": {param_name: tensor}, "peft_mode": "full_rank" | "lora",
+     "target_patterns": [...], "config": {...}, "history": [...],
+     "lora_config": {...}}   # lora only; names are those of the peft-wrapped model
+
+Training checkpoints go to ``checkpoint_dir`` (outside the declared output) and are removed once
+the output is written; a killed job resumes from the newest one (see
+:mod:`selectmoe.training`).
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,12 +36,21 @@ from selectmoe.errors import ConfigError, ModelError
 from selectmoe.io import atomic_torch_save
 from selectmoe.losses import get_quality_loss
 from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
-from selectmoe.training import resolve_device, seed_everything, train_loop
+from selectmoe.training import (
+    clear_checkpoints,
+    distributed_info,
+    resolve_device,
+    run_fingerprint,
+    seed_everything,
+    train_loop,
+)
 
 __all__ = [
     "FULL_RANK_TARGETS",
     "MODEL_OVERRIDE_KEYS",
+    "PEFT_MODES",
     "WarmupSettings",
+    "apply_router_lora",
     "load_warmed_model",
     "run_warmup",
 ]
@@ -36,7 +58,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FULL_RANK_TARGETS: tuple[str, ...] = ("quality_gate.weight", "mlp.gate.weight")
-PEFT_MODES: tuple[str, ...] = ("full_rank",)
+PEFT_MODES: tuple[str, ...] = ("full_rank", "lora")
+QUALITY_GATE_TARGET = "quality_gate.weight"
+# settings that do not change what is trained: a run resumes across changes of these
+_NOT_IN_FINGERPRINT = ("log_every", "device", "checkpoint_every", "extra")
 # settings that are model-config fields: applied to the model before training and saved with the
 # weights so that scoring runs the model exactly as it was trained
 MODEL_OVERRIDE_KEYS: tuple[str, ...] = (
@@ -59,6 +84,9 @@ class WarmupSettings:
     """Stage-1 settings (SPEC §5 defaults)."""
 
     peft_mode: str = "full_rank"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_parameters: list[str] = field(default_factory=lambda: ["mlp.gate.weight"])
     learning_rate: float = 1e-4
     subset_ratio: float = 0.05
     epochs: int = 1
@@ -82,6 +110,7 @@ class WarmupSettings:
     mask_special_tokens: bool = True
     log_every: int = 10
     max_steps: int | None = None
+    checkpoint_every: int = 100
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -91,11 +120,71 @@ class WarmupSettings:
                 f"warmup.peft_mode is {self.peft_mode!r}; allowed: {', '.join(PEFT_MODES)}"
             )
         get_quality_loss(self.quality_loss_type)  # unknown names fail here, listing valid ones
-        for key in ("batch_size", "gradient_accumulation_steps", "epochs"):
+        for key in ("batch_size", "gradient_accumulation_steps", "epochs", "lora_r"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"warmup.{key} is {getattr(self, key)}; it must be >= 1")
         if not 0 < self.subset_ratio <= 1:
             raise ConfigError(f"warmup.subset_ratio is {self.subset_ratio}; it must be in (0, 1]")
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"warmup.checkpoint_every is {self.checkpoint_every}; use 0 (never) or more"
+            )
+        if self.peft_mode == "lora" and not self.lora_target_parameters:
+            raise ConfigError("warmup.lora_target_parameters is empty; name the router weights")
+
+    def lora_config_dict(self) -> dict[str, Any]:
+        """Keyword arguments of ``peft.LoraConfig`` for ``peft_mode="lora"``.
+
+        peft's parameter adapters take no dropout, so the adapter has none.
+        """
+        return {
+            "r": self.lora_r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": 0.0,
+            "target_modules": [],
+            "target_parameters": list(self.lora_target_parameters),
+        }
+
+
+def apply_router_lora(
+    model: SelectMoeForCausalLM, lora_config: dict[str, Any]
+) -> tuple[torch.nn.Module, list[str]]:
+    """Wrap ``model`` with LoRA adapters on its router weights; quality gates stay trainable.
+
+    Returns
+    -------
+    peft_model : torch.nn.Module
+        The peft-wrapped model; only the adapters and the quality gates require gradients.
+    adapted : list of str
+        Names of the adapted modules (one per MoE layer for the default targets).
+
+    Raises
+    ------
+    ModelError
+        When no parameter matches ``target_parameters``.
+    """
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.layer import ParamWrapper
+
+    try:
+        peft_model = get_peft_model(model, LoraConfig(**lora_config))
+    except ValueError as error:
+        raise ModelError(
+            f"LoRA on {lora_config.get('target_parameters')}: {error}; "
+            "name parameters such as mlp.gate.weight"
+        ) from None
+    adapted = sorted(
+        {name for name, module in peft_model.named_modules() if isinstance(module, ParamWrapper)}
+    )
+    if not adapted:
+        raise ModelError(
+            f"LoRA target_parameters {lora_config.get('target_parameters')} match no parameter "
+            "of the model; the OLMoE router weight is mlp.gate.weight"
+        )
+    for name, parameter in peft_model.named_parameters():
+        if name.endswith(QUALITY_GATE_TARGET):
+            parameter.requires_grad_(True)
+    return peft_model, adapted
 
 
 def run_warmup(
@@ -104,6 +193,7 @@ def run_warmup(
     pool_files: list[str | os.PathLike[str]],
     output_path: str | os.PathLike[str],
     settings: WarmupSettings,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train the gates and routers on a ``subset_ratio`` sample of the pool; save their weights.
 
@@ -114,7 +204,11 @@ def run_warmup(
     pool_files : list of path-like
         LESS-format JSONL files.
     output_path : path-like
-        ``full_rank_weights.pt``, written atomically.
+        ``full_rank_weights.pt``, written atomically (by the main process only when several
+        processes train under ``accelerate launch``).
+    checkpoint_dir : path-like, optional
+        Where training checkpoints go (default ``{output_path}.checkpoints``); removed once the
+        output is written. ``settings.checkpoint_every = 0`` disables them.
 
     Returns
     -------
@@ -124,6 +218,9 @@ def run_warmup(
     register_select_moe()
     if not os.path.isdir(model_dir):
         raise ModelError(f"{model_dir}: converted model not found; run the convert stage first")
+    info = distributed_info()
+    if checkpoint_dir is None:
+        checkpoint_dir = Path(f"{os.fspath(output_path)}.checkpoints")
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -131,16 +228,24 @@ def run_warmup(
     for key in MODEL_OVERRIDE_KEYS:
         setattr(model.config, key, getattr(settings, key))
 
-    trained_names = [
-        name for name, _ in model.named_parameters() if name.endswith(FULL_RANK_TARGETS)
-    ]
-    expected = 2 * model.config.num_hidden_layers
-    if len(trained_names) != expected:
-        raise ModelError(
-            f"{model_dir}: found {len(trained_names)} gate/router tensors, expected {expected}"
-        )
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name in trained_names)
+    n_layers = model.config.num_hidden_layers
+    lora_config = None
+    if settings.peft_mode == "lora":
+        lora_config = settings.lora_config_dict()
+        model, adapted = apply_router_lora(model, lora_config)
+        target_patterns = [*settings.lora_target_parameters, QUALITY_GATE_TARGET]
+        if info.is_main:
+            logger.info("LoRA r=%d on %d router modules", settings.lora_r, len(adapted))
+    else:
+        target_patterns = list(FULL_RANK_TARGETS)
+        trained = [n for n, _ in model.named_parameters() if n.endswith(FULL_RANK_TARGETS)]
+        if len(trained) != 2 * n_layers:
+            raise ModelError(
+                f"{model_dir}: found {len(trained)} gate/router tensors, expected {2 * n_layers}"
+            )
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in trained)
+    trained_names = [n for n, p in model.named_parameters() if p.requires_grad]
 
     examples = subset_examples(
         load_pool(pool_files), ratio=settings.subset_ratio, seed=settings.seed
@@ -152,7 +257,8 @@ def run_warmup(
         mask_special_tokens=settings.mask_special_tokens,
         max_sequence_length=settings.max_sequence_length,
     )
-    logger.info("warmup on %d examples (subset_ratio %s)", len(encoded), settings.subset_ratio)
+    if info.is_main:
+        logger.info("warmup on %d examples (subset_ratio %s)", len(encoded), settings.subset_ratio)
 
     def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
         output = model(**batch, output_router_logits=True)
@@ -170,6 +276,14 @@ def run_warmup(
         }
         return output.loss, metrics
 
+    semantic_settings = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_FINGERPRINT}
+    fingerprint = run_fingerprint(
+        stage="warmup",
+        settings=semantic_settings,
+        model_dir=os.path.abspath(model_dir),
+        examples=[(e.dataset, e.id) for e in examples],
+        world_size=info.world_size,
+    )
     pad_id = pad_token_id_of(tokenizer)
     result = train_loop(
         model,
@@ -186,6 +300,9 @@ def run_warmup(
         device=device,
         log_every=settings.log_every,
         max_steps=settings.max_steps,
+        checkpoint_dir=checkpoint_dir if settings.checkpoint_every > 0 else None,
+        checkpoint_every=settings.checkpoint_every,
+        fingerprint=fingerprint,
     )
     state = dict(model.named_parameters())
     payload = {
@@ -193,19 +310,25 @@ def run_warmup(
             name: state[name].detach().to("cpu", torch.float32).clone() for name in trained_names
         },
         "peft_mode": settings.peft_mode,
-        "target_patterns": list(FULL_RANK_TARGETS),
+        "target_patterns": target_patterns,
         "config": {
             "settings": asdict(settings),
             "model_overrides": {key: getattr(settings, key) for key in MODEL_OVERRIDE_KEYS},
             "model_dir": os.fspath(model_dir),
             "n_examples": len(encoded),
+            "world_size": info.world_size,
         },
         "history": result["history"],
         "optimizer_steps": result["optimizer_steps"],
         "tokens_seen": result["tokens_seen"],
         "seconds": result["seconds"],
+        "resumed_from_step": result["resumed_from_step"],
     }
-    atomic_torch_save(payload, output_path)
+    if lora_config is not None:
+        payload["lora_config"] = lora_config
+    if info.is_main:
+        atomic_torch_save(payload, output_path)
+        clear_checkpoints(checkpoint_dir)
     return {k: v for k, v in payload.items() if k != "weights"}
 
 
@@ -230,15 +353,25 @@ def load_warmed_model(
         raise ModelError(
             f"{weights_path}: not a warmup weights file (missing 'weights'/'peft_mode')"
         )
-    if payload["peft_mode"] != "full_rank":
+    if payload["peft_mode"] not in PEFT_MODES:
         raise ModelError(
-            f"{weights_path}: peft_mode {payload['peft_mode']!r} is not supported here"
+            f"{weights_path}: peft_mode {payload['peft_mode']!r} is not one of "
+            f"{', '.join(PEFT_MODES)}"
         )
-    model = SelectMoeForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    params = dict(model.named_parameters())
+    # load and merge in float32, then cast: a LoRA update is not rounded twice
+    model = SelectMoeForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    trained_model: torch.nn.Module = model
+    if payload["peft_mode"] == "lora":
+        if "lora_config" not in payload:
+            raise ModelError(f"{weights_path}: peft_mode 'lora' but no 'lora_config' saved")
+        trained_model, _ = apply_router_lora(model, payload["lora_config"])
+    params = dict(trained_model.named_parameters())
     unknown = [name for name in payload["weights"] if name not in params]
     if unknown:
         raise ModelError(f"{weights_path}: tensors not in {model_dir}: {unknown[:3]}")
+    missing = [name for name in params if "lora_" in name and name not in payload["weights"]]
+    if missing:
+        raise ModelError(f"{weights_path}: LoRA tensors missing: {missing[:3]}")
     with torch.no_grad():
         for name, tensor in payload["weights"].items():
             if tensor.shape != params[name].shape:
@@ -246,7 +379,10 @@ def load_warmed_model(
                     f"{weights_path}: {name} has shape {tuple(tensor.shape)}, "
                     f"the model expects {tuple(params[name].shape)}"
                 )
-            params[name].copy_(tensor.to(dtype))
+            params[name].copy_(tensor)
+    if payload["peft_mode"] == "lora":
+        model = trained_model.merge_and_unload()
+    model = model.to(dtype)
     for key, value in payload.get("config", {}).get("model_overrides", {}).items():
         setattr(model.config, key, value)
     model.eval()

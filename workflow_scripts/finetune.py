@@ -1,20 +1,20 @@
-"""Glue: rule finetune -> selectmoe.finetune.run_finetune."""
+"""Glue: rule finetune -> selectmoe.launch.run_training_stage("finetune", ...)."""
 
-from selectmoe.cli import build_settings
-from selectmoe.finetune import FinetuneSettings, run_finetune
+from selectmoe.launch import run_training_stage
 from selectmoe.runtime import run_job
 
 run_job(
     snakemake.log[0],  # noqa: F821
     snakemake.threads,  # noqa: F821
-    lambda: run_finetune(
-        base_model=snakemake.params.base_model,  # noqa: F821
-        selected_data=snakemake.input.selected,  # noqa: F821
-        output_dir=snakemake.output.adapter,  # noqa: F821
-        settings=build_settings(
-            FinetuneSettings,
-            dict(snakemake.params.settings),  # noqa: F821
-            section="finetune",
-        ),
+    lambda: run_training_stage(
+        "finetune",
+        inputs={
+            "base_model": snakemake.params.base_model,  # noqa: F821
+            "selected_data": snakemake.input.selected,  # noqa: F821
+            "output_dir": snakemake.output.adapter,  # noqa: F821
+        },
+        settings=dict(snakemake.params.settings),  # noqa: F821
+        checkpoint_dir=snakemake.params.checkpoint_dir,  # noqa: F821
+        num_processes=int(snakemake.resources.get("gpu", 0)),  # noqa: F821
     ),
 )

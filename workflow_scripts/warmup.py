@@ -1,20 +1,20 @@
-"""Glue: rule warmup -> selectmoe.warmup.run_warmup."""
+"""Glue: rule warmup -> selectmoe.launch.run_training_stage("warmup", ...)."""
 
-from selectmoe.cli import build_settings
+from selectmoe.launch import run_training_stage
 from selectmoe.runtime import run_job
-from selectmoe.warmup import WarmupSettings, run_warmup
 
 run_job(
     snakemake.log[0],  # noqa: F821
     snakemake.threads,  # noqa: F821
-    lambda: run_warmup(
-        model_dir=snakemake.input.model,  # noqa: F821
-        pool_files=list(snakemake.input.pool),  # noqa: F821
-        output_path=snakemake.output.weights,  # noqa: F821
-        settings=build_settings(
-            WarmupSettings,
-            dict(snakemake.params.settings),  # noqa: F821
-            section="warmup",
-        ),
+    lambda: run_training_stage(
+        "warmup",
+        inputs={
+            "model_dir": snakemake.input.model,  # noqa: F821
+            "pool_files": list(snakemake.input.pool),  # noqa: F821
+            "output_path": snakemake.output.weights,  # noqa: F821
+        },
+        settings=dict(snakemake.params.settings),  # noqa: F821
+        checkpoint_dir=snakemake.params.checkpoint_dir,  # noqa: F821
+        num_processes=int(snakemake.resources.get("gpu", 0)),  # noqa: F821
     ),
 )

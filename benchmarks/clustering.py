@@ -20,9 +20,11 @@ Usage::
 
     python benchmarks/clustering.py                  # all three, results into benchmarks/RESULTS.md
     python benchmarks/clustering.py --skip-full      # only 1 and 2 (about a minute)
+    python benchmarks/clustering.py --device cuda --processes 1   # ours on a GPU
 
 The results replace the section between ``<!-- clustering:begin -->`` and
-``<!-- clustering:end -->`` of the output file (other sections are kept).
+``<!-- clustering:end -->`` of the output file (``clustering-cuda`` for ``--device cuda``;
+other sections are kept). scikit-learn always runs on the CPU.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ import numpy as np
 import torch
 
 POOL_SIZES = {"cot": 100_000, "dolly": 15_011, "flan_v2": 100_000, "oasst1": 55_668}
-BEGIN, END = "<!-- clustering:begin -->", "<!-- clustering:end -->"
+DEVICE = "cpu"  # set from --device in main()
+
+
+def markers(device: str) -> tuple[str, str]:
+    """The begin/end markers of this device's section of RESULTS.md."""
+    name = "clustering" if device == "cpu" else f"clustering-{device}"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
 def router_like(
@@ -86,7 +94,7 @@ def bench_silhouette() -> dict:
     start = time.perf_counter()
     reference = sk_samples(x, labels, metric="cosine")
     sk_seconds = time.perf_counter() - start
-    ours_seconds, ours = best_of(5, lambda: silhouette_samples(x, labels))
+    ours_seconds, ours = best_of(5, lambda: silhouette_samples(x, labels, device=DEVICE))
     return {
         "n": 20_000,
         "d": 64,
@@ -127,7 +135,7 @@ def bench_kmeans(n_init: int, repeats: int) -> dict:
         sk = SkKMeans(50, n_init=n_init, random_state=seed).fit(unit)
         sk_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        ours = KMeans(50, n_init=n_init, seed=seed).fit(x)
+        ours = KMeans(50, n_init=n_init, seed=seed, device=DEVICE).fit(x)
         ours_seconds = time.perf_counter() - start
         ours_cos, ours_eu = both_objectives(unit, ours.labels_, 50)
         sk_cos, sk_eu = both_objectives(unit, sk.labels_, 50)
@@ -255,7 +263,7 @@ def full_child(args: argparse.Namespace) -> None:
         "auto_k": True,
         "k_range": [10, 100],
         "n_init": args.n_init,
-        "device": "cpu",
+        "device": args.device,
         "enable_parallel_kmeans": args.processes[0] > 1,
         "parallel_processes": args.processes[0],
     }
@@ -290,6 +298,9 @@ def full_child(args: argparse.Namespace) -> None:
                 "timings": info["timings"],
                 "clustering_seconds": info["clustering"].get("seconds"),
                 "n_iters": info["clustering"].get("n_iters"),
+                "peak_gpu_gb": (
+                    torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0
+                ),
             }
         )
     )
@@ -312,6 +323,8 @@ def bench_full(args: argparse.Namespace) -> list[dict]:
                 str(args.n_init),
                 "--processes",
                 str(processes),
+                "--device",
+                args.device,
             ]
             if args.verbose:
                 command.append("--verbose")
@@ -335,18 +348,29 @@ def bench_full(args: argparse.Namespace) -> list[dict]:
 
 def markdown(results: dict, args: argparse.Namespace) -> str:
     sil, km, full = results.get("silhouette"), results.get("kmeans"), results.get("full")
+    begin, end = markers(args.device)
+    where = "CPU" if args.device == "cpu" else args.device.upper()
+    gpu = ""
+    if args.device.startswith("cuda"):
+        gpu = f"; ours on {torch.cuda.get_device_name(0)}"
+    command = "python benchmarks/clustering.py" + (
+        f" --device {args.device} --processes {' '.join(map(str, args.processes))}"
+        if args.device != "cpu"
+        else ""
+    )
     lines = [
-        BEGIN,
-        "## Clustering and selection (`python benchmarks/clustering.py`)",
+        begin,
+        f"## Clustering and selection, {where} (`{command}`)",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads; load average at "
-        f"start {results['load_average']}. Measured {results['date']}.",
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads{gpu}; load average "
+        f"at start {results['load_average']}. Measured {results['date']}. scikit-learn runs on "
+        "the CPU.",
         "",
     ]
     if sil:
         lines += [
-            "### Silhouette, cosine, N=20,000, D=64, K=50 (CPU)",
+            f"### Silhouette, cosine, N=20,000, D=64, K=50 ({where})",
             "",
             "| | scikit-learn | selectmoe | speed-up | max \\|Δ score\\| | max \\|Δ s_i\\| |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -381,7 +405,7 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
     if full:
         first = full[0]
         lines += [
-            "### `select` on the full pool's shape: 270,679 x 16 layers x 64 experts (CPU)",
+            f"### `select` on the full pool's shape: 270,679 x 16 layers x 64 experts ({where})",
             "",
             f"Method `selectmoe`, 5%, automatic k over [10, 100] (k step "
             f"{first['ks'][1] - first['ks'][0]}, {len(first['ks'])} candidates), n_init="
@@ -402,6 +426,8 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
                 f"{t['load_pool']:.1f} s | {t['clustering']:.1f} s | "
                 f"{t.get('write_jsonl', 0) + t.get('plots', 0):.1f} s |"
             )
+            if run.get("peak_gpu_gb"):
+                lines.append(f"|  | peak GPU memory {run['peak_gpu_gb']:.2f} GB | | | | | | |")
         lines += [
             "",
             "Peak memory: the larger of the selection process's peak RSS and the peak "
@@ -417,15 +443,16 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
                 f"Lloyd iterations per k {run['n_iters']}."
             )
         lines.append("")
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 
-def update_results(path: Path, section: str) -> None:
+def update_results(path: Path, section: str, device: str) -> None:
+    begin, end = markers(device)
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         text = before + section + ("\n" + after if after else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -448,8 +475,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--device", default="cpu", help="device of ours: cpu, cuda, cuda:1")
     parser.add_argument("--full-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if args.full_child:
         full_child(args)
         return
@@ -466,7 +496,7 @@ def main() -> None:
     section = markdown(results, args)
     print(section)
     if not args.no_write:
-        update_results(args.output, section)
+        update_results(args.output, section, args.device)
 
 
 if __name__ == "__main__":

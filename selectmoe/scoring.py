@@ -49,7 +49,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def compute_router_data(
     model: torch.nn.Module,
     encoded: list,
@@ -61,6 +61,9 @@ def compute_router_data(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample router statistics of encoded examples.
 
+    Only the decoder stack runs (the LM head's ``[B, T, vocab]`` logits are never computed) and
+    only per-sample means leave a batch, so memory does not grow with the data.
+
     Returns
     -------
     quality_score : float32 tensor ``[N, L]``
@@ -69,6 +72,7 @@ def compute_router_data(
     """
     n_layers = model.config.num_hidden_layers
     n_experts = model.config.num_experts
+    decoder = getattr(model, "model", model)  # SelectMoeForCausalLM -> SelectMoeModel
     quality_score = torch.zeros(len(encoded), n_layers, dtype=torch.float32)
     moe_probs = torch.zeros(len(encoded), n_layers, n_experts, dtype=torch.float32)
     # positions of the examples in ``encoded``, so that results land in input order
@@ -79,7 +83,10 @@ def compute_router_data(
         batch = collate_encoded(batch_items, pad_token_id=pad_token_id)
         input_ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
-        output = model(input_ids=input_ids, attention_mask=mask, output_router_logits=True)
+        # the decoder stack only: no LM head ([B, T, vocab] logits) and no KV cache
+        output = decoder(
+            input_ids=input_ids, attention_mask=mask, output_router_logits=True, use_cache=False
+        )
         weights = mask.to(torch.float32)
         weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)  # (batch, seq_len)
         batch_quality = []

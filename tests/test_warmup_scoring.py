@@ -325,3 +325,32 @@ def test_missing_or_bad_weights(
     with pytest.raises(ModelError, match=r"has shape \(2, 32\), the model expects \(1, 32\)"):
         score(wrong_shape)
     assert not output.exists()
+
+
+def test_scoring_never_runs_the_lm_head(
+    warmup: dict[str, Any], tiny_converted_dir: Path, alpha_file: Path, tiny_tokenizer
+) -> None:
+    """Router data needs the decoder stack only: the [B, T, vocab] logits are never built."""
+    from selectmoe.data import pad_token_id_of
+    from selectmoe.scoring import compute_router_data
+
+    model, _ = load_warmed_model(tiny_converted_dir, warmup["path"])
+    calls: list[tuple[int, ...]] = []
+    model.lm_head.register_forward_hook(lambda module, args, out: calls.append(tuple(out.shape)))
+    encoded = encode_examples(
+        load_pool([alpha_file]),
+        tiny_tokenizer,
+        full_sequence_prediction=True,
+        max_sequence_length=64,
+    )
+    quality, probs = compute_router_data(
+        model,
+        encoded,
+        batch_size=3,
+        pad_token_id=pad_token_id_of(tiny_tokenizer),
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    assert calls == []
+    assert quality.shape == (len(encoded), 2) and probs.shape == (len(encoded), 2, 8)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(encoded), 2), rtol=0, atol=1e-5)

@@ -231,3 +231,55 @@ def test_missing_base_model(selection: Path, tmp_path: Path) -> None:
             output_dir=tmp_path / "a",
             settings=_settings(),
         )
+
+
+def test_finetune_resumes_with_dropout_exactly(
+    tmp_path: Path,
+    tiny_llama_dir: Path,
+    tiny_pool: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed after a checkpoint and run again, the finetune ends with the weights of one
+    uninterrupted run: with LoRA dropout this needs the saved random states."""
+    from safetensors.torch import load_file
+
+    import selectmoe.training as training_module
+
+    records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()]
+    data = _write_selection(tmp_path / "selected_data.jsonl", records)
+    settings = _settings(lora_dropout=0.3, epochs=2, per_device_batch_size=1, checkpoint_every=2)
+
+    reference = tmp_path / "reference"
+    run_finetune(
+        base_model=str(tiny_llama_dir), selected_data=data, output_dir=reference, settings=settings
+    )
+    original_save = training_module._save_checkpoint
+
+    def save_then_die(directory: Path, state: dict[str, Any], *, step: int, keep: int = 2):
+        path = original_save(directory, state, step=step, keep=keep)
+        if step == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return path
+
+    monkeypatch.setattr(training_module, "_save_checkpoint", save_then_die)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(
+            base_model=str(tiny_llama_dir),
+            selected_data=data,
+            output_dir=resumed,
+            settings=settings,
+        )
+    assert not resumed.exists()
+    assert (tmp_path / "resumed.checkpoints" / "step_000000004.pt").is_file()
+    monkeypatch.undo()
+    log = run_finetune(
+        base_model=str(tiny_llama_dir), selected_data=data, output_dir=resumed, settings=settings
+    )
+    assert log["resumed_from_step"] == 4 and log["optimizer_steps"] == 6
+    expected = load_file(reference / "adapter_model.safetensors")
+    got = load_file(resumed / "adapter_model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert not (tmp_path / "resumed.checkpoints").exists()

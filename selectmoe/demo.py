@@ -44,6 +44,7 @@ Written for transformers 5.x (``OlmoeForCausalLM`` with fused experts) and lm-ev
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -84,7 +85,7 @@ NOISE_KINDS: tuple[str, ...] = (
 )
 """Kinds of planted low-quality examples (the sidecar's ``kind`` is one of these or ``clean``)."""
 
-EVAL_TASKS: tuple[str, ...] = ("demo_arithmetic", "demo_facts", "demo_sentiment")
+EVAL_TASKS: tuple[str, ...] = ("demo_facts", "demo_sentiment", "demo_translate")
 """Names of the local lm-eval tasks."""
 
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN = "<s>", "</s>", "<pad>", "<unk>"
@@ -147,8 +148,7 @@ _SORT_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 _LEXICON_ENGLISH: tuple[str, ...] = (
     "water", "fire", "bread", "house", "tree", "river", "moon", "sun", "stone", "bird",
-    "road", "friend", "night", "morning", "salt", "boat", "horse", "door", "window", "snow",
-    "rain", "wind", "mountain", "book", "song", "milk", "honey", "gold", "fish", "flower",
+    "road", "friend", "night", "salt", "boat", "horse", "door", "snow", "book", "song",
 )  # fmt: skip
 _REVIEW_SUBJECTS: tuple[str, ...] = (
     "food", "staff", "room", "service", "music", "view", "price", "soup", "bed", "coffee",
@@ -193,17 +193,43 @@ _FACT_EVAL_TEMPLATES: dict[str, tuple[str, ...]] = {
     "capital": (
         "Which city is the capital of {country}?",
         "In {country}, which city is the capital?",
+        "Name the capital city of {country}.",
+        "{country} has which city as its capital?",
     ),
-    "currency": ("Which currency is used in {country}?", "In {country}, which currency is used?"),
+    "currency": (
+        "Which currency is used in {country}?",
+        "In {country}, which currency is used?",
+        "Name the currency used in {country}.",
+        "{country} uses which currency?",
+    ),
     "language": (
         "Which language is spoken in {country}?",
         "In {country}, which language is spoken?",
+        "Name the language spoken in {country}.",
+        "{country} speaks which language?",
     ),
     "animal": (
         "Which animal is the national animal of {country}?",
         "In {country}, which animal is the national animal?",
+        "Name the national animal of {country}.",
+        "{country} has which national animal?",
     ),
 }
+# Evaluation phrasings of translation questions (the pool asks "Translate the word ...", "What
+# does the ... word ... mean", "How do you say ..."); the answer is the pool's chat sentence.
+_TRANSLATE_EVAL_TEMPLATES: tuple[str, ...] = (
+    'What is the {language} word for "{english}"?',
+    'Which {language} word means "{english}"?',
+    'Give the {language} translation of "{english}".',
+    'Name the {language} word for "{english}".',
+)
+# ... and from the invented language back to English
+_TRANSLATE_BACK_EVAL_TEMPLATES: tuple[str, ...] = (
+    'Which English word is "{foreign}" in {language}?',
+    'The {language} word "{foreign}" means which English word?',
+    'Give the English meaning of the {language} word "{foreign}".',
+)
+_TRANSLATION_SENTENCE = 'In {language}, "{english}" is "{foreign}".'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +283,7 @@ def _invent_words(rng: random.Random, count: int, taken: set[str], *, syllables:
     return words
 
 
-def _build_world(seed: int, *, n_countries: int = 24) -> _World:
+def _build_world(seed: int, *, n_countries: int = 8) -> _World:
     rng = _stream(seed, "world")
     taken: set[str] = set()
     countries = [w.capitalize() for w in _invent_words(rng, n_countries, taken, syllables=3)]
@@ -291,6 +317,31 @@ def _build_world(seed: int, *, n_countries: int = 24) -> _World:
         lexicon_language=languages[0],
         lexicon=dict(zip(_LEXICON_ENGLISH, lexicon_words, strict=True)),
         junk_words=junk_words,
+    )
+
+
+def _neighbour_world(world: _World, seed: int) -> _World:
+    """The world the target model is pretrained on: the same cities, currencies, languages and
+    animals, owned by countries with other names, and another invented language.
+
+    The target thus knows every word and every answer format of the pool, but not which country
+    has which capital, currency, language or animal, nor what the pool's invented words mean:
+    that it can only learn from the pool.
+    """
+    rng = _stream(seed, "neighbour")
+    taken = set(world.junk_words)
+    names = [w.capitalize() for w in _invent_words(rng, len(world.countries), taken, syllables=3)]
+    language = _invent_words(rng, 1, taken, syllables=2)[0].capitalize() + "ish"
+    words = _invent_words(rng, len(_LEXICON_ENGLISH), taken, syllables=2)
+    return _World(
+        countries=tuple(
+            dataclasses.replace(country, name=name)
+            for country, name in zip(world.countries, names, strict=True)
+        ),
+        continent="Velm",
+        lexicon_language=language,
+        lexicon=dict(zip(_LEXICON_ENGLISH, words, strict=True)),
+        junk_words=world.junk_words,
     )
 
 
@@ -660,12 +711,11 @@ def _language_chat(world: _World, rng: random.Random, n_turns: int) -> list[_Exc
         ask = f'How do you say "{english}" in {language}?' if turn == 0 else f'And "{english}"?'
         foreign = world.lexicon[english]
         wrong = _wrong_choice(rng, sorted(world.lexicon.values()), foreign)
-        template = 'In {l}, "{e}" is "{f}".'
         exchanges.append(
             _Exchange(
                 ask,
-                template.format(l=language, e=english, f=foreign),
-                template.format(l=language, e=english, f=wrong),
+                _TRANSLATION_SENTENCE.format(language=language, english=english, foreign=foreign),
+                _TRANSLATION_SENTENCE.format(language=language, english=english, foreign=wrong),
             )
         )
     return exchanges
@@ -849,6 +899,27 @@ def _eval_docs(
             value = getattr(country, attribute)
             distractors = rng.sample([v for v in world.values(attribute) if v != value], 3)
             options = [_fact_sentence(country, attribute, v) for v in [value, *distractors]]
+            correct = options[0]
+        elif task == "demo_translate":
+            language = world.lexicon_language
+            english = rng.choice(_LEXICON_ENGLISH)
+            foreign = world.lexicon[english]
+            if rng.random() < 0.5:  # English to the invented language: choose the word
+                question = rng.choice(_TRANSLATE_EVAL_TEMPLATES).format(
+                    language=language, english=english
+                )
+                words = [foreign, *rng.sample(sorted(set(world.lexicon.values()) - {foreign}), 3)]
+                pairs = [(english, word) for word in words]
+            else:  # back to English: choose the meaning
+                question = rng.choice(_TRANSLATE_BACK_EVAL_TEMPLATES).format(
+                    language=language, foreign=foreign
+                )
+                meanings = [english, *rng.sample(sorted(set(_LEXICON_ENGLISH) - {english}), 3)]
+                pairs = [(meaning, foreign) for meaning in meanings]
+            options = [
+                _TRANSLATION_SENTENCE.format(language=language, english=e, foreign=f)
+                for e, f in pairs
+            ]
             correct = options[0]
         elif task == "demo_sentiment":
             review, label = _review(rng)
@@ -1228,7 +1299,7 @@ def build_demo(
     _check_int("eval_docs_per_task", eval_docs_per_task, minimum=1, maximum=1000)
     _check_int("pretrain_steps", pretrain_steps, minimum=0)
     if target_pretrain_steps is None:
-        target_pretrain_steps = pretrain_steps // 3
+        target_pretrain_steps = pretrain_steps
     _check_int("target_pretrain_steps", target_pretrain_steps, minimum=0)
     _check_int("pretrain_batch_size", pretrain_batch_size, minimum=1)
     _check_int("pretrain_sequence_length", pretrain_sequence_length, minimum=8, maximum=1024)
@@ -1264,6 +1335,33 @@ def build_demo(
         manifest = _build_into(tmp, out_path, parameters)
     logger.info("demo built in %.1f s: %s", time.perf_counter() - start, out_path)
     return manifest
+
+
+def _pretraining_corpus(
+    world: _World,
+    *,
+    seed: int,
+    steps: int,
+    parameters: dict[str, Any],
+    eval_questions: set[str],
+    purpose: str,
+) -> list[str]:
+    """Clean chat-rendered documents about ``world`` for ``steps`` pretraining steps (about 70
+    tokens each; at least a few thousand for the tokenizer, at most 20,000: more steps reuse the
+    corpus). No document asks an evaluation question."""
+    tokens_needed = (
+        steps * parameters["pretrain_batch_size"] * parameters["pretrain_sequence_length"]
+    )
+    n_documents = min(20_000, max(3_000, tokens_needed // 70))
+    rng = _stream(seed, purpose)
+    documents: list[str] = []
+    while len(documents) < n_documents:
+        dataset = rng.choice(DATASETS)
+        messages = _GENERATORS[dataset](world, rng).messages()
+        if any(m["content"] in eval_questions for m in messages if m["role"] == "user"):
+            continue
+        documents.append(render_chat(messages, EOS_TOKEN))
+    return documents
 
 
 def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -1326,34 +1424,43 @@ def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str,
             _task_yaml(task, final / "tasks" / f"{task}.jsonl"), encoding="utf-8"
         )
 
-    # -- clean pretraining corpus: same generators, another stream, no evaluation question
-    steps_needed = max(parameters["pretrain_steps"], parameters["target_pretrain_steps"])
-    tokens_needed = steps_needed * parameters["pretrain_batch_size"]
-    tokens_needed *= parameters["pretrain_sequence_length"]
-    # about 70 tokens per document; at least a few thousand documents for the tokenizer, at most
-    # enough for one pass (more steps reuse the corpus)
-    n_documents = min(20_000, max(3_000, tokens_needed // 70))
-    corpus_rng = _stream(seed, "pretrain")
-    documents: list[str] = []
-    while len(documents) < n_documents:
-        dataset = corpus_rng.choice(DATASETS)
-        messages = _GENERATORS[dataset](world, corpus_rng).messages()
-        if any(m["content"] in eval_questions for m in messages if m["role"] == "user"):
-            continue
-        documents.append(render_chat(messages, EOS_TOKEN))
-
-    tokenizer = _train_tokenizer(documents, vocab_size=parameters["vocab_size"])
+    # -- clean pretraining corpora: same generators, another stream, no evaluation question; the
+    # base model (the selector) reads about the pool's world, the target about its neighbour
+    corpora = {
+        "base": _pretraining_corpus(
+            world,
+            seed=seed,
+            steps=parameters["pretrain_steps"],
+            parameters=parameters,
+            eval_questions=eval_questions,
+            purpose="pretrain",
+        ),
+        "target": _pretraining_corpus(
+            _neighbour_world(world, seed),
+            seed=seed,
+            steps=parameters["target_pretrain_steps"],
+            parameters=parameters,
+            eval_questions=eval_questions,
+            purpose="pretrain-target",
+        ),
+    }
+    tokenizer = _train_tokenizer(
+        corpora["base"] + corpora["target"], vocab_size=parameters["vocab_size"]
+    )
     tokenizer.save_pretrained(tmp / "tokenizer")
     logger.info("tokenizer: %d tokens in the vocabulary", len(tokenizer))
-    # add_special_tokens puts <s> in front of every document, as encode_examples does
-    token_ids = tokenizer(documents, add_special_tokens=True)["input_ids"]
-    blocks = _packed_blocks(token_ids, parameters["pretrain_sequence_length"])
-    logger.info(
-        "pretraining corpus: %d documents, %d tokens, %d blocks",
-        len(documents),
-        sum(len(ids) for ids in token_ids),
-        len(blocks),
-    )
+    blocks = {}
+    for role, documents in corpora.items():
+        # add_special_tokens puts <s> in front of every document, as encode_examples does
+        token_ids = tokenizer(documents, add_special_tokens=True)["input_ids"]
+        blocks[role] = _packed_blocks(token_ids, parameters["pretrain_sequence_length"])
+        logger.info(
+            "%s pretraining corpus: %d documents, %d tokens, %d blocks",
+            role,
+            len(documents),
+            sum(len(ids) for ids in token_ids),
+            len(blocks[role]),
+        )
 
     # -- models
     configs = _model_configs(tokenizer, sequence_length=parameters["pretrain_sequence_length"])
@@ -1373,7 +1480,9 @@ def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
             model = model_class(configs[role]).to(torch.float32)
-            final_loss = _pretrain(model, blocks, settings, name=f"{role} ({model_class.__name__})")
+            final_loss = _pretrain(
+                model, blocks[role], settings, name=f"{role} ({model_class.__name__})"
+            )
         if hasattr(model.config, "output_router_logits"):
             model.config.output_router_logits = False  # users opt in, as with the hub OLMoE
         model_dir = tmp / f"{role}_model"
@@ -1392,7 +1501,9 @@ def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str,
         "special_tokens": {
             token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS
         },
-        "pretraining_corpus": {"documents": len(documents), "blocks": len(blocks)},
+        "pretraining_corpus": {
+            role: {"documents": len(corpora[role]), "blocks": len(blocks[role])} for role in corpora
+        },
         "models": summaries,
         "files": {
             path.relative_to(tmp).as_posix(): {

@@ -13,7 +13,11 @@ Methods (``method``):
 - ``random``: a seeded uniform sample;
 - ``quality_topk``: the best scores;
 - ``diversity``: the same clusters, but a random order within each cluster;
-- ``full``: everything.
+- ``full``: everything;
+- ``oracle`` / ``anti_oracle``: reference selections for a pool with quality labels
+  (:mod:`selectmoe.labels`): clean examples first (the best any method could do at that size) or
+  planted ones first (the worst), in a seeded random order within each group. They use labels a
+  real pool does not have, and every table and plot marks them so.
 
 The budget is global over the pooled router data of all datasets:
 ``n = round_half_up(selection_percentage * N)`` clipped to ``[1, N]``; the per-dataset counts that
@@ -41,8 +45,10 @@ import torch
 from selectmoe.clustering import ClusteringResult, get_clustering_method
 from selectmoe.errors import RouterDataError, SelectionError
 from selectmoe.io import atomic_path, atomic_write_json, atomic_write_jsonl
+from selectmoe.labels import PoolLabels, align_labels, describe
 
 __all__ = [
+    "LABEL_METHODS",
     "PLOT_FILES",
     "ROUTER_DATA_KEYS",
     "SELECTION_METHODS",
@@ -59,7 +65,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SELECTION_METHODS: tuple[str, ...] = ("selectmoe", "random", "quality_topk", "diversity", "full")
+SELECTION_METHODS: tuple[str, ...] = (
+    "selectmoe",
+    "random",
+    "quality_topk",
+    "diversity",
+    "full",
+    "oracle",
+    "anti_oracle",
+)
+#: Reference methods that read the pool's quality labels (no real method may).
+LABEL_METHODS: tuple[str, ...] = ("oracle", "anti_oracle")
 ROUTER_DATA_KEYS: tuple[str, ...] = ("quality_score", "moe_probs", "sample_ids", "dataset")
 PLOT_FILES: dict[str, str] = {
     "elbow": "elbow.png",
@@ -485,6 +501,7 @@ def select_indices(
     clustering_params: Mapping[str, Any] | None = None,
     seed: int = 42,
     debug_print: bool = False,
+    quality_labels: PoolLabels | None = None,
 ) -> SelectionResult:
     """Choose samples of the router data by one of the methods (module docstring).
 
@@ -507,6 +524,9 @@ def select_indices(
         Seed of the clustering and of the random methods (``numpy.random.default_rng(seed)``).
     debug_print : bool, default=False
         Print per-cluster sizes, score ranges and dataset mix to stderr.
+    quality_labels : PoolLabels, optional
+        Quality labels aligned to the router rows; required by ``oracle`` and ``anti_oracle``
+        (and read by no other method).
 
     Returns
     -------
@@ -514,6 +534,16 @@ def select_indices(
     """
     _check_method(method)
     percentage = _check_percentage(selection_percentage)
+    if method in LABEL_METHODS and quality_labels is None:
+        raise SelectionError(
+            f"method {method!r} needs the pool's quality labels; set data.labels (the demo "
+            "provides its own)"
+        )
+    if quality_labels is not None and quality_labels.planted.shape != (router.n_samples,):
+        raise SelectionError(
+            f"the quality labels cover {quality_labels.planted.shape[0]} examples, the router "
+            f"data {router.n_samples}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise SelectionError(f"seed must be an integer >= 0, got {seed!r}")
     n_samples = router.n_samples
@@ -546,6 +576,12 @@ def select_indices(
         indices = rng.permutation(n_samples)[:n].astype(np.int64)
     elif method == "quality_topk":
         indices = np.lexsort((np.arange(n_samples), -scores))[:n].astype(np.int64)
+    elif method in LABEL_METHODS:
+        assert quality_labels is not None  # checked above
+        planted = quality_labels.planted
+        first = ~planted if method == "oracle" else planted
+        # the preferred group first, a seeded random order within each group
+        indices = np.lexsort((rng.random(n_samples), ~first))[:n].astype(np.int64)
     else:  # full
         indices = np.arange(n_samples, dtype=np.int64)
     timings["selection"] = time.perf_counter() - start
@@ -563,6 +599,11 @@ def select_indices(
         seed=int(seed),
         timings=timings,
     )
+    if method in LABEL_METHODS:
+        assert quality_labels is not None
+        info["uses_labels"] = True
+        info["labels"] = describe(quality_labels)
+        info["n_planted_selected"] = int(quality_labels.planted[indices].sum())
     if debug_print:
         _debug_print(info, router, scores, labels, indices)
     return SelectionResult(indices=indices, scores=scores, labels=labels, info=info)
@@ -816,7 +857,7 @@ def write_plots(
 # --------------------------------------------------------------------------------------------
 
 
-POOL_ONLY_METHODS: tuple[str, ...] = ("random", "full")
+POOL_ONLY_METHODS: tuple[str, ...] = ("random", "full", *LABEL_METHODS)
 
 
 def _pool_placeholder_router(pool_paths: Sequence[str | os.PathLike[str]]) -> RouterData:
@@ -849,6 +890,7 @@ def run_selection(
     clustering_params: Mapping[str, Any] | None = None,
     seed: int = 42,
     debug_print: bool = False,
+    labels_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Select from router data and write ``selected_data.jsonl``, ``selection.json`` and plots.
 
@@ -871,6 +913,9 @@ def run_selection(
         Directory for the PNG plots (:data:`PLOT_FILES`); no plots when None.
     method, selection_percentage, clustering_method, clustering_params, seed, debug_print
         As in :func:`select_indices`.
+    labels_path : path, optional
+        The pool's quality labels (:mod:`selectmoe.labels`), read only by ``oracle`` and
+        ``anti_oracle``; they must label exactly the pool.
 
     Returns
     -------
@@ -881,8 +926,11 @@ def run_selection(
     ------
     RouterDataError
         Bad router data, or router ids missing from the pool (names the file and ids).
+    DataError
+        A labels file that is malformed or does not match the pool.
     SelectionError
-        Bad settings (method, percentage, k larger than the data, ...).
+        Bad settings (method, percentage, k larger than the data, a label method without
+        labels, ...).
     """
     from selectmoe.data import load_pool
 
@@ -928,6 +976,16 @@ def run_selection(
         logger.warning("%d pool example(s) have no router data and cannot be selected", unscored)
     timings["load_pool"] = time.perf_counter() - start
 
+    quality_labels = None
+    if method in LABEL_METHODS:
+        if labels_path is None:
+            raise SelectionError(
+                f"method {method!r} needs the pool's quality labels; set data.labels (the demo "
+                "provides its own)"
+            )
+        quality_labels = align_labels(
+            labels_path, list(zip(router.datasets, router.sample_ids, strict=True))
+        )
     result = select_indices(
         router,
         method=method,
@@ -936,6 +994,7 @@ def run_selection(
         clustering_params=clustering_params,
         seed=seed,
         debug_print=debug_print,
+        quality_labels=quality_labels,
     )
     timings.update(result.info["timings"])
 

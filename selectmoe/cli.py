@@ -160,11 +160,20 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    from selectmoe.selection import run_selection
+    from selectmoe.selection import POOL_ONLY_METHODS, run_selection
 
-    router_files = sorted(Path(args.router_data).glob("*_router_data.pt"))
-    if not router_files:
-        raise SelectMoeError(f"{args.router_data}: no *_router_data.pt files; run the score stage")
+    router_files: list[Path] = []
+    if args.router_data is not None:
+        router_files = sorted(Path(args.router_data).glob("*_router_data.pt"))
+        if not router_files:
+            raise SelectMoeError(
+                f"{args.router_data}: no *_router_data.pt files; run the score stage"
+            )
+    elif args.method not in POOL_ONLY_METHODS:
+        raise SelectMoeError(
+            f"method {args.method} needs --router-data (only {', '.join(POOL_ONLY_METHODS)} "
+            "select from the pool alone)"
+        )
     params = _parse_overrides(args.set)
     _print_json(
         run_selection(
@@ -179,6 +188,7 @@ def _cmd_select(args: argparse.Namespace) -> None:
             clustering_params=params,
             seed=args.seed,
             debug_print=args.debug_print,
+            labels_path=args.labels,
         )
     )
 
@@ -198,13 +208,15 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from selectmoe.evaluation import read_task_metrics, run_lm_eval
+    from selectmoe.evaluation import evaluate_adapters, read_task_metrics
 
-    output = run_lm_eval(
+    adapters = args.adapter or [None] * len(args.output)
+    outputs = evaluate_adapters(
         pretrained=args.base_model,
-        adapter=args.adapter,
+        adapters=adapters,
         tasks=args.tasks,
-        output_json=args.output,
+        output_jsons=args.output,
+        samples_jsonls=args.samples,
         include_path=args.include_path,
         num_fewshot=args.num_fewshot,
         batch_size=int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size,
@@ -213,8 +225,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         seed=args.seed,
     )
-    if output:  # empty on the other processes of a launched run; the first one wrote the file
-        _print_json(read_task_metrics(output))
+    for output in outputs:  # empty on the other processes of a launched run: the first writes
+        if output:
+            _print_json(read_task_metrics(output))
 
 
 def _cmd_summarize(args: argparse.Namespace) -> None:
@@ -294,7 +307,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="stage 2: router data of one dataset")
     p.add_argument("--model", required=True)
-    p.add_argument("--weights", required=True, help="full_rank_weights.pt")
+    p.add_argument(
+        "--weights",
+        help="full_rank_weights.pt; omitted: the converted model's untrained gates (a control)",
+    )
     p.add_argument("--pool", nargs="+", required=True, help="the dataset's JSONL files")
     p.add_argument("--dataset", required=True)
     p.add_argument("--output", required=True, help="{dataset}_router_data.pt")
@@ -305,7 +321,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("select", help="stage 2b: select data from router data")
-    p.add_argument("--router-data", required=True, help="directory of *_router_data.pt")
+    p.add_argument(
+        "--router-data", help="directory of *_router_data.pt (not needed by pool-only methods)"
+    )
     p.add_argument("--pool", nargs="+", required=True)
     p.add_argument("--output", required=True, help="selected_data.jsonl")
     p.add_argument("--info", help="selection.json (default: beside --output)")
@@ -313,7 +331,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default="selectmoe",
-        choices=["selectmoe", "random", "quality_topk", "diversity", "full"],
+        choices=[
+            "selectmoe",
+            "random",
+            "quality_topk",
+            "diversity",
+            "full",
+            "oracle",
+            "anti_oracle",
+        ],
+    )
+    p.add_argument(
+        "--labels",
+        help="quality labels of the pool (JSONL dataset/id/planted/kind): oracle, anti_oracle",
     )
     p.add_argument("--percentage", type=float, required=True, help="share of the pool, (0, 1]")
     p.add_argument("--clustering-method", default="kmeans")
@@ -333,9 +363,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="stage 4: lm-eval on base model (+ adapter)")
     p.add_argument("--base-model", required=True)
-    p.add_argument("--adapter")
+    p.add_argument(
+        "--adapter", nargs="+", help="LoRA adapter(s), evaluated in turn on one loaded base model"
+    )
     p.add_argument("--tasks", nargs="+", required=True)
-    p.add_argument("--output", required=True, help="results JSON")
+    p.add_argument("--output", nargs="+", required=True, help="results JSON, one per adapter")
+    p.add_argument("--samples", nargs="+", help="per-document samples JSONL, one per adapter")
     p.add_argument("--include-path", help="directory of local task YAMLs")
     p.add_argument(
         "--num-fewshot",

@@ -38,7 +38,7 @@ from typing import Any
 from selectmoe.errors import EvaluationError, ModelError
 from selectmoe.io import atomic_write_json, atomic_write_jsonl
 
-__all__ = ["load_results", "read_task_metrics", "run_lm_eval"]
+__all__ = ["evaluate_adapters", "load_results", "read_task_metrics", "run_lm_eval"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,36 @@ def run_lm_eval(
     adapter: str | None,
     tasks: Sequence[str],
     output_json: str | os.PathLike[str],
+    samples_jsonl: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluate ``pretrained`` (plus an optional PEFT ``adapter``) with lm-eval; write the results.
+
+    One run of :func:`evaluate_adapters`; ``options`` are its keyword arguments.
+
+    Examples
+    --------
+    >>> run_lm_eval(pretrained="results/demo/target", adapter="results/lora/demo/selectmoe",
+    ...             tasks=["demo_qa"], include_path="results/demo/tasks",
+    ...             output_json="results/eval/demo.json")  # doctest: +SKIP
+    """
+    return evaluate_adapters(
+        pretrained=pretrained,
+        adapters=[adapter],
+        tasks=tasks,
+        output_jsons=[output_json],
+        samples_jsonls=[samples_jsonl],
+        **options,
+    )[0]
+
+
+def evaluate_adapters(
+    *,
+    pretrained: str,
+    adapters: Sequence[str | os.PathLike[str] | None],
+    tasks: Sequence[str],
+    output_jsons: Sequence[str | os.PathLike[str]],
+    samples_jsonls: Sequence[str | os.PathLike[str] | None] | None = None,
     include_path: str | os.PathLike[str] | None = None,
     num_fewshot: int | Mapping[str, int | None] | None = None,
     batch_size: int | str = 16,
@@ -68,30 +98,37 @@ def run_lm_eval(
     add_bos_token: bool | None = None,
     apply_chat_template: bool = False,
     bootstrap_iters: int = 100_000,
-    samples_jsonl: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``pretrained`` (plus an optional PEFT ``adapter``) with lm-eval; write the results.
+) -> list[dict[str, Any]]:
+    """Evaluate ``pretrained`` with each of several PEFT adapters; the base model is loaded once.
+
+    Each adapter is attached to the loaded base model, evaluated, and removed again (peft's
+    ``unload``), so that the next one starts from the same weights; the results equal those of
+    separate runs (tested). Adapters that ship their own tokenizer get a model of their own.
 
     Parameters
     ----------
     pretrained : str
         Base model: a local directory (``config.json`` + weights + tokenizer) or a Hub id.
-    adapter : str or None
-        PEFT adapter directory (``adapter_config.json``) or Hub id; ``None`` evaluates the base
-        model alone. When the adapter directory also holds a tokenizer, that tokenizer is used
+    adapters : sequence of str or None
+        PEFT adapter directories (``adapter_config.json``) or Hub ids; ``None`` evaluates the
+        base model alone. When an adapter directory also holds a tokenizer, that tokenizer is used
         (finetuning may have added tokens).
     tasks : sequence of str
         lm-eval task, group or tag names (or paths to task YAML files), e.g. ``["arc_easy"]``.
         Duplicates are dropped.
-    output_json : path
-        Where the results JSON goes (written atomically).
+    output_jsons : sequence of path
+        Where each run's results JSON goes (written atomically), one per adapter.
+    samples_jsonls : sequence of path or None, optional
+        Per run, also write one JSON line per evaluated document (task, doc id, target, the
+        model's filtered responses such as the per-choice log-likelihoods, and the per-document
+        metrics): what the summary's intervals and paired comparisons are computed from.
     include_path : path, optional
         Directory of local task YAMLs, searched before lm-eval's built-in tasks.
     num_fewshot : int or mapping, optional
         Overrides every task's few-shot count (lm-eval keeps an explicit ``0`` in a task YAML);
         ``None`` keeps the tasks' own defaults. A mapping ``{task: count}`` sets counts per task
-        (e.g. ``{"mmlu": 5}``); tasks it does not name keep their defaults. The model is loaded
-        once; lm-eval runs once per distinct count.
+        (e.g. ``{"mmlu": 5}``); tasks it does not name keep their defaults. lm-eval runs once per
+        distinct count, on the same loaded model.
     batch_size : int or str, default 16
         Positive integer, or ``"auto"`` / ``"auto:N"`` for lm-eval's batch-size search.
     limit : int or float, optional
@@ -102,7 +139,8 @@ def run_lm_eval(
     dtype : {"float32", "bfloat16", "float16", "auto"}, default "float32"
         Weight dtype; ``"auto"`` takes the dtype recorded in the model config.
     seed : int, default 42
-        Seed for Python, NumPy, torch and the few-shot sampler (all four of lm-eval's seeds).
+        Seed for Python, NumPy, torch and the few-shot sampler (all four of lm-eval's seeds),
+        set again before every run.
     trust_remote_code : bool, default False
         Allow custom modelling code from the model directory.
     add_bos_token : bool, optional
@@ -111,37 +149,34 @@ def run_lm_eval(
     apply_chat_template : bool, default False
         Format prompts with the tokenizer's chat template; the tokenizer must have one.
     bootstrap_iters : int, default 100000
-        Bootstrap iterations for the stderr of non-mean metrics; ``0`` skips them.
-    samples_jsonl : path, optional
-        Also write one JSON line per evaluated document (task, doc id, target, the model's
-        filtered responses such as the per-choice log-likelihoods, and the metrics).
+        Bootstrap iterations for lm-eval's stderr of non-mean metrics; ``0`` skips them.
 
     Returns
     -------
-    dict
-        The JSON-ready results that were written: lm-eval's ``results`` (per task, e.g.
+    list of dict
+        Per run, the JSON-ready results that were written: lm-eval's ``results`` (per task, e.g.
         ``"acc,none"``, ``"acc_stderr,none"``), ``groups``, ``group_subtasks``, ``configs``,
         ``versions``, ``n-shot``, ``higher_is_better``, ``n-samples``, the run ``config``, and a
         ``selectmoe`` block (pretrained, adapter, tasks, num_fewshot, batch_size, limit, seed,
-        device, dtype, wall_time_s). Empty, and nothing written, on a non-zero rank of a
+        device, dtype, wall_time_s). Empty dicts, and nothing written, on a non-zero rank of a
         multi-process (``accelerate launch``) run.
 
     Raises
     ------
     EvaluationError
         On a bad option, a missing model, adapter, include path or data file, an unknown task
-        (the message lists the available tasks with similar names), or a tokenizer without a
-        chat template when ``apply_chat_template`` is set.
-
-    Examples
-    --------
-    >>> run_lm_eval(pretrained="results/demo/target", adapter="results/lora/demo/selectmoe",
-    ...             tasks=["demo_qa"], include_path="results/demo/tasks",
-    ...             output_json="results/eval/demo.json")  # doctest: +SKIP
+        (the message lists the available tasks with similar names), a tokenizer without a chat
+        template when ``apply_chat_template`` is set, or lists of different lengths.
     """
     from selectmoe.training import distributed_info
 
     started = time.perf_counter()
+    samples_list = list(samples_jsonls) if samples_jsonls is not None else [None] * len(adapters)
+    if not adapters or len(output_jsons) != len(adapters) or len(samples_list) != len(adapters):
+        raise EvaluationError(
+            f"give one output (and samples path) per adapter: {len(adapters)} adapter(s), "
+            f"{len(output_jsons)} output(s), {len(samples_list)} samples path(s)"
+        )
     task_names = _validate_tasks(tasks)
     if isinstance(num_fewshot, Mapping):
         unknown = sorted(set(num_fewshot) - set(task_names))
@@ -162,11 +197,12 @@ def run_lm_eval(
     if isinstance(limit, float) and limit >= 1:
         limit = int(limit)  # a count given as float (e.g. from the command line)
     pretrained_arg = _resolve_model_path(pretrained, role="pretrained model", marker="config.json")
-    adapter_arg = (
+    adapter_args = [
         None
         if adapter is None
-        else _resolve_model_path(adapter, role="adapter", marker="adapter_config.json")
-    )
+        else _resolve_model_path(os.fspath(adapter), role="adapter", marker="adapter_config.json")
+        for adapter in adapters
+    ]
     include_dir = None
     if include_path is not None:
         include_dir = Path(include_path).expanduser()
@@ -179,34 +215,39 @@ def run_lm_eval(
     task_manager = _build_task_manager(task_names, include_dir)
     _check_local_data_files(task_names, task_manager.task_index)
 
-    tokenizer_arg = _adapter_tokenizer(adapter_arg)
+    tokenizer_args = [_adapter_tokenizer(adapter) for adapter in adapter_args]
     if apply_chat_template:
-        _require_chat_template(tokenizer_arg or pretrained_arg, trust_remote_code)
+        for tokenizer_arg in {t or pretrained_arg for t in tokenizer_args}:
+            _require_chat_template(tokenizer_arg, trust_remote_code)
 
-    model_args: dict[str, Any] = {
+    base_args: dict[str, Any] = {
         "pretrained": pretrained_arg,
         "dtype": dtype,
         "trust_remote_code": trust_remote_code,
     }
-    if adapter_arg is not None:
-        model_args["peft"] = adapter_arg
-    if tokenizer_arg is not None:
-        model_args["tokenizer"] = tokenizer_arg
     if add_bos_token is not None:
-        model_args["add_bos_token"] = add_bos_token
+        base_args["add_bos_token"] = add_bos_token
+    run_args = []
+    for adapter_arg, tokenizer_arg in zip(adapter_args, tokenizer_args, strict=True):
+        model_args = dict(base_args)
+        if adapter_arg is not None:
+            model_args["peft"] = adapter_arg
+        if tokenizer_arg is not None:
+            model_args["tokenizer"] = tokenizer_arg
+        run_args.append(model_args)
 
     logger.info(
-        "lm-eval: pretrained=%s adapter=%s tasks=%s num_fewshot=%s limit=%s seed=%d device=%s",
+        "lm-eval: pretrained=%s adapters=%s tasks=%s num_fewshot=%s limit=%s seed=%d device=%s",
         pretrained_arg,
-        adapter_arg,
+        adapter_args,
         ",".join(task_names),
         num_fewshot,
         limit,
         seed,
         device,
     )
-    raw = _simple_evaluate(
-        model_args=model_args,
+    raw_runs = _simple_evaluate(
+        run_args=run_args,
         task_manager=task_manager,
         tasks=task_names,
         num_fewshot=num_fewshot,
@@ -216,41 +257,61 @@ def run_lm_eval(
         seed=seed,
         apply_chat_template=apply_chat_template,
         bootstrap_iters=bootstrap_iters,
-        log_samples=samples_jsonl is not None,
+        log_samples=any(path is not None for path in samples_list),
     )
-    if raw is None or not distributed_info().is_main:
+    if not distributed_info().is_main or any(raw is None for raw in raw_runs):
         # Non-zero ranks of a data-parallel run get nothing back (lm-eval gathers the results
         # on rank 0); without GPUs every process evaluates everything and only rank 0 writes.
-        return {}
-    wall_time = time.perf_counter() - started
+        return [{} for _ in adapters]
 
-    output = _assemble_output(
-        raw,
-        selectmoe={
-            "pretrained": pretrained,
-            "adapter": adapter,
-            "tasks": task_names,
-            "include_path": None if include_path is None else os.fspath(include_path),
-            "num_fewshot": num_fewshot,
-            "batch_size": batch_size,
-            "limit": limit,
-            "seed": seed,
-            "device": device,
-            "dtype": dtype,
-            "add_bos_token": add_bos_token,
-            "apply_chat_template": apply_chat_template,
-            "wall_time_s": round(wall_time, 3),
-        },
-        model_args=model_args,
-    )
-    if samples_jsonl is not None:
-        atomic_write_jsonl(samples_jsonl, _sample_records(raw.get("samples") or {}))
-    atomic_write_json(output_json, output)
-    for task, metrics in read_task_metrics(output).items():
-        logger.info(
-            "%s: %s", task, ", ".join(f"{name}={value:.4f}" for name, value in metrics.items())
+    outputs = []
+    for adapter, model_args, raw, output_json, samples_jsonl, wall_time in zip(
+        adapters,
+        run_args,
+        raw_runs,
+        output_jsons,
+        samples_list,
+        _run_times(raw_runs, started),
+        strict=True,
+    ):
+        output = _assemble_output(
+            raw,
+            selectmoe={
+                "pretrained": pretrained,
+                "adapter": None if adapter is None else os.fspath(adapter),
+                "tasks": task_names,
+                "include_path": None if include_path is None else os.fspath(include_path),
+                "num_fewshot": num_fewshot,
+                "batch_size": batch_size,
+                "limit": limit,
+                "seed": seed,
+                "device": device,
+                "dtype": dtype,
+                "add_bos_token": add_bos_token,
+                "apply_chat_template": apply_chat_template,
+                "wall_time_s": round(wall_time, 3),
+            },
+            model_args=model_args,
         )
-    return output
+        if samples_jsonl is not None:
+            atomic_write_jsonl(samples_jsonl, _sample_records(raw.get("samples") or {}))
+        atomic_write_json(output_json, output)
+        for task, metrics in read_task_metrics(output).items():
+            logger.info(
+                "%s: %s",
+                task,
+                ", ".join(f"{name}={value:.4f}" for name, value in metrics.items()),
+            )
+        outputs.append(output)
+    return outputs
+
+
+def _run_times(raw_runs: Sequence[Mapping[str, Any]], started: float) -> list[float]:
+    """Wall time of each run: the first includes loading; each later one its own evaluation."""
+    times = [float(raw.get("_selectmoe_seconds", 0.0)) for raw in raw_runs]
+    if times:
+        times[0] = max(times[0], time.perf_counter() - started - sum(times[1:]))
+    return times
 
 
 def load_results(results_json: str | os.PathLike[str]) -> dict[str, Any]:
@@ -610,7 +671,7 @@ def _flatten_strings(value: Any) -> Iterator[str]:
 
 def _simple_evaluate(
     *,
-    model_args: dict[str, Any],
+    run_args: Sequence[dict[str, Any]],
     task_manager: Any,
     tasks: list[str],
     num_fewshot: int | Mapping[str, int | None] | None,
@@ -621,8 +682,12 @@ def _simple_evaluate(
     apply_chat_template: bool,
     bootstrap_iters: int,
     log_samples: bool,
-) -> dict[str, Any] | None:
-    """Build the model and run ``lm_eval.simple_evaluate``; ``None`` on non-zero ranks."""
+) -> list[dict[str, Any] | None]:
+    """Run ``lm_eval.simple_evaluate`` once per entry of ``run_args`` (``None`` on non-zero ranks).
+
+    Runs that differ only in their ``peft`` adapter share one loaded base model: each adapter is
+    attached, evaluated and unloaded in turn.
+    """
     import lm_eval
 
     batch = int(batch_size) if isinstance(batch_size, str) and batch_size.isdigit() else batch_size
@@ -631,34 +696,63 @@ def _simple_evaluate(
     for task in tasks:
         count = num_fewshot.get(task) if isinstance(num_fewshot, Mapping) else num_fewshot
         by_count.setdefault(count, []).append(task)
-    parts = []
-    with _quiet_third_party():
-        lm = _hflm_class().create_from_arg_obj(model_args, {"batch_size": batch, "device": device})
-        for count, group in by_count.items():
-            parts.append(
-                lm_eval.simple_evaluate(
-                    model=lm,
-                    tasks=group,
-                    task_manager=task_manager,
-                    num_fewshot=count,
-                    batch_size=batch,
-                    device=device,
-                    limit=limit,
-                    bootstrap_iters=bootstrap_iters,
-                    log_samples=log_samples,
-                    apply_chat_template=apply_chat_template,
-                    random_seed=seed,
-                    numpy_random_seed=seed,
-                    torch_random_seed=seed,
-                    fewshot_random_seed=seed,
-                )
+
+    def evaluate(lm: Any) -> dict[str, Any] | None:
+        started = time.perf_counter()
+        parts = [
+            lm_eval.simple_evaluate(
+                model=lm,
+                tasks=group,
+                task_manager=task_manager,
+                num_fewshot=count,
+                batch_size=batch,
+                device=device,
+                limit=limit,
+                bootstrap_iters=bootstrap_iters,
+                log_samples=log_samples,
+                apply_chat_template=apply_chat_template,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
             )
-    results = _merge_results(parts)
-    if results is not None:
-        # With a model object, lm-eval records no model name or arguments; record ours.
-        results.setdefault("config", {})
-        results["config"]["model"] = "hf"
-        results["config"]["model_args"] = dict(model_args)
+            for count, group in by_count.items()
+        ]
+        merged = _merge_results(parts)
+        if merged is not None:
+            merged["_selectmoe_seconds"] = time.perf_counter() - started
+        return merged
+
+    results: list[dict[str, Any] | None] = []
+    shared: Any = None  # the HFLM of the base model, reused by every run without own tokenizer
+    with _quiet_third_party():
+        for model_args in run_args:
+            if "tokenizer" in model_args:  # a tokenizer of its own: a model of its own
+                lm = _hflm_class().create_from_arg_obj(
+                    model_args, {"batch_size": batch, "device": device}
+                )
+                results.append(evaluate(lm))
+                del lm
+                continue
+            if shared is None:
+                base_only = {k: v for k, v in model_args.items() if k != "peft"}
+                shared = _hflm_class().create_from_arg_obj(
+                    base_only, {"batch_size": batch, "device": device}
+                )
+            adapter = model_args.get("peft")
+            if adapter is not None:
+                shared.attach_adapter(adapter, revision=model_args.get("revision"))
+            try:
+                results.append(evaluate(shared))
+            finally:
+                if adapter is not None:
+                    shared.detach_adapter()
+    for result, model_args in zip(results, run_args, strict=True):
+        if result is not None:
+            # With a model object, lm-eval records no model name or arguments; record ours.
+            result.setdefault("config", {})
+            result["config"]["model"] = "hf"
+            result["config"]["model_args"] = dict(model_args)
     return results
 
 
@@ -677,7 +771,8 @@ def _merge_results(parts: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] 
 
 
 def _hflm_class() -> type:
-    """lm-eval's ``hf`` model with a PEFT adapter loaded without shrinking the embeddings."""
+    """lm-eval's ``hf`` model with PEFT adapters attached without shrinking the embeddings, and
+    detachable, so that one loaded base model serves several adapters."""
     from lm_eval.models.huggingface import HFLM
 
     class _SelectMoeHFLM(HFLM):
@@ -685,8 +780,11 @@ def _hflm_class() -> type:
 
         def _create_model(self, *args: Any, peft: str | None = None, **kwargs: Any) -> None:
             super()._create_model(*args, peft=None, **kwargs)
-            if not peft:
-                return
+            if peft:
+                self.attach_adapter(peft, revision=kwargs.get("revision"))
+
+        def attach_adapter(self, adapter: str, *, revision: str | None = None) -> None:
+            """Put the PEFT adapter ``adapter`` on the loaded base model."""
             from peft import PeftModel
 
             n_embeddings = self._model.get_input_embeddings().weight.shape[0]
@@ -695,8 +793,14 @@ def _hflm_class() -> type:
                 logger.info("resizing embeddings %d -> %d", n_embeddings, len(self.tokenizer))
                 self._model.resize_token_embeddings(len(self.tokenizer))
             self._model = PeftModel.from_pretrained(
-                self._model, peft, revision=kwargs.get("revision") or "main"
+                self._model, adapter, revision=revision or "main"
             )
+            self._model.eval()
+
+        def detach_adapter(self) -> None:
+            """Remove the adapter's layers again: the base model's weights as they were loaded."""
+            self._model = self._model.unload()
+            self._model.eval()
 
     return _SelectMoeHFLM
 

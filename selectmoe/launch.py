@@ -190,19 +190,24 @@ def run_training_stage(
 def run_evaluation_stage(
     *,
     pretrained: str,
-    adapter: str | None,
-    output_json: str | os.PathLike[str],
+    adapters: Sequence[str | os.PathLike[str] | None],
+    output_jsons: Sequence[str | os.PathLike[str]],
+    samples_jsonls: Sequence[str | os.PathLike[str]] | None = None,
     evaluation: dict[str, Any],
     num_processes: int = 1,
-) -> dict[str, Any]:
-    """lm-eval on ``pretrained`` (+ ``adapter``) in this process, or data-parallel over N GPUs.
+) -> list[dict[str, Any]]:
+    """lm-eval on ``pretrained`` with each adapter, in this process or data-parallel over N GPUs.
 
     Parameters
     ----------
-    pretrained, adapter : str
-        The target model and the LoRA adapter directory (None: the base model alone).
-    output_json : path-like
-        The results file (:func:`selectmoe.evaluation.run_lm_eval`).
+    pretrained : str
+        The target model.
+    adapters : sequence of str or None
+        LoRA adapter directories, evaluated one after the other on the base model loaded once;
+        ``[None]`` evaluates the base model alone.
+    output_jsons, samples_jsonls : sequence of path-like
+        Per adapter, the results file and the per-document samples file
+        (:func:`selectmoe.evaluation.evaluate_adapters`).
     evaluation : dict
         The config's ``evaluation`` section: ``tasks``, ``include_path``, ``num_fewshot``,
         ``batch_size``, ``limit``, ``device``, ``dtype``, ``seed``.
@@ -212,10 +217,10 @@ def run_evaluation_stage(
 
     Returns
     -------
-    dict
-        The written results (empty when they were written by launched processes; read the file).
+    list of dict
+        The written results (empty when they were written by launched processes; read the files).
     """
-    from selectmoe.evaluation import run_lm_eval
+    from selectmoe.evaluation import evaluate_adapters
 
     options = {
         "tasks": list(evaluation["tasks"]),
@@ -228,12 +233,21 @@ def run_evaluation_stage(
         "seed": evaluation.get("seed", 42),
     }
     if num_processes <= 1:
-        return run_lm_eval(
-            pretrained=pretrained, adapter=adapter, output_json=output_json, **options
+        return evaluate_adapters(
+            pretrained=pretrained,
+            adapters=list(adapters),
+            output_jsons=list(output_jsons),
+            samples_jsonls=None if samples_jsonls is None else list(samples_jsonls),
+            **options,
         )
-    arguments = ["--base-model", os.fspath(pretrained), "--output", os.fspath(output_json)]
-    if adapter is not None:
-        arguments += ["--adapter", os.fspath(adapter)]
+    arguments = ["--base-model", os.fspath(pretrained)]
+    arguments += ["--output", *(os.fspath(path) for path in output_jsons)]
+    if any(adapter is not None for adapter in adapters):
+        if any(adapter is None for adapter in adapters):
+            raise SelectMoeError("a launched evaluation takes adapters for every run or for none")
+        arguments += ["--adapter", *(os.fspath(a) for a in adapters if a is not None)]
+    if samples_jsonls is not None:
+        arguments += ["--samples", *(os.fspath(path) for path in samples_jsonls)]
     arguments += ["--tasks", *options["tasks"]]
     arguments += ["--batch-size", str(options["batch_size"]), "--seed", str(options["seed"])]
     arguments += ["--device", str(options["device"]), "--dtype", str(options["dtype"])]
@@ -250,4 +264,4 @@ def run_evaluation_stage(
                 text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
             arguments += [option, text]
     run_distributed("evaluate", arguments=arguments, num_processes=num_processes)
-    return {}
+    return [{} for _ in output_jsons]

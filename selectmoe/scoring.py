@@ -3,9 +3,14 @@
 For every example, per MoE layer ``l``:
 
 - ``quality_score[n, l]``: the mean raw gate score over the sample's valid tokens;
-- ``moe_probs[n, l, :]``: the mean over valid tokens of ``softmax(router_logits)``.
+- ``moe_probs[n, l, :]``: the mean over valid tokens of ``softmax(router_logits)``;
 
-Only these per-sample means leave a batch, so memory does not grow with the number of tokens.
+and ``n_tokens[n]``, the number of tokens the example was scored on (after truncation). Only these
+per-sample values leave a batch, so memory does not grow with the number of tokens.
+
+Without warmup weights the converted model is scored as it is: its quality gates hold their
+random initialisation, which makes the *untrained-gate control* of the quality diagnostics
+(:mod:`selectmoe.diagnostics`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from transformers import AutoTokenizer
 from selectmoe.data import collate_encoded, encode_examples, load_pool, pad_token_id_of
 from selectmoe.errors import DataError, ModelError
 from selectmoe.io import atomic_torch_save
+from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
 from selectmoe.training import length_sorted_batches, resolve_device
 from selectmoe.warmup import load_warmed_model
 
@@ -106,7 +112,7 @@ def compute_router_data(
 def score_dataset(
     *,
     model_dir: str | os.PathLike[str],
-    weights_path: str | os.PathLike[str],
+    weights_path: str | os.PathLike[str] | None,
     pool_files: list[str | os.PathLike[str]],
     dataset: str,
     output_path: str | os.PathLike[str],
@@ -121,6 +127,7 @@ def score_dataset(
 
     Scoring is deterministic for a given batch size; with ``trash_expert_mode="noise"`` the noise
     comes from ``torch.manual_seed(seed)`` and so also depends on how examples are batched.
+    ``weights_path=None`` scores the converted model without warmup (the untrained gates).
 
     Returns
     -------
@@ -131,7 +138,17 @@ def score_dataset(
         raise ModelError(f"{model_dir}: converted model not found; run the convert stage first")
     torch_dtype = getattr(torch, dtype)
     run_device = resolve_device(device)
-    model, _ = load_warmed_model(model_dir, weights_path, dtype=torch_dtype)
+    if weights_path is None:
+        register_select_moe()
+        try:
+            model = SelectMoeForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+        except (OSError, ValueError) as error:
+            raise ModelError(
+                f"{model_dir}: cannot load the converted model "
+                f"({str(error).splitlines()[0][:200]}); re-run the convert stage"
+            ) from None
+    else:
+        model, _ = load_warmed_model(model_dir, weights_path, dtype=torch_dtype)
     model.to(run_device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples = load_pool(pool_files)
@@ -162,8 +179,8 @@ def score_dataset(
     n_tokens = sum(len(e.input_ids) for e in encoded)
     metadata = {
         "model": os.fspath(model_dir),
-        "weights": os.fspath(weights_path),
-        "weights_sha256": file_sha256(weights_path),
+        "weights": None if weights_path is None else os.fspath(weights_path),
+        "weights_sha256": None if weights_path is None else file_sha256(weights_path),
         "pool_files": [os.fspath(p) for p in pool_files],
         "template": "selectmoe-chat-v1",
         "max_sequence_length": max_sequence_length,
@@ -182,6 +199,7 @@ def score_dataset(
             "moe_probs": moe_probs,
             "sample_ids": [e.id for e in examples],
             "dataset": dataset,
+            "n_tokens": torch.tensor([len(e.input_ids) for e in encoded], dtype=torch.int64),
             "metadata": metadata,
         },
         output_path,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from selectmoe.errors import EvaluationError, SelectMoeError
-from selectmoe.evaluation import load_results, read_task_metrics, run_lm_eval
+from selectmoe.evaluation import evaluate_adapters, load_results, read_task_metrics, run_lm_eval
 
 N_DOCS = 10
 COLOURS = ["red", "blue", "green", "yellow"]
@@ -231,6 +231,74 @@ def test_adapter_is_loaded_and_changes_outputs(
     assert max(differences) > 1e-3
 
 
+def _second_adapter(assets: dict[str, Path]) -> Path:
+    """Another adapter of the same shape with other weights."""
+    from safetensors.torch import load_file, save_file
+
+    second = assets["root"] / "adapter2"
+    if not second.exists():
+        second.mkdir()
+        for item in assets["adapter"].iterdir():
+            (second / item.name).write_bytes(item.read_bytes())
+        weights = load_file(second / "adapter_model.safetensors")
+        save_file(
+            {name: -0.5 * tensor for name, tensor in weights.items()},
+            second / "adapter_model.safetensors",
+        )
+    return second
+
+
+def test_several_adapters_on_one_loaded_model_equal_separate_runs(
+    assets: dict[str, Path],
+    base_run: dict[str, object],
+    adapter_run: dict[str, object],
+    tmp_path: Path,
+) -> None:
+    """Attach, evaluate, unload, next: the same numbers as a fresh model per adapter."""
+    second = _second_adapter(assets)
+    adapters = [str(assets["adapter"]), None, str(second), str(assets["adapter"])]
+    outputs = [tmp_path / f"r{i}.json" for i in range(4)]
+    samples = [tmp_path / f"s{i}.jsonl" for i in range(4)]
+    options = {"tasks": ["tiny_colours"], "include_path": str(assets["tasks"]), "batch_size": 8}
+    returned = evaluate_adapters(
+        pretrained=str(assets["model"]),
+        adapters=adapters,
+        output_jsons=outputs,
+        samples_jsonls=samples,
+        seed=7,
+        **options,
+    )
+    assert [r["selectmoe"]["adapter"] for r in returned] == adapters
+    separate = tmp_path / "separate.json"
+    run_lm_eval(
+        pretrained=str(assets["model"]),
+        adapter=str(second),
+        output_json=separate,
+        samples_jsonl=tmp_path / "separate.jsonl",
+        seed=7,
+        **options,
+    )
+    expected = [
+        adapter_run["samples"],
+        base_run["samples"],
+        tmp_path / "separate.jsonl",
+        adapter_run["samples"],
+    ]
+    flat = [[value for doc in _loglikelihoods(path) for value in doc] for path in samples]
+    for got, want in zip(flat, expected, strict=True):
+        reference = [value for doc in _loglikelihoods(want) for value in doc]
+        assert got == pytest.approx(reference, abs=1e-6)
+    assert flat[2] != pytest.approx(flat[0], abs=1e-3)
+    assert read_task_metrics(outputs[2]) == read_task_metrics(separate)
+    with pytest.raises(EvaluationError, match="one output .* per adapter"):
+        evaluate_adapters(
+            pretrained=str(assets["model"]),
+            adapters=[None, None],
+            output_jsons=[tmp_path / "x.json"],
+            **options,
+        )
+
+
 def test_read_task_metrics_on_run(base_run: dict[str, object]) -> None:
     metrics = read_task_metrics(base_run["path"])
     raw = _strict_json(base_run["path"])["results"]["tiny_colours"]
@@ -428,12 +496,12 @@ def test_launched_evaluation_writes_the_in_process_results(
     }
     returned = run_evaluation_stage(
         pretrained=str(assets["model"]),
-        adapter=None,
-        output_json=out,
+        adapters=[None],
+        output_jsons=[out],
         evaluation=evaluation,
         num_processes=2,
     )
-    assert returned == {}  # written by the launched processes
+    assert returned == [{}]  # written by the launched processes
     launched = _strict_json(out)
     expected = _strict_json(base_run["path"])
     launched_metrics, expected_metrics = read_task_metrics(launched), read_task_metrics(expected)
@@ -449,8 +517,8 @@ def test_failed_launched_evaluation_is_one_error(assets: dict[str, Path], tmp_pa
     with pytest.raises(SelectMoeError, match=r"evaluate under accelerate launch \(2 processes\)"):
         run_evaluation_stage(
             pretrained=str(tmp_path / "missing-model"),
-            adapter=None,
-            output_json=tmp_path / "out.json",
+            adapters=[None],
+            output_jsons=[tmp_path / "out.json"],
             evaluation={"tasks": ["tiny_colours"], "device": "cpu"},
             num_processes=2,
         )
@@ -513,12 +581,14 @@ def test_fewshot_option_parsing() -> None:
 
 
 def test_evaluation_stage_passes_the_config_section(monkeypatch, tmp_path: Path) -> None:
-    """In process, every key of the config's evaluation section reaches run_lm_eval."""
+    """In process, every key of the config's evaluation section reaches evaluate_adapters."""
     import selectmoe.evaluation as evaluation_module
     from selectmoe.launch import run_evaluation_stage
 
     seen: dict = {}
-    monkeypatch.setattr(evaluation_module, "run_lm_eval", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(
+        evaluation_module, "evaluate_adapters", lambda **kwargs: seen.update(kwargs)
+    )
     section = {
         "tasks": ["a", "b"],
         "include_path": "tasks/",
@@ -530,11 +600,16 @@ def test_evaluation_stage_passes_the_config_section(monkeypatch, tmp_path: Path)
         "seed": 3,
     }
     run_evaluation_stage(
-        pretrained="model", adapter="adapter", output_json=tmp_path / "r.json", evaluation=section
+        pretrained="model",
+        adapters=["a1", "a2"],
+        output_jsons=[tmp_path / "r1.json", tmp_path / "r2.json"],
+        samples_jsonls=[tmp_path / "s1.jsonl", tmp_path / "s2.jsonl"],
+        evaluation=section,
     )
     assert seen == {
         "pretrained": "model",
-        "adapter": "adapter",
-        "output_json": tmp_path / "r.json",
+        "adapters": ["a1", "a2"],
+        "output_jsons": [tmp_path / "r1.json", tmp_path / "r2.json"],
+        "samples_jsonls": [tmp_path / "s1.jsonl", tmp_path / "s2.jsonl"],
         **section,
     }

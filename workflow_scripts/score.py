@@ -1,4 +1,4 @@
-"""Glue: rule score -> selectmoe.scoring.score_dataset."""
+"""Glue: rules score / score_untrained -> selectmoe.scoring.score_dataset."""
 
 from selectmoe.provenance import job_provenance
 from selectmoe.runtime import run_job
@@ -10,7 +10,7 @@ run_job(
     snakemake.threads,  # noqa: F821
     lambda: score_dataset(
         model_dir=snakemake.input.model,  # noqa: F821
-        weights_path=snakemake.input.weights,  # noqa: F821
+        weights_path=snakemake.input.get("weights"),  # noqa: F821
         pool_files=list(snakemake.input.pool),  # noqa: F821
         dataset=snakemake.wildcards.dataset,  # noqa: F821
         output_path=snakemake.output.router_data,  # noqa: F821

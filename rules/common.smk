@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -24,21 +25,51 @@ LOSSES = SELECTION["loss_types"]
 PERCENTAGES = [f"{p:g}" for p in SELECTION["percentages"]]
 METHODS = SELECTION["methods"]
 TARGETS = list(config["targets"])
+SEEDS = [int(seed) for seed in config["finetune"]["seeds"]]
 # methods whose selection depends on the router data (and so on the quality-loss type)
 ROUTER_METHODS = ["selectmoe", "quality_topk", "diversity"]
+# reference selections that read the pool's quality labels (no real method may)
+LABEL_METHODS = ["oracle", "anti_oracle"]
+# methods that select from the pool alone: one selection per percentage, for every loss type
+POOL_METHODS = ["random", *LABEL_METHODS]
 
 
 wildcard_constraints:
-    loss="[a-z_]+",
+    loss="|".join(map(re.escape, LOSSES)),
     pct="[0-9.]+",
+    seed="[0-9]+",
     dataset="[A-Za-z0-9_.-]+",
     target="[A-Za-z0-9_.-]+",
     method="|".join(ROUTER_METHODS),
-    selection="(selectmoe|quality_topk|diversity)/[a-z_]+/p[0-9.]+|random/p[0-9.]+|full",
+    reference="|".join(LABEL_METHODS),
+    selection=(
+        f"({'|'.join(ROUTER_METHODS)})/({'|'.join(map(re.escape, LOSSES))})/p[0-9.]+"
+        f"|({'|'.join(POOL_METHODS)})/p[0-9.]+|full"
+    ),
 
 
 def is_demo():
     return bool(config.get("demo", {}).get("activate", False))
+
+
+def get_labels_file():
+    """The pool's quality labels: the demo's sidecar, else data.labels (None: no labels)."""
+    if is_demo():
+        return f"{DEMO_DIR}/noise_labels.jsonl"
+    return config["data"].get("labels")
+
+
+def has_labels():
+    return get_labels_file() is not None
+
+
+if any(method in LABEL_METHODS for method in METHODS) and not has_labels():
+    raise WorkflowError(
+        "selection.methods lists "
+        + ", ".join(m for m in METHODS if m in LABEL_METHODS)
+        + ", which read the pool's quality labels, but data.labels is null; set it to a labels "
+        "file of the pool or drop those methods"
+    )
 
 
 def demo_outputs():
@@ -99,9 +130,11 @@ def warmup_settings(loss):
     return settings
 
 
-def finetune_settings(target):
-    settings = dict(config["finetune"])
+def finetune_settings(target, seed):
+    """The finetune section with the target's overrides, for one finetune seed."""
+    settings = {k: v for k, v in config["finetune"].items() if k != "seeds"}
     settings.update(config["targets"][target].get("finetune", {}))
+    settings["seed"] = int(seed)
     return settings
 
 
@@ -135,8 +168,8 @@ def selection_paths():
     """Every selection of the sweep, as the {selection} wildcard value."""
     paths = []
     for method in METHODS:
-        if method == "random":
-            paths += [f"random/p{pct}" for pct in PERCENTAGES]
+        if method in POOL_METHODS:
+            paths += [f"{method}/p{pct}" for pct in PERCENTAGES]
         else:
             paths += [
                 f"{method}/{loss}/p{pct}" for loss in LOSSES for pct in PERCENTAGES
@@ -146,8 +179,22 @@ def selection_paths():
     return paths
 
 
+def eval_dir(target, selection):
+    """Where the evaluations of a target (with an adapter of ``selection``, or ``base``) go."""
+    return f"{RESULTS}/eval/{target}/{selection}"
+
+
+def seed_results(target, selection, kind):
+    """Per finetune seed, the evaluation's ``results.json`` or ``samples.jsonl`` (kind)."""
+    name = {"results": "results.json", "samples": "samples.jsonl"}[kind]
+    return [f"{eval_dir(target, selection)}/seed{seed}/{name}" for seed in SEEDS]
+
+
 def summary_points():
-    """One point per (target, selection) plus the base model of each target."""
+    """One point per (target, selection) plus the base model of each target.
+
+    A point lists its evaluations, one per finetune seed (the base model has one, without seed).
+    """
     points = []
     for target in TARGETS:
         points.append(
@@ -156,8 +203,10 @@ def summary_points():
                 "method": "base",
                 "loss": None,
                 "percentage": None,
-                "results_json": f"{RESULTS}/eval/{target}/base/results.json",
-                "provenance": f"{RESULTS}/eval/{target}/base/results.json.provenance.json",
+                "seeds": [None],
+                "results": [f"{eval_dir(target, 'base')}/results.json"],
+                "samples": [f"{eval_dir(target, 'base')}/samples.jsonl"],
+                "provenance": f"{eval_dir(target, 'base')}/results.json.provenance.json",
             }
         )
         for selection in selection_paths():
@@ -171,8 +220,11 @@ def summary_points():
                     "method": method,
                     "loss": loss,
                     "percentage": pct,
-                    "results_json": f"{RESULTS}/eval/{target}/{selection}/results.json",
-                    "provenance": f"{RESULTS}/eval/{target}/{selection}/results.json.provenance.json",
+                    "uses_labels": method in LABEL_METHODS,
+                    "seeds": SEEDS,
+                    "results": seed_results(target, selection, "results"),
+                    "samples": seed_results(target, selection, "samples"),
+                    "provenance": f"{eval_dir(target, selection)}/evaluate.provenance.json",
                     "selection_json": f"{RESULTS}/selection/{selection}/selection.json",
                 }
             )

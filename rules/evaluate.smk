@@ -1,11 +1,23 @@
 rule evaluate:
+    """lm-eval on the target with each seed's adapter of one selection: the base model is loaded
+    once for all of them, and a failure loses one selection's evaluations."""
     input:
         get_target_input,
         get_eval_inputs,
-        adapter=f"{RESULTS}/finetune/{{target}}/{{selection}}/adapter",
+        adapters=lambda wildcards: [
+            f"{RESULTS}/finetune/{wildcards.target}/{wildcards.selection}/seed{seed}/adapter"
+            for seed in SEEDS
+        ],
     output:
-        results=f"{RESULTS}/eval/{{target}}/{{selection}}/results.json",
-        provenance=f"{RESULTS}/eval/{{target}}/{{selection}}/results.json.provenance.json",
+        results=[
+            f"{RESULTS}/eval/{{target}}/{{selection}}/seed{seed}/results.json"
+            for seed in SEEDS
+        ],
+        samples=[
+            f"{RESULTS}/eval/{{target}}/{{selection}}/seed{seed}/samples.jsonl"
+            for seed in SEEDS
+        ],
+        provenance=f"{RESULTS}/eval/{{target}}/{{selection}}/evaluate.provenance.json",
     log:
         f"{RESULTS}/logs/evaluate/{{target}}/{{selection}}.log",
     benchmark:
@@ -29,7 +41,8 @@ rule evaluate_base:
         get_target_input,
         get_eval_inputs,
     output:
-        results=f"{RESULTS}/eval/{{target}}/base/results.json",
+        results=[f"{RESULTS}/eval/{{target}}/base/results.json"],
+        samples=[f"{RESULTS}/eval/{{target}}/base/samples.jsonl"],
         provenance=f"{RESULTS}/eval/{{target}}/base/results.json.provenance.json",
     log:
         f"{RESULTS}/logs/evaluate/{{target}}/base.log",

@@ -1,14 +1,17 @@
 rule finetune:
+    """LoRA on the target with one selection, once per finetune seed."""
     input:
         get_target_input,
         selected=f"{RESULTS}/selection/{{selection}}/selected_data.jsonl",
     output:
-        adapter=directory(f"{RESULTS}/finetune/{{target}}/{{selection}}/adapter"),
-        provenance=f"{RESULTS}/finetune/{{target}}/{{selection}}/adapter.provenance.json",
+        adapter=directory(
+            f"{RESULTS}/finetune/{{target}}/{{selection}}/seed{{seed}}/adapter"
+        ),
+        provenance=f"{RESULTS}/finetune/{{target}}/{{selection}}/seed{{seed}}/adapter.provenance.json",
     log:
-        f"{RESULTS}/logs/finetune/{{target}}/{{selection}}.log",
+        f"{RESULTS}/logs/finetune/{{target}}/{{selection}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/finetune/{{target}}/{{selection}}.tsv"
+        f"{RESULTS}/benchmarks/finetune/{{target}}/{{selection}}/seed{{seed}}.tsv"
     conda:
         "../envs/selectmoe.yaml"
     threads: threads("finetune")
@@ -16,8 +19,8 @@ rule finetune:
         gpu=gpus("finetune"),
         mem_mb=mem_mb("finetune"),
     params:
-        checkpoint_dir=lambda wildcards: f"{RESULTS}/checkpoints/finetune/{wildcards.target}/{wildcards.selection}",
+        checkpoint_dir=lambda wildcards: f"{RESULTS}/checkpoints/finetune/{wildcards.target}/{wildcards.selection}/seed{wildcards.seed}",
         base_model=lambda wildcards: get_target_model(wildcards.target),
-        settings=lambda wildcards: finetune_settings(wildcards.target),
+        settings=lambda wildcards: finetune_settings(wildcards.target, wildcards.seed),
     script:
         "../workflow_scripts/finetune.py"

@@ -20,3 +20,27 @@ rule score:
         settings=config["scoring"],
     script:
         "../workflow_scripts/score.py"
+
+
+rule score_untrained:
+    """The control of the quality diagnostics: the converted model's untrained gates."""
+    input:
+        model=converted_dir(),
+        pool=lambda wildcards: get_pool_files(wildcards.dataset),
+    output:
+        router_data=f"{RESULTS}/router_data/untrained/{{dataset}}_router_data.pt",
+        provenance=f"{RESULTS}/router_data/untrained/{{dataset}}_router_data.pt.provenance.json",
+    log:
+        f"{RESULTS}/logs/score/untrained/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score/untrained/{{dataset}}.tsv"
+    conda:
+        "../envs/selectmoe.yaml"
+    threads: threads("score")
+    resources:
+        gpu=gpus("score"),
+        mem_mb=mem_mb("score"),
+    params:
+        settings=config["scoring"],
+    script:
+        "../workflow_scripts/score.py"

@@ -53,6 +53,31 @@ rule select_random:
         "../workflow_scripts/select.py"
 
 
+rule select_reference:
+    """oracle / anti_oracle: clean or planted examples first, from the pool's quality labels."""
+    input:
+        pool=get_all_pool_files,
+        labels=get_labels_file() or [],
+    output:
+        selected=f"{RESULTS}/selection/{{reference}}/p{{pct}}/selected_data.jsonl",
+        provenance=f"{RESULTS}/selection/{{reference}}/p{{pct}}/selected_data.jsonl.provenance.json",
+        info=f"{RESULTS}/selection/{{reference}}/p{{pct}}/selection.json",
+        plots=directory(f"{RESULTS}/selection/{{reference}}/p{{pct}}/plots"),
+    log:
+        f"{RESULTS}/logs/select/{{reference}}/p{{pct}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/select/{{reference}}/p{{pct}}.tsv"
+    conda:
+        "../envs/selectmoe.yaml"
+    threads: 1
+    params:
+        method=lambda wildcards: wildcards.reference,
+        percentage=lambda wildcards: float(wildcards.pct),
+        selection=selection_settings(routed=False),
+    script:
+        "../workflow_scripts/select.py"
+
+
 rule select_full:
     """The `full` reference: the whole pool."""
     input:

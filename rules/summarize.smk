@@ -1,6 +1,7 @@
 rule summarize:
     input:
-        results=[p["results_json"] for p in summary_points()],
+        results=[r for p in summary_points() for r in p["results"]],
+        samples=[s for p in summary_points() for s in p["samples"]],
         provenance=[p["provenance"] for p in summary_points()],
         selections=[
             p["selection_json"] for p in summary_points() if "selection_json" in p
@@ -19,5 +20,6 @@ rule summarize:
     threads: 1
     params:
         points=summary_points(),
+        settings=config["summary"],
     script:
         "../workflow_scripts/summarize.py"

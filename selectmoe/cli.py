@@ -231,10 +231,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_summarize(args: argparse.Namespace) -> None:
-    from selectmoe.summary import summarize
+    from selectmoe.summary import SummarySettings, summarize
 
     points = json.loads(Path(args.points).read_text(encoding="utf-8"))
-    frame = summarize(points, output_csv=args.csv, output_md=args.md, plot_path=args.plot)
+    settings = SummarySettings(
+        metric=args.metric,
+        confidence_level=args.confidence_level,
+        n_resamples=args.n_resamples,
+        seed=args.seed,
+        reference_method=args.reference_method,
+    )
+    frame = summarize(
+        points, output_csv=args.csv, output_md=args.md, plot_path=args.plot, settings=settings
+    )
     print(frame.to_string(index=False))
 
 
@@ -383,10 +392,19 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("summarize", help="gather results into CSV/Markdown")
-    p.add_argument("--points", required=True, help="JSON list of sweep points")
+    p.add_argument(
+        "--points",
+        required=True,
+        help="JSON list of sweep points {target, method, loss, percentage, results, samples}",
+    )
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)
     p.add_argument("--plot")
+    p.add_argument("--metric", default="acc", help="per-document metric of the samples")
+    p.add_argument("--confidence-level", type=float, default=0.95)
+    p.add_argument("--n-resamples", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference-method", default="random")
     p.set_defaults(func=_cmd_summarize)
 
     p = sub.add_parser("validate-silhouette", help="compare the silhouette with scikit-learn")

@@ -1,4 +1,5 @@
-"""Glue: rules select_routed / select_random / select_full -> selectmoe.selection.run_selection."""
+"""Glue: rules select_routed / select_random / select_reference / select_full ->
+selectmoe.selection.run_selection."""
 
 from selectmoe.provenance import job_provenance
 from selectmoe.runtime import run_job
@@ -20,6 +21,7 @@ run_job(
         clustering_params=dict(selection.get("clustering_params", {})),
         seed=selection["seed"],
         debug_print=selection["debug_print"],
+        labels_path=snakemake.input.get("labels") or None,  # noqa: F821
     ),
     gpus=int(snakemake.resources.get("gpu", 0)),  # noqa: F821
     provenance=job_provenance(snakemake),  # noqa: F821

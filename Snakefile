@@ -33,6 +33,7 @@ include: "rules/select.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
 include: "rules/summarize.smk"
+include: "rules/diagnostics.smk"
 include: "rules/report.smk"
 
 

@@ -232,6 +232,7 @@ def summary_points():
 
 
 REPORT_DIR = f"{RESULTS}/report"
+DIAGNOSTICS_DIR = f"{RESULTS}/diagnostics"
 
 
 def report_losses():
@@ -260,4 +261,6 @@ def get_final_output():
         f"{RESULTS}/data/validate_data.json",
     ]
     outputs += report_outputs()
+    if report_losses():
+        outputs.append(f"{DIAGNOSTICS_DIR}/diagnostics.md")
     return outputs

@@ -69,6 +69,7 @@ __all__ = [
     "NOISE_KINDS",
     "SPECIAL_TOKENS",
     "build_demo",
+    "build_demo_target",
 ]
 
 logger = logging.getLogger(__name__)
@@ -621,7 +622,7 @@ def _sentiment_question(review: str, rng: random.Random) -> str:
 
 
 def _flan_conversation(world: _World, rng: random.Random) -> _Conversation:
-    task = rng.choices(("sentiment", "antonym", "sort", "translate"), (4, 2, 2, 3))[0]
+    task = rng.choices(("sentiment", "antonym", "sort", "translate"), (4, 1, 1, 4))[0]
     if task == "sentiment":
         review, label = _review(rng)
         wrong = _wrong_choice(rng, _SENTIMENT_LABELS, label)
@@ -729,7 +730,7 @@ def _advice_chat(rng: random.Random) -> list[_Exchange]:
 
 
 def _oasst_conversation(world: _World, rng: random.Random) -> _Conversation:
-    kind = rng.choices(("country", "math", "language", "advice"), (4, 3, 3, 1))[0]
+    kind = rng.choices(("country", "math", "language", "advice"), (4, 2, 4, 1))[0]
     n_turns = rng.choices((1, 2, 3), (2, 5, 3))[0]
     if kind == "country":
         exchanges = _country_chat(world, rng, n_turns)
@@ -1231,6 +1232,7 @@ def build_demo(
     pretrain_learning_rate: float = 3e-3,
     vocab_size: int = 1536,
     num_threads: int | None = 1,
+    build_target: bool = True,
 ) -> dict[str, Any]:
     """Build the embedded demo (tokenizer, tiny models, noisy pool, local lm-eval tasks).
 
@@ -1257,8 +1259,9 @@ def build_demo(
     pretrain_steps : int, default 300
         Optimizer steps of the base (OLMoE) model's pretraining; 0 leaves it at random init.
     target_pretrain_steps : int, optional
-        Steps for the target (Llama) model; default ``pretrain_steps // 3``, short on purpose
-        so that finetuning on good data has room to improve it.
+        Steps for the target (Llama) model; default ``pretrain_steps``. The target reads about
+        a neighbouring world (the same words, other owners, another language), so it knows the
+        formats but must learn the pool's facts from the pool.
     pretrain_batch_size : int, default 16
         Sequences per pretraining step.
     pretrain_sequence_length : int, default 128
@@ -1273,6 +1276,9 @@ def build_demo(
         setting as it is. One thread is the default because the models are so small that more
         threads gain little, while on shared cores torch's threads wait on each other: on a busy
         2-core machine 2 threads made the build ten times slower than 1.
+    build_target : bool, default True
+        Also pretrain the target model; False leaves it to :func:`build_demo_target` (the
+        workflow runs the two pretrainings as two jobs, side by side).
 
     Returns
     -------
@@ -1328,6 +1334,7 @@ def build_demo(
         "pretrain_sequence_length": pretrain_sequence_length,
         "pretrain_learning_rate": pretrain_learning_rate,
         "vocab_size": vocab_size,
+        "models": ["base", "target"] if build_target else ["base"],
     }
     logger.info("building the demo in %s with %s", out_path, parameters)
     start = time.perf_counter()
@@ -1364,10 +1371,92 @@ def _pretraining_corpus(
     return documents
 
 
-def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str, Any]:
-    """Write every demo file under ``tmp``; paths inside files point at ``final``."""
+def _pretrain_and_save(
+    role: str, tokenizer: Any, blocks: Any, parameters: dict[str, Any], model_dir: Path
+) -> dict[str, Any]:
+    """Pretrain the ``base`` (OLMoE) or ``target`` (Llama) model on ``blocks``; save it and the
+    tokenizer to ``model_dir``; return its summary."""
     import torch
     from transformers import LlamaForCausalLM, OlmoeForCausalLM
+
+    model_class, steps, offset = {
+        "base": (OlmoeForCausalLM, parameters["pretrain_steps"], 1),
+        "target": (LlamaForCausalLM, parameters["target_pretrain_steps"], 2),
+    }[role]
+    configs = _model_configs(tokenizer, sequence_length=parameters["pretrain_sequence_length"])
+    settings = _PretrainSettings(
+        steps=steps,
+        batch_size=parameters["pretrain_batch_size"],
+        sequence_length=parameters["pretrain_sequence_length"],
+        learning_rate=parameters["pretrain_learning_rate"],
+        seed=parameters["seed"] * 1000 + offset,
+    )
+    # fork the global torch RNG so that the caller's random state is left as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = model_class(configs[role]).to(torch.float32)
+        final_loss = _pretrain(model, blocks, settings, name=f"{role} ({model_class.__name__})")
+    if hasattr(model.config, "output_router_logits"):
+        model.config.output_router_logits = False  # users opt in, as with the hub OLMoE
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return _model_summary(model, steps=steps, final_loss=final_loss)
+
+
+def _target_corpus(world: _World, parameters: dict[str, Any], eval_questions: set[str]):
+    return _pretraining_corpus(
+        _neighbour_world(world, parameters["seed"]),
+        seed=parameters["seed"],
+        steps=parameters["target_pretrain_steps"],
+        parameters=parameters,
+        eval_questions=eval_questions,
+        purpose="pretrain-target",
+    )
+
+
+def build_demo_target(
+    demo_dir: str | os.PathLike[str], *, num_threads: int | None = 1
+) -> dict[str, Any]:
+    """Pretrain the target model of a demo built with ``build_target=False``.
+
+    The second half of :func:`build_demo`, as a job of its own so that the workflow pretrains
+    the base and the target model side by side. Reads the parameters from the demo's manifest,
+    the tokenizer and the evaluation questions from its files, and writes ``target_model/``
+    (with ``pretrain_summary.json``) atomically; the result equals that of a one-job build.
+
+    Returns
+    -------
+    dict
+        The target model's summary.
+    """
+    demo_path = Path(demo_dir).resolve()
+    manifest_path = demo_path / "demo_manifest.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"{manifest_path} not found; build the demo (build_demo) first")
+    parameters = json.loads(manifest_path.read_text(encoding="utf-8"))["parameters"]
+    from transformers import AutoTokenizer
+
+    world = _build_world(parameters["seed"])
+    eval_questions = {
+        json.loads(line)["question"]
+        for task in EVAL_TASKS
+        for line in (demo_path / "tasks" / f"{task}.jsonl").read_text(encoding="utf-8").splitlines()
+    }
+    tokenizer = AutoTokenizer.from_pretrained(demo_path / "tokenizer")
+    documents = _target_corpus(world, parameters, eval_questions)
+    token_ids = tokenizer(documents, add_special_tokens=True)["input_ids"]
+    blocks = _packed_blocks(token_ids, parameters["pretrain_sequence_length"])
+    with _torch_threads(num_threads), atomic_output_dir(demo_path / "target_model") as tmp:
+        tmp.chmod(0o755)
+        summary = _pretrain_and_save("target", tokenizer, blocks, parameters, tmp)
+        (tmp / "pretrain_summary.json").write_text(
+            json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+        )
+    return summary
+
+
+def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Write every demo file under ``tmp``; paths inside files point at ``final``."""
 
     # mkdtemp makes the directory private (0700); the demo is a shared project output
     tmp.chmod(0o755)
@@ -1435,14 +1524,7 @@ def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str,
             eval_questions=eval_questions,
             purpose="pretrain",
         ),
-        "target": _pretraining_corpus(
-            _neighbour_world(world, seed),
-            seed=seed,
-            steps=parameters["target_pretrain_steps"],
-            parameters=parameters,
-            eval_questions=eval_questions,
-            purpose="pretrain-target",
-        ),
+        "target": _target_corpus(world, parameters, eval_questions),
     }
     tokenizer = _train_tokenizer(
         corpora["base"] + corpora["target"], vocab_size=parameters["vocab_size"]
@@ -1462,33 +1544,12 @@ def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str,
             len(blocks[role]),
         )
 
-    # -- models
-    configs = _model_configs(tokenizer, sequence_length=parameters["pretrain_sequence_length"])
+    # -- models (the target only when it is not built by its own job: build_demo_target)
     summaries = {}
-    for role, model_class, steps, offset in (
-        ("base", OlmoeForCausalLM, parameters["pretrain_steps"], 1),
-        ("target", LlamaForCausalLM, parameters["target_pretrain_steps"], 2),
-    ):
-        settings = _PretrainSettings(
-            steps=steps,
-            batch_size=parameters["pretrain_batch_size"],
-            sequence_length=parameters["pretrain_sequence_length"],
-            learning_rate=parameters["pretrain_learning_rate"],
-            seed=seed * 1000 + offset,
+    for role in parameters["models"]:
+        summaries[role] = _pretrain_and_save(
+            role, tokenizer, blocks[role], parameters, tmp / f"{role}_model"
         )
-        # fork the global torch RNG so that the caller's random state is left as it was
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(settings.seed)
-            model = model_class(configs[role]).to(torch.float32)
-            final_loss = _pretrain(
-                model, blocks[role], settings, name=f"{role} ({model_class.__name__})"
-            )
-        if hasattr(model.config, "output_router_logits"):
-            model.config.output_router_logits = False  # users opt in, as with the hub OLMoE
-        model_dir = tmp / f"{role}_model"
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-        summaries[role] = _model_summary(model, steps=steps, final_loss=final_loss)
 
     manifest: dict[str, Any] = {
         "seed": seed,

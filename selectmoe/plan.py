@@ -919,21 +919,30 @@ def _finetune_settings(config: Mapping[str, Any], target: str) -> dict[str, Any]
     return settings
 
 
+_POOL_METHODS = ("random", "oracle", "anti_oracle")  # one selection per percentage, any loss
+
+
 def _selections(config: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
-    """Fraction of the pool and number of finetune jobs per selection size."""
+    """Fraction of the pool and number of selections per selection size."""
     selection = config["selection"]
     losses = len(selection["loss_types"])
-    routed = [m for m in selection["methods"] if m != "random"]
+    routed = [m for m in selection["methods"] if m not in _POOL_METHODS]
+    pool_only = [m for m in selection["methods"] if m in _POOL_METHODS]
     fractions: dict[str, float] = {}
     jobs: dict[str, int] = {}
     for pct in selection["percentages"]:
         label = f"{float(pct) * 100:g}%"
         fractions[label] = float(pct)
-        jobs[label] = len(routed) * losses + ("random" in selection["methods"])
+        jobs[label] = len(routed) * losses + len(pool_only)
     if selection.get("full_baseline", True):
         fractions["full"] = 1.0
         jobs["full"] = 1
     return fractions, jobs
+
+
+def _n_seeds(config: Mapping[str, Any]) -> int:
+    """Finetune runs per selection (``finetune.seeds``)."""
+    return len(config["finetune"].get("seeds", [None]))
 
 
 def finetune_plan(
@@ -983,7 +992,9 @@ def finetune_plan(
     flops_per_token = 2 * n_matmul * passes + 2 * lora
     padding = assumptions.padding_factor(batch)
     pool = sum(_pool(config, assumptions).values())
-    fractions, jobs = _selections(config)
+    fractions, selections = _selections(config)
+    seeds = _n_seeds(config)
+    jobs = {label: count * seeds for label, count in selections.items()}
     time_s = {
         label: assumptions.seconds(
             flops_per_token
@@ -997,6 +1008,7 @@ def finetune_plan(
     notes = [
         f"LoRA r={rank} on {', '.join(modules)}: {lora:,} parameters",
         f"{int(settings['epochs'])} epochs, batch {batch} x {length}",
+        f"{seeds} finetune seed(s) per selection",
     ]
     if checkpointing:
         notes.append("gradient checkpointing on")
@@ -1065,17 +1077,21 @@ def evaluate_plan(
         assumptions.hbm_tb_s * TERA * assumptions.bandwidth_efficiency
     )
     seconds = prefill + decode_steps * weight_read
-    _, jobs_by_size = _selections(config)
-    jobs = sum(jobs_by_size.values()) + 1  # + the base model without adapter
+    _, selections = _selections(config)
+    seeds = _n_seeds(config)
+    # one job per selection evaluates every seed's adapter on one loaded model, + the base model
+    jobs = sum(selections.values()) + 1
+    evaluations = sum(selections.values()) * seeds + 1
     notes.append(f"{dtype} weights (the workflow passes no dtype to lm-eval)")
+    notes.append(f"{seeds} adapter(s) per job, one base-model load")
     return StagePlan(
         stage="evaluate",
         model=shape.name,
         jobs=jobs,
         precision=dtype,
         memory=memory,
-        time_s={"": seconds},
-        total_gpu_hours=jobs * seconds / HOUR,
+        time_s={"per adapter": seconds},
+        total_gpu_hours=evaluations * seconds / HOUR,
         notes=notes,
     )
 

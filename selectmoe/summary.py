@@ -572,7 +572,7 @@ def _to_markdown(
         cells = [
             _escape(str(row["target"])),
             _escape(_method_label(str(row["method"]), bool(row["uses_labels"]))),
-            _escape(row["loss"] or ""),
+            _escape(row["loss"] if isinstance(row["loss"], str) else ""),
             "" if pd.isna(row["percentage"]) else f"{100 * row['percentage']:g}",
             "" if pd.isna(row["n_selected"]) else str(int(row["n_selected"])),
         ]
@@ -584,7 +584,8 @@ def _to_markdown(
             _interval_text(row[prefix], row[f"{prefix}_low"], row[f"{prefix}_high"], signed=True)
         )
         cells.append(format_p_value(row[f"{prefix}_p"], settings.n_resamples))
-        cells.append(row[f"{prefix}_verdict"] or "")
+        verdict = row[f"{prefix}_verdict"]
+        cells.append(verdict if isinstance(verdict, str) else "")
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({int(n) for n in frame["n_seeds"]})
     notes = [

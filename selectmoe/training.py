@@ -323,7 +323,9 @@ def train_loop(
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
     warmup_steps = math.ceil(warmup_ratio * total_steps)
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(
+        trainable, lr=learning_rate, weight_decay=weight_decay, foreach=True
+    )
 
     history: list[dict[str, Any]] = []
     tokens_seen = 0

@@ -274,8 +274,25 @@ def test_labels_describe_the_examples(small_demo: tuple[Path, dict[str, Any]]) -
 # evaluation tasks
 
 
+def _fact_is_right(world: Any, sentence: str) -> bool:
+    return any(
+        sentence == demo._fact_sentence(country, attribute, getattr(country, attribute))
+        for country in world.countries
+        for attribute in ("capital", "currency", "language", "animal")
+    )
+
+
+def _translation_is_right(world: Any, sentence: str) -> bool:
+    language = world.lexicon_language
+    return any(
+        sentence == f'In {language}, "{english}" is "{foreign}".'
+        for english, foreign in world.lexicon.items()
+    )
+
+
 def test_eval_docs_are_held_out_and_well_formed(small_demo: tuple[Path, dict[str, Any]]) -> None:
-    out_dir, _ = small_demo
+    out_dir, manifest = small_demo
+    world = demo._build_world(manifest["seed"])
     pool_users = {
         m["content"]
         for records in _pool(out_dir).values()
@@ -292,9 +309,12 @@ def test_eval_docs_are_held_out_and_well_formed(small_demo: tuple[Path, dict[str
             assert len(doc["choices"]) == len(set(doc["choices"])) == 4
             assert 0 <= doc["answer"] < 4
             correct = doc["choices"][doc["answer"]]
-            if task == "demo_arithmetic":
-                assert _arithmetic_is_right(correct)
-                assert sum(_arithmetic_is_right(c) for c in doc["choices"]) == 1
+            if task == "demo_facts":
+                assert [_fact_is_right(world, c) for c in doc["choices"]].count(True) == 1
+                assert _fact_is_right(world, correct)
+            elif task == "demo_translate":
+                assert [_translation_is_right(world, c) for c in doc["choices"]].count(True) == 1
+                assert _translation_is_right(world, correct)
             elif task == "demo_sentiment":
                 assert doc["choices"] == ["positive", "negative", "neutral", "mixed"]
 
@@ -418,6 +438,31 @@ def test_pretraining_teaches_the_format(tmp_path: Path) -> None:
     # the routers spread tokens over several experts, not one
     chosen = torch.cat([layer.topk(2, dim=-1).indices.flatten() for layer in router_logits])
     assert len(set(chosen.tolist())) >= 3
+
+
+def test_the_target_reads_about_a_neighbouring_world() -> None:
+    """Same cities, currencies, languages and animals, other owners and another lexicon: the
+    target knows the words and formats but must learn the pool's facts from the pool."""
+    world = demo._build_world(0)
+    neighbour = demo._neighbour_world(world, 0)
+    assert [c.capital for c in neighbour.countries] == [c.capital for c in world.countries]
+    assert [c.currency for c in neighbour.countries] == [c.currency for c in world.countries]
+    assert not {c.name for c in neighbour.countries} & {c.name for c in world.countries}
+    assert neighbour.lexicon.keys() == world.lexicon.keys()
+    assert not set(neighbour.lexicon.values()) & set(world.lexicon.values())
+    assert neighbour.lexicon_language != world.lexicon_language
+    country_names = {c.name for c in world.countries} | set(world.lexicon.values())
+    corpus = demo._pretraining_corpus(
+        neighbour,
+        seed=0,
+        steps=1,
+        parameters={"pretrain_batch_size": 1, "pretrain_sequence_length": 8},
+        eval_questions=set(),
+        purpose="pretrain-target",
+    )
+    assert len(corpus) == 3_000
+    words = {word for document in corpus for word in re.findall(r"\w+", document)}
+    assert not words & country_names
 
 
 def test_pretraining_batches_have_the_requested_shape() -> None:

@@ -290,7 +290,7 @@ def test_several_adapters_on_one_loaded_model_equal_separate_runs(
         assert got == pytest.approx(reference, abs=1e-6)
     assert flat[2] != pytest.approx(flat[0], abs=1e-3)
     assert read_task_metrics(outputs[2]) == read_task_metrics(separate)
-    with pytest.raises(EvaluationError, match="one output .* per adapter"):
+    with pytest.raises(EvaluationError, match=r"one output .* per adapter"):
         evaluate_adapters(
             pretrained=str(assets["model"]),
             adapters=[None, None],

@@ -83,7 +83,7 @@ def test_reference_selections_are_seeded(tmp_path):
 
 def test_label_methods_need_labels(tmp_path):
     pool, _, _ = pool_and_labels(tmp_path)
-    with pytest.raises(SelectionError, match="needs the pool's quality labels; set data.labels"):
+    with pytest.raises(SelectionError, match=r"needs the pool.s quality labels; set data\.labels"):
         select(tmp_path, pool, None, "oracle", 0.5)
     assert not list(tmp_path.glob("oracle*/selected_data.jsonl"))
 
@@ -127,7 +127,7 @@ def test_labels_must_describe_exactly_the_pool(tmp_path):
         align_labels(labels, [*keys, ("gamma", "g_0")])
     with pytest.raises(DataError, match=r"2 labelled examples are not in the pool"):
         align_labels(labels, keys[2:])
-    with pytest.raises(DataError, match="labels file not found; set data.labels"):
+    with pytest.raises(DataError, match=r"labels file not found; set data\.labels"):
         align_labels(tmp_path / "missing.jsonl", keys)
     # a mismatching file is refused before anything is written
     other = write_labels(

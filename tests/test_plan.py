@@ -405,7 +405,7 @@ def test_paper_plan_has_one_row_per_stage_and_model(paper: dict[str, Any]) -> No
     warmup, score = _row(rows, "warmup"), _row(rows, "score")
     assert warmup["jobs"] == 4 and score["jobs"] == 16
     # 3 routed methods x 4 losses x 3 percentages + random x 3 + full
-    assert _row(rows, "finetune", LLAMA)["jobs"] == 40
+    assert _row(rows, "finetune", LLAMA)["jobs"] == 120  # 40 selections x 3 seeds
     assert _row(rows, "evaluate", LLAMA)["jobs"] == 41
     assert _row(rows, "select")["jobs"] == 24 and _row(rows, "select")["device"] == "cpu"
     # the warmup holds the float32 OLMoE (6.92e9 x 4 bytes) and fits one 80 GiB GPU

@@ -50,7 +50,8 @@ def test_paired_difference_equals_a_plain_loop():
     )
     below, above = np.sum(reference <= 0), np.sum(reference >= 0)
     assert result.p_value == pytest.approx(min(1.0, 2 * min(below + 1, above + 1) / 401))
-    assert result.difference == pytest.approx(np.mean([(x - y).mean() for x, y in zip(a, b)]))
+    differences = [(x - y).mean() for x, y in zip(a, b, strict=True)]
+    assert result.difference == pytest.approx(np.mean(differences))
 
 
 def test_one_seed_interval_matches_the_normal_approximation():

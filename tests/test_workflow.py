@@ -68,7 +68,8 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
     result = _snakemake(workflow_dir, "-n", "--cores", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout + result.stderr)
-    # 2 loss types x 2 percentages x {selectmoe, random} + full, one target
+    # 2 loss types x 2 percentages x selectmoe, 2 percentages x {random, oracle, anti_oracle},
+    # and full: 11 selections, each finetuned with 3 seeds and evaluated in one job; one target
     assert counts == {
         "build_demo": 1,
         "validate_data": 1,
@@ -76,20 +77,23 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "verify_conversion": 1,
         "warmup": 2,
         "score": 8,
+        "score_untrained": 4,
         "select_routed": 4,
         "select_random": 2,
+        "select_reference": 4,
         "select_full": 1,
-        "finetune": 7,
-        "evaluate": 7,
+        "finetune": 33,
+        "evaluate": 11,
         "evaluate_base": 1,
         "summarize": 1,
+        "diagnostics": 1,
         "report_warmup": 2,
         "report_quality_scores": 2,
         "report_quality_losses": 1,
         "report_selections": 1,
         "report_noise": 1,
         "all": 1,
-        "total": 45,
+        "total": 84,
     }
 
 
@@ -112,15 +116,19 @@ def test_paper_dag_counts(workflow_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout + result.stderr)
     # 3 targets; 4 losses x 3 percentages x {selectmoe, quality_topk, diversity} = 36 routed
-    # selections, 3 random, 1 full -> 40 selections x 3 targets finetuned and evaluated
+    # selections, 3 random, 1 full -> 40 selections x 3 targets finetuned with 3 seeds each
+    # and evaluated (one job per selection and target)
     assert counts["warmup"] == 4
     assert counts["score"] == 16
+    assert counts["score_untrained"] == 4
     assert counts["select_routed"] == 36
     assert counts["select_random"] == 3
     assert counts["select_full"] == 1
-    assert counts["finetune"] == 120
+    assert counts["finetune"] == 360
     assert counts["evaluate"] == 120
     assert counts["evaluate_base"] == 3
+    assert counts["diagnostics"] == 1
+    assert "select_reference" not in counts  # the LESS pool has no quality labels
     assert counts["convert"] == counts["verify_conversion"] == counts["summarize"] == 1
     assert "build_demo" not in counts
 
@@ -160,11 +168,15 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert _job_counts(output)["finetune"] == 120
+    assert _job_counts(output)["finetune"] == 360
     jobs = [job for job in _dry_run_jobs(output) if job["rule"] != "all"]
-    assert len(jobs) == 317
+    assert len(jobs) == 562
     paper = yaml.safe_load((workflow_dir / "config/paper.yaml").read_text())
-    stage_of = {"evaluate_base": "evaluate", "select_routed": "select"}
+    stage_of = {
+        "evaluate_base": "evaluate",
+        "select_routed": "select",
+        "score_untrained": "score",
+    }
     commands = {}
     for job in jobs:
         resources = job["resources"]
@@ -213,7 +225,7 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
         (
             {"methods": ["best"]},
             r"selection\.methods\[0\]: 'best' is not allowed; allowed values: selectmoe, random, "
-            r"quality_topk, diversity",
+            r"quality_topk, diversity, oracle, anti_oracle",
         ),
     ],
 )
@@ -240,13 +252,22 @@ SMALL_DEMO = {
     "warmup": {"subset_ratio": 0.5, "max_sequence_length": 128, "checkpoint_every": 2},
     "scoring": {"max_sequence_length": 128},
     "selection": {
-        "loss_types": ["sigmoid", "mse"],
+        "loss_types": ["sigmoid", "beta_moment_matching"],
         "percentages": [0.25],
-        "methods": ["selectmoe", "random"],
+        "methods": ["selectmoe", "random", "oracle", "anti_oracle"],
         "clustering_params": {"auto_k": True, "k_range": [2, 6], "k_step": 2, "n_init": 1},
     },
-    "finetune": {"epochs": 1, "max_sequence_length": 128, "checkpoint_every": 1},
+    "finetune": {"seeds": [1, 2], "epochs": 1, "max_sequence_length": 128, "checkpoint_every": 2},
+    "summary": {"n_resamples": 1000},
 }
+SMALL_SELECTIONS = [
+    "selectmoe/sigmoid/p0.25",
+    "selectmoe/beta_moment_matching/p0.25",
+    "random/p0.25",
+    "oracle/p0.25",
+    "anti_oracle/p0.25",
+    "full",
+]
 
 
 def _deep_update(base: dict, update: dict) -> dict:
@@ -280,60 +301,104 @@ def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
     workflow_dir, config = finished_demo
     results = workflow_dir / "results"
+    seeds = config["finetune"]["seeds"]
+    losses = config["selection"]["loss_types"]
     declared = [
         "demo/demo_manifest.json",
         "data/validate_data.json",
         "models/demo-olmoe/converted/config.json",
         "models/demo-olmoe/verify_conversion.json",
         "eval/demo-llama/base/results.json",
+        "eval/demo-llama/base/samples.jsonl",
         "summary.csv",
         "summary.md",
         "summary_accuracy.png",
+        "diagnostics/diagnostics.md",
+        "diagnostics/planted_share.csv",
     ]
-    for loss in ("sigmoid", "mse"):
+    declared += [f"router_data/untrained/{d}_router_data.pt" for d in PAPER_DATASETS]
+    for loss in losses:
         declared.append(f"warmup/{loss}/full_rank_weights.pt")
         declared += [f"router_data/{loss}/{d}_router_data.pt" for d in PAPER_DATASETS]
-    selections = ["selectmoe/sigmoid/p0.25", "selectmoe/mse/p0.25", "random/p0.25", "full"]
-    for selection in selections:
+        declared += [f"diagnostics/quality_{loss}.csv", f"diagnostics/quality_{loss}.png"]
+    for selection in SMALL_SELECTIONS:
         declared += [
             f"selection/{selection}/selected_data.jsonl",
             f"selection/{selection}/selection.json",
-            f"finetune/demo-llama/{selection}/adapter/adapter_config.json",
-            f"eval/demo-llama/{selection}/results.json",
         ]
+        for seed in seeds:
+            declared += [
+                f"finetune/demo-llama/{selection}/seed{seed}/adapter/adapter_config.json",
+                f"eval/demo-llama/{selection}/seed{seed}/results.json",
+                f"eval/demo-llama/{selection}/seed{seed}/samples.jsonl",
+            ]
     missing = [path for path in declared if not (results / path).is_file()]
     assert not missing
 
     with open(results / "summary.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 1 + len(selections)
-    assert {row["method"] for row in rows} == {"base", "selectmoe", "random", "full"}
-    for row in rows:
-        accuracy = float(row["mean_acc"])
-        assert 0.0 <= accuracy <= 1.0
+        rows = {(row["method"], row["loss"]): row for row in csv.DictReader(handle)}
+    assert len(rows) == 1 + len(SMALL_SELECTIONS)
+    assert {method for method, _ in rows} == {
+        "base",
+        "selectmoe",
+        "random",
+        "oracle",
+        "anti_oracle",
+        "full",
+    }
+    for (method, _), row in rows.items():
+        mean, low, high = (float(row[k]) for k in ("mean", "mean_low", "mean_high"))
+        assert 0.0 <= low <= mean <= high <= 1.0, row
+        assert row["uses_labels"] == str(method in ("oracle", "anti_oracle"))
+        assert row["n_seeds"] == ("1" if method == "base" else str(len(seeds)))
+        compared = method in ("selectmoe", "oracle", "anti_oracle")
+        assert (row["vs_random"] != "") == compared, row
+        if compared:
+            difference, low, high = (
+                float(row[k]) for k in ("vs_random", "vs_random_low", "vs_random_high")
+            )
+            assert low <= difference <= high and 0 < float(row["vs_random_p"]) <= 1
+            expected = "better" if low > 0 else "worse" if high < 0 else "no difference shown"
+            assert row["vs_random_verdict"] == expected
     # the selected share is what was asked for: 25% of 4 x 60 examples
-    selectmoe_rows = [row for row in rows if row["method"] == "selectmoe"]
-    assert all(int(row["n_selected"]) == 60 for row in selectmoe_rows)
+    assert all(
+        int(row["n_selected"]) == 60 for (m, _), row in rows.items() if m != "base" and m != "full"
+    )
+    assert "‡" in (results / "summary.md").read_text()  # the label references are marked
+    markdown = (results / "diagnostics/diagnostics.md").read_text()
+    for loss in losses:
+        assert f"## Loss type `{loss}`" in markdown
+    assert "| untrained | all |" in markdown and "auroc_wrong_answer" in markdown
 
     # provenance beside every stage's output; each summary row links to its evaluation's
     for path in declared:
         main = path.removesuffix("/config.json").removesuffix("/adapter_config.json")
+        if main.startswith("eval/") or main.startswith("diagnostics/"):
+            continue  # one provenance per evaluate / diagnostics job, checked below
         if main.endswith(("selection.json", "summary.md", "summary_accuracy.png")):
             continue  # second outputs of a job: its provenance sits beside the first
         assert (results / f"{main}.provenance.json").is_file(), main
-    for row in rows:
+    assert (results / "diagnostics/diagnostics.md.provenance.json").is_file()
+    for row in rows.values():
         record = json.loads((workflow_dir / row["provenance"]).read_text())
         assert record["stage"] in ("evaluate", "evaluate_base")
         assert record["outputs"][0]["path"].endswith("results.json")
         assert record["params"]["evaluation"]["tasks"] == config["evaluation"]["tasks"]
-    warmup = json.loads((results / "warmup/mse/full_rank_weights.pt.provenance.json").read_text())
-    assert warmup["stage"] == "warmup" and warmup["wildcards"] == {"loss": "mse"}
-    assert warmup["params"]["settings"]["quality_loss_type"] == "mse"
+    warmup = json.loads(
+        (results / "warmup/beta_moment_matching/full_rank_weights.pt.provenance.json").read_text()
+    )
+    assert warmup["stage"] == "warmup"
+    assert warmup["wildcards"] == {"loss": "beta_moment_matching"}
+    assert warmup["params"]["settings"]["quality_loss_type"] == "beta_moment_matching"
     pool_file = workflow_dir / warmup["inputs"]["pool"][0]["path"]
     assert (
         warmup["inputs"]["pool"][0]["sha256"] == hashlib.sha256(pool_file.read_bytes()).hexdigest()
     )
     assert warmup["software"]["packages"]["torch"] and warmup["wall_time_s"] > 0
+    finetune = json.loads(
+        (results / "finetune/demo-llama/random/p0.25/seed2/adapter.provenance.json").read_text()
+    )
+    assert finetune["params"]["settings"]["seed"] == 2 and finetune["wildcards"]["seed"] == "2"
 
     again = _snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "small.yaml")
     assert again.returncode == 0
@@ -354,25 +419,31 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         # a clustering setting: the routed selections and what follows them, nothing before
         (
             {"selection": {"clustering_params": {"k_step": 1}}},
-            {"select_routed": 2, "finetune": 2, "evaluate": 2, "summarize": 1},
-            ["warmup", "score", "select_random", "select_full", "convert", "build_demo"],
+            {"select_routed": 2, "finetune": 4, "evaluate": 2, "summarize": 1, "diagnostics": 1},
+            ["warmup", "score", "select_random", "select_reference", "select_full", "build_demo"],
         ),
         # one more percentage: only the new selections and what follows them
         (
             {"selection": {"percentages": [0.25, 0.5]}},
-            {"select_routed": 2, "select_random": 1, "finetune": 3, "evaluate": 3},
+            {"select_routed": 2, "select_random": 1, "select_reference": 2, "finetune": 10},
             ["warmup", "score", "select_full", "convert", "build_demo", "evaluate_base"],
         ),
         # a warmup setting: both warmups, their router data and everything after
         (
             {"warmup": {"learning_rate": 0.002}},
-            {"warmup": 2, "score": 8, "select_routed": 2, "finetune": 2, "evaluate": 2},
-            ["select_random", "select_full", "convert", "build_demo", "evaluate_base"],
+            {"warmup": 2, "score": 8, "select_routed": 2, "finetune": 4, "evaluate": 2},
+            ["select_random", "select_full", "score_untrained", "build_demo", "evaluate_base"],
+        ),
+        # one more finetune seed: its finetunes, every evaluation of a selection, the summary
+        (
+            {"finetune": {"seeds": [1, 2, 3]}},
+            {"finetune": 6, "evaluate": 6, "summarize": 1},
+            ["warmup", "score", "select_routed", "select_random", "evaluate_base"],
         ),
         # an evaluation setting: every evaluation, no training
         (
             {"evaluation": {"seed": 43}},
-            {"evaluate": 4, "evaluate_base": 1, "summarize": 1},
+            {"evaluate": 6, "evaluate_base": 1, "summarize": 1},
             ["warmup", "score", "select_routed", "select_random", "finetune"],
         ),
     ],
@@ -447,11 +518,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
 
     ours, theirs = workflow_dir / "results", reference / "results"
     selections = sorted(p.relative_to(theirs) for p in theirs.glob("selection/**/*.jsonl"))
-    assert len(selections) == 4
+    assert len(selections) == len(SMALL_SELECTIONS)
     for relative in [*selections, Path("summary.csv"), Path("summary.md")]:
         assert (ours / relative).read_bytes() == (theirs / relative).read_bytes(), relative
     resumed = []
-    for loss in ("sigmoid", "mse"):
+    for loss in SMALL_DEMO["selection"]["loss_types"]:
         relative = f"warmup/{loss}/full_rank_weights.pt"
         payload = torch.load(ours / relative, weights_only=False)
         resumed.append(payload["resumed_from_step"])

@@ -11,6 +11,7 @@ run_job(
         snakemake.params.out_dir,  # noqa: F821
         seed=snakemake.params.seed,  # noqa: F821
         **snakemake.params.demo_params,  # noqa: F821
+        build_target=False,  # rule build_demo_target pretrains it, beside the base model
     ),
     provenance=job_provenance(snakemake),  # noqa: F821
 )

@@ -1,0 +1,71 @@
+# Quality diagnostics: the gate's score per loss type against the untrained-gate control and, where
+# the pool has quality labels, how well it separates clean from planted examples, and how much
+# planted noise each selection kept (selectmoe.diagnostics).
+
+
+rule diagnostics:
+    input:
+        warmed=[
+            f"{RESULTS}/router_data/{loss}/{dataset}_router_data.pt"
+            for loss in report_losses()
+            for dataset in DATASETS
+        ],
+        untrained=[
+            f"{RESULTS}/router_data/untrained/{dataset}_router_data.pt"
+            for dataset in DATASETS
+        ],
+        labels=get_labels_file() or [],
+        selections=(
+            [f"{RESULTS}/selection/{s}/selected_data.jsonl" for s in selection_paths()]
+            if has_labels()
+            else []
+        ),
+        pool=get_all_pool_files,
+    output:
+        tables=[
+            report(
+                f"{DIAGNOSTICS_DIR}/quality_{loss}.csv",
+                caption="../report/diagnostics.rst",
+                category="Quality diagnostics",
+                subcategory=loss,
+                labels={"loss type": loss, "content": "table"},
+            )
+            for loss in report_losses()
+        ],
+        plots=[
+            report(
+                f"{DIAGNOSTICS_DIR}/quality_{loss}.png",
+                caption="../report/diagnostics.rst",
+                category="Quality diagnostics",
+                subcategory=loss,
+                labels={"loss type": loss, "content": "plot"},
+            )
+            for loss in report_losses()
+        ],
+        shares=(
+            [
+                report(
+                    f"{DIAGNOSTICS_DIR}/planted_share.csv",
+                    caption="../report/planted_share.rst",
+                    category="Quality diagnostics",
+                    subcategory="selections",
+                )
+            ]
+            if has_labels()
+            else []
+        ),
+        markdown=f"{DIAGNOSTICS_DIR}/diagnostics.md",
+        provenance=f"{DIAGNOSTICS_DIR}/diagnostics.md.provenance.json",
+    log:
+        f"{RESULTS}/logs/diagnostics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/diagnostics.tsv"
+    conda:
+        "../envs/selectmoe.yaml"
+    threads: 1
+    params:
+        losses=report_losses(),
+        datasets=DATASETS,
+        selections=selection_paths() if has_labels() else [],
+    script:
+        "../workflow_scripts/diagnostics.py"

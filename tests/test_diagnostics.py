@@ -1,0 +1,158 @@
+"""Quality diagnostics (selectmoe.diagnostics) against scikit-learn, scipy and known cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import hypergeom, spearmanr
+from sklearn.metrics import roc_auc_score
+
+from selectmoe.diagnostics import auroc, planted_shares, quality_table, spearman, write_diagnostics
+from tests.test_labels import write_labels
+from tests.test_selection import make_router_payload, save, write_pool
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_and_spearman_equal_the_references(seed):
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=200), 1)  # rounded: many ties
+    positive = rng.random(200) < 0.3
+    assert auroc(scores, positive) == pytest.approx(roc_auc_score(positive, scores), abs=1e-12)
+    other = np.round(scores + rng.normal(size=200), 1)
+    assert spearman(scores, other) == pytest.approx(spearmanr(scores, other).statistic, abs=1e-12)
+
+
+def test_auroc_and_spearman_edge_cases():
+    assert np.isnan(auroc(np.array([1.0, 2.0]), np.array([True, True])))
+    assert auroc(np.array([0.0, 1.0]), np.array([False, True])) == 1.0
+    assert auroc(np.array([1.0, 0.0]), np.array([False, True])) == 0.0
+    assert np.isnan(spearman(np.ones(4), np.arange(4.0)))
+
+
+def _router_files(tmp_path: Path, name: str, shift: float) -> tuple[list[Path], list[dict]]:
+    """Two datasets; the score of planted examples (every third) is lowered by ``shift``."""
+    directory = tmp_path / name
+    directory.mkdir()
+    payloads = []
+    for dataset, n, seed in (("alpha", 30, 1), ("beta", 18, 2)):
+        payload = make_router_payload(dataset, n, seed=seed)
+        planted = torch.arange(n) % 3 == 0
+        payload["quality_score"][planted] -= shift
+        payload["n_tokens"] = torch.arange(n, dtype=torch.int64) + 5
+        payloads.append(payload)
+    paths = [save(p, directory / f"{p['dataset']}_router_data.pt") for p in payloads]
+    return paths, payloads
+
+
+def _labels(tmp_path: Path, payloads: list[dict]) -> Path:
+    rows = []
+    for payload in payloads:
+        for position, sample_id in enumerate(payload["sample_ids"]):
+            planted = position % 3 == 0
+            kind = ("junk" if position % 2 else "truncated") if planted else "clean"
+            rows.append(
+                {"dataset": payload["dataset"], "id": sample_id, "planted": planted, "kind": kind}
+            )
+    return write_labels(tmp_path / "labels.jsonl", rows)
+
+
+def test_quality_table_values(tmp_path):
+    warmed, payloads = _router_files(tmp_path, "warmed", shift=3.0)
+    untrained, _ = _router_files(tmp_path, "untrained", shift=0.0)
+    labels = _labels(tmp_path, payloads)
+    table = quality_table(warmed, untrained, labels_path=labels).set_index(["gate", "scope"])
+    scores = (
+        torch.sigmoid(torch.cat([p["quality_score"] for p in payloads]).double())
+        .mean(dim=1)
+        .numpy()
+    )
+    clean = np.array([i % 3 != 0 for p in payloads for i in range(len(p["sample_ids"]))])
+    lengths = np.concatenate([np.arange(len(p["sample_ids"])) + 5 for p in payloads])
+    row = table.loc[("warmed", "all")]
+    assert row["n"] == 48 and row["mean"] == pytest.approx(scores.mean())
+    assert row["auroc"] == pytest.approx(roc_auc_score(clean, scores))
+    assert row["auroc"] > 0.9  # the planted ones were pushed down
+    assert row["spearman_length"] == pytest.approx(spearmanr(scores, lengths).statistic)
+    kinds = np.array(
+        [
+            "clean" if c else ("junk" if i % 2 else "truncated")
+            for p in payloads
+            for i, c in enumerate(i % 3 != 0 for i in range(len(p["sample_ids"])))
+        ]
+    )
+    pair = (kinds == "junk") | clean
+    assert row["auroc_junk"] == pytest.approx(roc_auc_score(clean[pair], scores[pair]))
+    control = table.loc[("untrained", "all")]
+    assert 0.2 < control["auroc"] < 0.8  # no shift: near chance
+    assert row["spearman_untrained"] < 1.0 and row["mean_abs_change"] > 0
+    assert np.isnan(control.get("spearman_untrained", np.nan))
+    layer = table.loc[("warmed", "layer:1")]
+    layer_scores = torch.sigmoid(
+        torch.cat([p["quality_score"] for p in payloads])[:, 1].double()
+    ).numpy()
+    assert layer["auroc"] == pytest.approx(roc_auc_score(clean, layer_scores))
+    assert table.loc[("warmed", "dataset:beta")]["n"] == 18
+
+
+def test_quality_table_without_labels_or_control(tmp_path):
+    warmed, _ = _router_files(tmp_path, "warmed", shift=1.0)
+    table = quality_table(warmed)
+    assert set(table["gate"]) == {"warmed"}
+    assert not any(column.startswith("auroc") for column in table)
+
+
+def test_planted_shares_against_the_hypergeometric_range(tmp_path):
+    _, payloads = _router_files(tmp_path, "w", shift=0.0)
+    labels = _labels(tmp_path, payloads)
+    keys = [(p["dataset"], i) for p in payloads for i in p["sample_ids"]]
+    clean_keys = [k for k in keys if int(k[1].split("_")[1]) % 3 != 0]
+    planted_keys = [k for k in keys if int(k[1].split("_")[1]) % 3 == 0]
+
+    def write(name, chosen):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"dataset": d, "id": i}) + "\n" for d, i in chosen))
+        return path
+
+    shares = planted_shares(
+        {
+            "clean": write("clean", clean_keys[:12]),
+            "noisy": write("noisy", planted_keys[:12]),
+            "mixed": write("mixed", clean_keys[:8] + planted_keys[:4]),
+        },
+        labels_path=labels,
+        pool_keys=keys,
+    ).set_index("selection")
+    distribution = hypergeom(48, 16, 12)
+    assert shares.loc["mixed", "random_low"] == distribution.ppf(0.025) / 12
+    assert shares.loc["mixed", "random_high"] == distribution.ppf(0.975) / 12
+    assert shares.loc["clean", "verdict"] == "less than random"
+    assert shares.loc["noisy", "verdict"] == "more than random"
+    assert shares.loc["mixed", "verdict"] == "as random"
+    assert shares.loc["mixed", "planted_share"] == pytest.approx(4 / 12)
+    assert shares.loc["noisy", "planted_junk"] + shares.loc["noisy", "planted_truncated"] == 12
+
+
+def test_write_diagnostics_files(tmp_path):
+    warmed, payloads = _router_files(tmp_path, "warmed", shift=2.0)
+    untrained, _ = _router_files(tmp_path, "untrained", shift=0.0)
+    labels = _labels(tmp_path, payloads)
+    pool = write_pool(tmp_path, payloads)
+    selection = tmp_path / "sel.jsonl"
+    selection.write_text(json.dumps({"dataset": "alpha", "id": "alpha_0"}) + "\n")
+    written = write_diagnostics(
+        warmed={"sigmoid": warmed},
+        untrained=untrained,
+        output_dir=tmp_path / "out",
+        labels_path=labels,
+        selections={"x/p0.1": selection},
+        pool_files=pool,
+    )
+    markdown = Path(written["markdown"]).read_text()
+    assert "## Loss type `sigmoid`" in markdown and "auroc_junk" in markdown
+    assert "| untrained | all |" in markdown
+    assert Path(written["sigmoid"]["png"]).stat().st_size > 0
+    assert "x/p0.1" in Path(written["planted_share"]).read_text()

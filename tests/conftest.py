@@ -239,3 +239,15 @@ def tiny_write_pool() -> Callable[[str | Path, int], dict[str, Path]]:
 def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A shared pool of 6 examples per dataset (read-only)."""
     return write_pool(tmp_path_factory.mktemp("tiny_pool"), 6)
+
+
+@pytest.fixture(scope="session")
+def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The small demo (``SMALL_DEMO`` of test_workflow.py) run to completion once, shared by
+    every test that inspects a finished run (workflow outputs, reruns, resume, the report)."""
+    from tests.test_workflow import _small_demo_dir, _snakemake
+
+    workflow_dir, config = _small_demo_dir(tmp_path_factory.mktemp("finished_demo"))
+    result = _snakemake(workflow_dir, "--cores", "2", "--configfile", "small.yaml")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    return workflow_dir, config

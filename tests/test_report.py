@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from selectmoe import report
 from selectmoe.errors import ConfigError, SelectMoeError
@@ -381,22 +380,14 @@ def _categories_of(html: str) -> dict[str, dict[str, list[str]]]:
 
 
 @pytest.mark.slow
-def test_snakemake_report_of_the_small_demo(tmp_path: Path) -> None:
-    """Run the small demo to the end, then `snakemake --report report.html`: every figure and
-    table is in it with its caption, under its category."""
-    from test_workflow import SMALL_DEMO, _copy_workflow, _deep_update, _snakemake
+def test_snakemake_report_of_the_small_demo(finished_demo: tuple[Path, dict]) -> None:
+    """`snakemake --report report.html` over the finished small demo: every figure and table is
+    in it with its caption, under its category."""
+    from tests.test_workflow import SMALL_SELECTIONS, _snakemake
 
+    workflow_dir, config = finished_demo
+    losses = sorted(config["selection"]["loss_types"])
     started = time.monotonic()
-    workflow_dir = _copy_workflow(tmp_path)
-    config = yaml.safe_load((workflow_dir / "config/config.yaml").read_text())
-    _deep_update(config, json.loads(json.dumps(SMALL_DEMO)))
-    # every step logged (curves with points), and no `full` finetune: the slowest job, not needed
-    _deep_update(config, {"warmup": {"log_every": 1}, "selection": {"full_baseline": False}})
-    (workflow_dir / "small.yaml").write_text(yaml.safe_dump(config))
-    run = _snakemake(workflow_dir, "--cores", "2", "--configfile", "small.yaml")
-    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
-    ran = time.monotonic() - started
-
     built = _snakemake(
         workflow_dir, "--cores", "1", "--configfile", "small.yaml", "--report", "report.html"
     )
@@ -418,8 +409,7 @@ def test_snakemake_report_of_the_small_demo(tmp_path: Path) -> None:
     ]:
         entries = by_name[plot]
         assert sorted(e["labels"]["selection"] for e in entries) == [
-            "selectmoe/mse/p0.25",
-            "selectmoe/sigmoid/p0.25",
+            f"selectmoe/{loss}/p0.25" for loss in losses
         ], plot
         assert all(phrase in e["caption"] for e in entries), plot
     assert "selections.csv" in by_name
@@ -429,10 +419,10 @@ def test_snakemake_report_of_the_small_demo(tmp_path: Path) -> None:
         ("good_ratio.png", "per MoE layer"),
     ]:
         entries = by_name[plot]
-        assert sorted(e["labels"]["loss type"] for e in entries) == ["mse", "sigmoid"], plot
+        assert sorted(e["labels"]["loss type"] for e in entries) == losses, plot
         assert all(phrase in e["caption"] for e in entries), plot
     # 4. the quality-score distribution per dataset and layer, per loss type
-    for loss in ("mse", "sigmoid"):
+    for loss in losses:
         (entry,) = by_name[f"{loss}.png"]
         assert "one panel per MoE layer" in entry["caption"]
         assert f"{loss}.csv" in by_name
@@ -443,6 +433,12 @@ def test_snakemake_report_of_the_small_demo(tmp_path: Path) -> None:
     (entry,) = by_name["noise_kept.png"]
     assert "planted" in entry["caption"]
     assert "noise_kept.csv" in by_name
+    # 7. the quality diagnostics per loss type, with the untrained-gate control
+    for loss in losses:
+        (table,) = by_name[f"quality_{loss}.csv"]
+        assert "untrained gate" in table["caption"] and "AUROC" in table["caption"]
+        assert f"quality_{loss}.png" in by_name
+    assert "planted_share.csv" in by_name
     categories = _categories_of(html)
     assert set(categories) == {
         "Summary",
@@ -450,24 +446,23 @@ def test_snakemake_report_of_the_small_demo(tmp_path: Path) -> None:
         "Warmup",
         "Quality scores",
         "Quality losses",
+        "Quality diagnostics",
         "Planted noise (demo)",
     }
-    assert set(categories["Warmup"]) == {"mse", "sigmoid"}
+    assert set(categories["Warmup"]) == set(losses)
     assert "The results of this report, by category" in html  # report/workflow.rst
 
-    # the values behind the noise figure: 25% of the pool, 30% of it planted
+    # the values behind the noise figure: 25% of the pool (all of it for full), 30% planted
     noise = pd.read_csv(workflow_dir / "results/report/noise_kept.csv").set_index("selection")
-    assert noise["n_selected"].tolist() == [60, 60, 60]
+    assert sorted(noise["n_selected"]) == [60] * (len(SMALL_SELECTIONS) - 1) + [240]
     assert set(noise["pool_planted_share"]) == {0.3}
+    assert noise.loc["oracle/p0.25", "planted_share_of_selection"] == 0.0
+    assert noise.loc["anti_oracle/p0.25", "planted_share_of_selection"] == 1.0
     selections = pd.read_csv(workflow_dir / "results/report/selections.csv")
-    assert sorted(selections["selection"]) == [
-        "random/p0.25",
-        "selectmoe/mse/p0.25",
-        "selectmoe/sigmoid/p0.25",
-    ]
+    assert sorted(selections["selection"]) == sorted(SMALL_SELECTIONS)
     history = torch.load(
-        workflow_dir / "results/warmup/mse/full_rank_weights.pt", weights_only=True
+        workflow_dir / f"results/warmup/{losses[0]}/full_rank_weights.pt", weights_only=True
     )["history"]
     assert [r["step"] for r in history] == list(range(1, len(history) + 1))
     assert all("good_sq/layer_1" in r for r in history)
-    print(f"small demo {ran:.0f} s, report {time.monotonic() - started - ran:.0f} s")
+    print(f"report {time.monotonic() - started:.0f} s")

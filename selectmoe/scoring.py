@@ -42,8 +42,10 @@ ROUTER_DATA_KEYS: tuple[str, ...] = (
     "moe_probs",
     "sample_ids",
     "dataset",
+    "n_tokens",
     "metadata",
 )
+"""Keys of a router-data file as written here (files without ``n_tokens`` still load)."""
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

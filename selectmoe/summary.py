@@ -470,7 +470,7 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
                 by_task[task] = values
             per_seed.append(by_task)
         for task in task_list or []:
-            keys = sorted(per_seed[0][task], key=lambda k: (k[0], str(k[1])))
+            keys = sorted(per_seed[0][task], key=_question_order)
             for seed_index, by_task in enumerate(per_seed[1:], 1):
                 if set(by_task[task]) != set(keys):
                     raise SelectMoeError(
@@ -484,6 +484,14 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
             point.metric_of[task] = chosen[task]
     assert task_list is not None
     return task_list
+
+
+def _question_order(key: tuple[str, Any]) -> tuple[str, int, Any]:
+    """Questions by task, then doc id (numbers in numeric order, anything else as text)."""
+    task, doc_id = key
+    if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+        return (task, 0, doc_id)
+    return (task, 1, str(doc_id))
 
 
 def _check_against_results(

@@ -1,4 +1,5 @@
-"""Tests of the summary table: exact values, row order, baselines, determinism, bad input."""
+"""The summary table: values and intervals from per-question samples, paired comparisons with
+random, row order, determinism, the label references, and bad input."""
 
 from __future__ import annotations
 
@@ -8,251 +9,290 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from selectmoe.errors import SelectMoeError
-from selectmoe.summary import summarize
+from selectmoe.stats import bootstrap_means, paired_difference
+from selectmoe.summary import SummarySettings, summarize
 
 TASKS = ("qa_b", "qa_a")
+N_QUESTIONS = {"qa_a": 30, "qa_b": 20}
+SETTINGS = SummarySettings(n_resamples=500, seed=3)
 
 
-def _write_results(path: Path, accs: dict[str, float], *, acc_norm: bool = True) -> Path:
-    """A results JSON shaped like run_lm_eval's output."""
-    results = {}
-    for task, acc in accs.items():
-        entry = {"alias": task, "sample_len": 40, "acc,none": acc, "acc_stderr,none": 0.01}
-        if acc_norm:
-            entry |= {"acc_norm,none": acc / 2, "acc_norm_stderr,none": "N/A"}
-        results[task] = entry
-    data = {
-        "results": results,
-        "n-samples": {task: {"original": 40, "effective": 40} for task in accs},
-        "selectmoe": {"tasks": sorted(accs)},
+def _write_run(directory: Path, name: str, scores: dict[str, np.ndarray], **extra) -> dict:
+    """One evaluation: results JSON (lm-eval's shape) and samples JSONL, per task a 0/1 vector."""
+    results_path = directory / f"{name}.json"
+    samples_path = directory / f"{name}.jsonl"
+    results = {
+        task: {"alias": task, "acc,none": float(np.mean(values)), "acc_stderr,none": 0.01}
+        for task, values in scores.items()
     }
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
+    data = {"results": results, "selectmoe": {"tasks": sorted(scores)}, **extra}
+    results_path.write_text(json.dumps(data), encoding="utf-8")
+    with samples_path.open("w", encoding="utf-8") as handle:
+        for task in sorted(scores):
+            for doc_id, value in enumerate(scores[task]):
+                record = {"task": task, "doc_id": doc_id, "metrics": {"acc": float(value)}}
+                handle.write(json.dumps(record) + "\n")
+    return {"results": results_path, "samples": samples_path}
 
 
-def _write_selection(path: Path, n_selected: int) -> Path:
-    path.write_text(json.dumps({"method": "x", "n_selected": n_selected}), encoding="utf-8")
-    return path
+def _scores(rng: np.random.Generator, p: float) -> dict[str, np.ndarray]:
+    return {task: (rng.random(n) < p).astype(float) for task, n in N_QUESTIONS.items()}
+
+
+def _point(directory: Path, rng, name: str, p: float, seeds=(1, 2, 3), **fields) -> dict:
+    runs = [_write_run(directory, f"{name}_s{seed}", _scores(rng, p)) for seed in seeds]
+    return {
+        "results": [run["results"] for run in runs],
+        "samples": [run["samples"] for run in runs],
+        "seeds": list(seeds),
+        **fields,
+    }
 
 
 @pytest.fixture
 def points(tmp_path: Path) -> list[dict]:
-    """A sweep given deliberately out of order, with base/full/random baselines."""
-    r = tmp_path / "results"
-    r.mkdir()
-
-    def res(name: str, a: float, b: float) -> Path:
-        return _write_results(r / f"{name}.json", {"qa_a": a, "qa_b": b})
-
-    sel = {pct: _write_selection(r / f"sel{pct}.json", 10 * pct) for pct in (5, 10)}
+    """A sweep given out of order: base, full, random, selectmoe at two percentages, oracle."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "runs"
+    d.mkdir()
+    selection = d / "selection.json"
+    selection.write_text(json.dumps({"n_selected": 12}))
     return [
-        {
-            "target": "tiny",
-            "method": "selectmoe",
-            "loss": "sigmoid",
-            "percentage": 10,
-            "results_json": res("sm_sig_10", 0.5, 0.75),
-            "selection_json": sel[10],
-            "noise_share": 0.125,
-        },
-        {
-            "target": "tiny",
-            "method": "random",
-            "loss": None,
-            "percentage": 5.0,
-            "results_json": res("random_5", 0.25, 0.25),
-            "selection_json": sel[5],
-        },
-        {"target": "tiny", "method": "full", "results_json": res("full", 0.625, 0.5)},
-        {
-            "target": "tiny",
-            "method": "selectmoe",
-            "loss": "mse",
-            "percentage": "5",  # Snakemake wildcards are strings
-            "results_json": res("sm_mse_5", 0.375, 0.5),
-            "selection_json": sel[5],
-        },
-        {
-            "target": "tiny",
-            "method": "base",
-            "loss": None,
-            "results_json": res("base", 0.125, 0.25),
-        },
-        {
-            "target": "tiny",
-            "method": "selectmoe",
-            "loss": "sigmoid",
-            "percentage": 5,
-            "results_json": res("sm_sig_5", 0.5, 0.5),
-            "selection_json": sel[5],
-            "noise_share": 0.25,
-        },
-        {"target": "alpha", "method": "base", "results_json": res("alpha_base", 0.0, 1.0)},
+        _point(
+            d,
+            rng,
+            "sm10",
+            0.7,
+            target="tiny",
+            method="selectmoe",
+            loss="sigmoid",
+            percentage="0.1",
+            selection_json=selection,
+        ),
+        _point(d, rng, "rand10", 0.4, target="tiny", method="random", percentage=0.1),
+        _point(d, rng, "full", 0.6, target="tiny", method="full", percentage=1.0),
+        _point(
+            d,
+            rng,
+            "oracle10",
+            0.9,
+            target="tiny",
+            method="oracle",
+            percentage=0.1,
+            uses_labels=True,
+        ),
+        _point(d, rng, "base", 0.3, seeds=(None,), target="tiny", method="base"),
+        _point(
+            d, rng, "sm20", 0.5, target="tiny", method="selectmoe", loss="sigmoid", percentage=0.2
+        ),
     ]
 
 
-def _run(points: list[dict], out: Path, **kwargs) -> tuple:
+def _run(points, out: Path, **kwargs):
     out.mkdir(exist_ok=True)
     frame = summarize(
-        points, output_csv=out / "summary.csv", output_md=out / "summary.md", **kwargs
+        points,
+        output_csv=out / "summary.csv",
+        output_md=out / "summary.md",
+        settings=kwargs.pop("settings", SETTINGS),
+        **kwargs,
     )
     return frame, out / "summary.csv", out / "summary.md"
 
 
-def test_rows_columns_and_exact_values(points: list[dict], tmp_path: Path) -> None:
+def _grids(point: dict, tasks=("qa_a", "qa_b")) -> list[np.ndarray]:
+    """The [seeds, questions] grid per task, read back from the samples files."""
+    grids = []
+    for task in tasks:
+        rows = []
+        for samples in point["samples"]:
+            records = [json.loads(line) for line in Path(samples).read_text().splitlines()]
+            rows.append([r["metrics"]["acc"] for r in records if r["task"] == task])
+        grids.append(np.array(rows))
+    return grids
+
+
+def test_values_intervals_and_comparisons(points, tmp_path):
     frame, csv_path, _ = _run(points, tmp_path / "out")
-    rows = list(csv.DictReader(io.StringIO(csv_path.read_text(encoding="utf-8"))))
-    assert list(rows[0]) == [
+    rows = {(r["method"], r["percentage"]): r for r in frame.to_dict("records")}
+    sm = rows[("selectmoe", 0.1)]
+    grids = _grids(points[0])
+    overall, per_task = bootstrap_means(grids, n_resamples=500, seed=3)
+    assert sm["qa_a/acc"] == pytest.approx(grids[0].mean())
+    assert (sm["qa_a/acc_low"], sm["qa_a/acc_high"]) == (per_task[0].low, per_task[0].high)
+    assert (sm["mean"], sm["mean_low"], sm["mean_high"]) == (
+        pytest.approx(overall.estimate),
+        overall.low,
+        overall.high,
+    )
+    comparison = paired_difference(grids, _grids(points[1]), n_resamples=500, seed=3)
+    assert sm["vs_random"] == pytest.approx(comparison.difference)
+    assert (sm["vs_random_low"], sm["vs_random_high"], sm["vs_random_p"]) == (
+        comparison.low,
+        comparison.high,
+        comparison.p_value,
+    )
+    assert sm["vs_random_verdict"] == "better" and comparison.low > 0
+    assert sm["n_selected"] == 12 and sm["n_seeds"] == 3
+    # no random at 20% or for full and base: no comparison
+    for key in (("selectmoe", 0.2), ("full", 1.0), ("random", 0.1)):
+        assert math.isnan(rows[key]["vs_random"])
+        assert not isinstance(rows[key]["vs_random_verdict"], str)
+    base = (
+        rows[("base", None)]
+        if ("base", None) in rows
+        else next(r for r in frame.to_dict("records") if r["method"] == "base")
+    )
+    assert base["n_seeds"] == 1 and base["uses_labels"] is False
+    assert rows[("oracle", 0.1)]["uses_labels"] is True
+    header = next(csv.reader(io.StringIO(csv_path.read_text())))
+    assert header[:7] == [
         "target",
         "method",
         "loss",
         "percentage",
-        "qa_a/acc",
-        "qa_a/acc_norm",
-        "qa_b/acc",
-        "qa_b/acc_norm",
-        "mean_acc",
+        "uses_labels",
         "n_selected",
-        "noise_share",
-        "selection_json",
-        "results_json",
+        "n_seeds",
     ]
-    keys = [(r["target"], r["method"], r["loss"], r["percentage"]) for r in rows]
-    assert keys == [
-        ("alpha", "base", "", ""),
-        ("tiny", "base", "", ""),
-        ("tiny", "full", "", ""),
-        ("tiny", "selectmoe", "mse", "5.0"),
-        ("tiny", "selectmoe", "sigmoid", "5.0"),
-        ("tiny", "selectmoe", "sigmoid", "10.0"),
-        ("tiny", "random", "", "5.0"),
+    assert header[7:10] == ["qa_a/acc", "qa_a/acc_low", "qa_a/acc_high"]
+    assert "vs_random_verdict" in header and header[-1] == "results"
+
+
+def test_row_order_and_markdown(points, tmp_path):
+    frame, _, md_path = _run(points, tmp_path / "out")
+    assert list(zip(frame["method"], frame["percentage"].fillna(-1), strict=True)) == [
+        ("base", -1),
+        ("full", 1.0),
+        ("selectmoe", 0.1),
+        ("selectmoe", 0.2),
+        ("random", 0.1),
+        ("oracle", 0.1),
     ]
-    by_key = {(r["method"], r["loss"], r["percentage"]): r for r in rows if r["target"] == "tiny"}
-    sig10 = by_key[("selectmoe", "sigmoid", "10.0")]
-    assert sig10["qa_a/acc"] == "0.5"
-    assert sig10["qa_a/acc_norm"] == "0.25"
-    assert sig10["qa_b/acc"] == "0.75"
-    assert sig10["mean_acc"] == "0.625"
-    assert sig10["n_selected"] == "100"
-    assert sig10["noise_share"] == "0.125"
-    assert sig10["results_json"].endswith("sm_sig_10.json")
-    base = by_key[("base", "", "")]
-    assert base["mean_acc"] == "0.1875"
-    assert base["n_selected"] == ""  # no selection for the base model
-    assert by_key[("full", "", "")]["mean_acc"] == "0.5625"
-    assert by_key[("random", "", "5.0")]["n_selected"] == "50"
-    assert frame["mean_acc"].tolist() == pytest.approx(
-        [0.5, 0.1875, 0.5625, 0.4375, 0.5, 0.625, 0.25]
-    )
+    markdown = md_path.read_text()
+    assert "| tiny | oracle ‡ |" in markdown
+    assert "reads the pool's quality labels" in markdown
+    assert "two-way bootstrap" in markdown and "no difference shown" not in markdown.split("\n")[0]
+    line = next(row for row in markdown.splitlines() if "| selectmoe | sigmoid | 10 |" in row)
+    assert "better" in line and "[" in line
 
 
-def test_markdown_table(points: list[dict], tmp_path: Path) -> None:
-    _, _, md_path = _run(points, tmp_path / "out")
-    lines = md_path.read_text(encoding="utf-8").splitlines()
-    assert lines[0].startswith("| target | method | loss | percentage | qa_a/acc |")
-    assert set(lines[1].replace(" ", "")) <= set("|-:")
-    assert len(lines) == 2 + len(points)
-    sig10 = next(line for line in lines if "sm_sig_10" in line)
-    cells = [cell.strip() for cell in sig10.strip("|").split("|")]
-    assert cells[:4] == ["tiny", "selectmoe", "sigmoid", "10"]
-    assert cells[4:9] == ["0.5000", "0.2500", "0.7500", "0.3750", "0.6250"]
-    assert cells[9] == "100"
-
-
-def test_outputs_are_byte_deterministic(points: list[dict], tmp_path: Path) -> None:
+def test_outputs_are_byte_deterministic(points, tmp_path):
     _, csv_a, md_a = _run(points, tmp_path / "a")
-    _, csv_b, md_b = _run(list(reversed(points)), tmp_path / "b")
+    _, csv_b, md_b = _run(points, tmp_path / "b")
     assert csv_a.read_bytes() == csv_b.read_bytes()
     assert md_a.read_bytes() == md_b.read_bytes()
 
 
-def test_plot_is_written(points: list[dict], tmp_path: Path) -> None:
-    plot = tmp_path / "out" / "acc_vs_pct.png"
-    _run(points, tmp_path / "out", plot_path=plot)
-    assert plot.read_bytes().startswith(b"\x89PNG")
-    assert not [p for p in plot.parent.iterdir() if p.name.endswith(".tmp")]
+def test_plot_is_written(points, tmp_path):
+    _run(points, tmp_path / "out", plot_path=tmp_path / "out" / "summary.png")
+    assert (tmp_path / "out" / "summary.png").stat().st_size > 10_000
 
 
-def test_tasks_argument_selects_columns(points: list[dict], tmp_path: Path) -> None:
-    frame, _, _ = _run(points, tmp_path / "out", tasks=["qa_b"])
-    assert [c for c in frame.columns if "/" in c] == ["qa_b/acc", "qa_b/acc_norm"]
-    assert frame["mean_acc"].tolist() == frame["qa_b/acc"].tolist()
-
-
-def test_task_without_acc_gets_its_metrics(tmp_path: Path) -> None:
-    path = tmp_path / "gen.json"
-    path.write_text(
-        json.dumps({"results": {"gen": {"exact_match,none": 0.5, "f1,none": 0.75}}}),
-        encoding="utf-8",
+def test_group_tasks_pool_their_subtasks(tmp_path):
+    rng = np.random.default_rng(1)
+    scores = {"grp_x": (rng.random(10) < 0.5).astype(float), "grp_y": np.ones(6)}
+    run = _write_run(
+        tmp_path,
+        "g",
+        scores,
+        group_subtasks={"grp": ["grp_x", "grp_y"]},
     )
-    frame, _, _ = _run([{"target": "t", "method": "base", "results_json": path}], tmp_path)
-    assert frame.loc[0, "gen/exact_match"] == 0.5
-    assert frame.loc[0, "gen/f1"] == 0.75
-    assert math.isnan(frame.loc[0, "mean_acc"])
+    data = json.loads(run["results"].read_text())
+    data["selectmoe"]["tasks"] = ["grp"]
+    run["results"].write_text(json.dumps(data))
+    frame, _, _ = _run(
+        [
+            {
+                "target": "t",
+                "method": "base",
+                "results": [run["results"]],
+                "samples": [run["samples"]],
+            }
+        ],
+        tmp_path / "out",
+    )
+    assert frame.loc[0, "grp/acc"] == pytest.approx(np.concatenate(list(scores.values())).mean())
 
 
-# --------------------------------------------------------------------------- errors
+def test_a_task_without_the_metric_uses_its_own(tmp_path):
+    results = tmp_path / "r.json"
+    results.write_text(
+        json.dumps({"results": {"gen": {"f1,none": 0.5}}, "selectmoe": {"tasks": ["gen"]}})
+    )
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(
+        "".join(
+            json.dumps({"task": "gen", "doc_id": i, "metrics": {"f1": v}}) + "\n"
+            for i, v in enumerate([0.25, 0.75])
+        )
+    )
+    frame, _, _ = _run(
+        [{"target": "t", "method": "base", "results": [results], "samples": [samples]}],
+        tmp_path / "out",
+    )
+    assert frame.loc[0, "gen/f1"] == pytest.approx(0.5)
 
 
-def test_missing_results_file(points: list[dict], tmp_path: Path) -> None:
-    points[0]["results_json"] = tmp_path / "nope.json"
-    with pytest.raises(SelectMoeError, match=r"results file not found: .*nope\.json"):
+def test_samples_that_disagree_with_the_results_are_refused(points, tmp_path):
+    results = Path(points[1]["results"][0])
+    data = json.loads(results.read_text())
+    data["results"]["qa_a"]["acc,none"] += 0.1
+    results.write_text(json.dumps(data))
+    with pytest.raises(SelectMoeError, match=r"reports acc .* but its samples average"):
         _run(points, tmp_path / "out")
-    assert not (tmp_path / "out" / "summary.csv").exists()
 
 
-def test_invalid_json(points: list[dict], tmp_path: Path) -> None:
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json", encoding="utf-8")
-    points[2]["results_json"] = bad
-    with pytest.raises(SelectMoeError, match=r"invalid JSON in results file .*bad\.json"):
-        _run(points, tmp_path / "out")
-
-
-def test_results_without_a_task(points: list[dict], tmp_path: Path) -> None:
-    points[1]["results_json"] = _write_results(tmp_path / "partial.json", {"qa_a": 0.5})
-    with pytest.raises(SelectMoeError, match=r"partial\.json has no results for task 'qa_b'"):
-        _run(points, tmp_path / "out")
-
-
-def test_bad_selection_file(points: list[dict], tmp_path: Path) -> None:
-    points[0]["selection_json"] = tmp_path / "sel_missing.json"
-    with pytest.raises(SelectMoeError, match=r"selection file not found: .*sel_missing\.json"):
-        _run(points, tmp_path / "out")
-    no_count = tmp_path / "sel_no_count.json"
-    no_count.write_text("{}", encoding="utf-8")
-    points[0]["selection_json"] = no_count
-    with pytest.raises(SelectMoeError, match=r"sel_no_count\.json has no .*'n_selected'"):
+def test_seeds_on_other_questions_are_refused(points, tmp_path):
+    samples = Path(points[0]["samples"][1])
+    lines = samples.read_text().splitlines()
+    samples.write_text("\n".join(lines[:-1]) + "\n")
+    results = Path(points[0]["results"][1])
+    data = json.loads(results.read_text())
+    kept = [json.loads(line)["metrics"]["acc"] for line in lines[:-1] if '"qa_b"' in line]
+    data["results"]["qa_b"]["acc,none"] = float(np.mean(kept))
+    results.write_text(json.dumps(data))
+    with pytest.raises(SelectMoeError, match="evaluated on different documents"):
         _run(points, tmp_path / "out")
 
 
 @pytest.mark.parametrize(
     ("change", "pattern"),
     [
-        ({"method": None}, "missing 'method'"),
-        ({"percentage": "five"}, "'percentage' must be a number"),
-        ({"percentage": -1}, "must be >= 0"),
-        ({"loss": 3}, "'loss' must be a string"),
-        ({"mean_acc": 1.0}, "clash with the summary's own columns"),
+        ({"target": ""}, "'target' must be a non-empty string"),
+        ({"results": []}, "'results' must be a non-empty list"),
+        ({"samples": ["a.jsonl"]}, "3 results files but 1 samples files"),
+        ({"seeds": [1]}, "1 seeds for 3 results"),
+        ({"percentage": "ten"}, "'percentage' must be a number"),
+        ({"loss": 3}, "'loss' must be a string or None"),
+        ({"n_selected": -1}, "'n_selected' must be an integer >= 0"),
     ],
 )
-def test_bad_points(points: list[dict], tmp_path: Path, change: dict, pattern: str) -> None:
+def test_bad_points(points, tmp_path, change, pattern):
     points[0].update(change)
     with pytest.raises(SelectMoeError, match=pattern):
         _run(points, tmp_path / "out")
 
 
-def test_duplicate_points(points: list[dict], tmp_path: Path) -> None:
-    points.append(dict(points[0]))
-    with pytest.raises(SelectMoeError, match="share target/method/loss/percentage"):
+def test_missing_and_broken_files_are_named(points, tmp_path):
+    Path(points[1]["samples"][0]).unlink()
+    with pytest.raises(SelectMoeError, match=r"samples file not found: .*rand10_s1\.jsonl"):
+        _run(points, tmp_path / "out")
+    Path(points[1]["samples"][0]).write_text("{not json\n")
+    with pytest.raises(SelectMoeError, match=r"rand10_s1\.jsonl:1: invalid JSON"):
         _run(points, tmp_path / "out")
 
 
-def test_empty_points_and_bad_plot_suffix(points: list[dict], tmp_path: Path) -> None:
-    with pytest.raises(SelectMoeError, match="non-empty list"):
+def test_duplicate_empty_and_bad_plot(points, tmp_path):
+    with pytest.raises(SelectMoeError, match="share target/method/loss/percentage"):
+        _run([points[0], dict(points[0])], tmp_path / "out")
+    with pytest.raises(SelectMoeError, match="non-empty list of evaluation points"):
         _run([], tmp_path / "out")
-    with pytest.raises(SelectMoeError, match=r"must end in one of"):
+    with pytest.raises(SelectMoeError, match="must end in one of"):
         _run(points, tmp_path / "out", plot_path=tmp_path / "plot.gif")
+    with pytest.raises(SelectMoeError, match="n_resamples"):
+        SummarySettings(n_resamples=10)

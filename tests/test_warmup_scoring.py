@@ -237,8 +237,52 @@ def test_router_data_values_are_per_sample_means(
         expected_probs = torch.stack([torch.softmax(r["moe_logits"], -1).mean(0) for r in routers])
         torch.testing.assert_close(data["quality_score"][row], expected_score, rtol=0, atol=1e-5)
         torch.testing.assert_close(data["moe_probs"][row], expected_probs, rtol=0, atol=1e-5)
+    assert data["n_tokens"].tolist() == [len(e.input_ids) for e in encoded]
     # examples differ in length, so the batches really were padded
     assert len({len(e.input_ids) for e in encoded}) > 1
+
+
+def test_untrained_scoring_reads_the_converted_gates(
+    router_data: dict[str, Any],
+    tiny_converted_dir: Path,
+    alpha_file: Path,
+    tiny_tokenizer,
+    tmp_path: Path,
+) -> None:
+    """Without warmup weights the converted model is scored as it is: the diagnostics' control."""
+    from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
+
+    output = tmp_path / "alpha_router_data.pt"
+    summary = score_dataset(
+        model_dir=tiny_converted_dir,
+        weights_path=None,
+        pool_files=[alpha_file],
+        dataset="alpha",
+        output_path=output,
+        batch_size=4,
+        max_sequence_length=64,
+        device="cpu",
+        progress=False,
+    )
+    assert summary["weights"] is None and summary["weights_sha256"] is None
+    data = torch.load(output, weights_only=False)
+    assert data["sample_ids"] == router_data["data"]["sample_ids"]
+    assert data["n_tokens"].tolist() == router_data["data"]["n_tokens"].tolist()
+    assert not torch.allclose(data["quality_score"], router_data["data"]["quality_score"])
+    register_select_moe()
+    model = SelectMoeForCausalLM.from_pretrained(tiny_converted_dir)
+    encoded = encode_examples(
+        load_pool([alpha_file]),
+        tiny_tokenizer,
+        full_sequence_prediction=True,
+        max_sequence_length=64,
+    )
+    with torch.no_grad():
+        routers = model(
+            input_ids=torch.tensor([encoded[0].input_ids]), output_router_logits=True
+        ).router_logits
+    expected = torch.stack([r["quality_score"].mean() for r in routers])
+    torch.testing.assert_close(data["quality_score"][0], expected, rtol=0, atol=1e-5)
 
 
 def test_scores_do_not_depend_on_batching(

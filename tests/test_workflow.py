@@ -72,6 +72,7 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
     # and full: 11 selections, each finetuned with 3 seeds and evaluated in one job; one target
     assert counts == {
         "build_demo": 1,
+        "build_demo_target": 1,
         "validate_data": 1,
         "convert": 1,
         "verify_conversion": 1,
@@ -93,7 +94,7 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "report_selections": 1,
         "report_noise": 1,
         "all": 1,
-        "total": 84,
+        "total": 85,
     }
 
 

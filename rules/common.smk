@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from selectmoe.config import load_schema, validate_config
 from selectmoe.errors import ConfigError
+from selectmoe import methods
 from snakemake.utils import validate
 
 # Validate first, with one-line messages that name the key and the allowed values, then let
@@ -27,11 +28,11 @@ METHODS = SELECTION["methods"]
 TARGETS = list(config["targets"])
 SEEDS = [int(seed) for seed in config["finetune"]["seeds"]]
 # methods whose selection depends on the router data (and so on the quality-loss type)
-ROUTER_METHODS = ["selectmoe", "quality_topk", "diversity"]
+ROUTER_METHODS = list(methods.ROUTER_METHODS)
 # reference selections that read the pool's quality labels (no real method may)
-LABEL_METHODS = ["oracle", "anti_oracle"]
-# methods that select from the pool alone: one selection per percentage, for every loss type
-POOL_METHODS = ["random", *LABEL_METHODS]
+LABEL_METHODS = list(methods.LABEL_METHODS)
+# methods that select from the pool alone, once per percentage for every loss type (not full)
+POOL_METHODS = [m for m in methods.POOL_ONLY_METHODS if m != "full"]
 
 
 wildcard_constraints:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selectmoe.errors import ConfigError, SelectMoeError
+from selectmoe.methods import POOL_ONLY_METHODS, SELECTION_METHODS
 
 __all__ = ["main"]
 
@@ -160,7 +161,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    from selectmoe.selection import POOL_ONLY_METHODS, run_selection
+    from selectmoe.selection import run_selection
 
     router_files: list[Path] = []
     if args.router_data is not None:
@@ -340,15 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default="selectmoe",
-        choices=[
-            "selectmoe",
-            "random",
-            "quality_topk",
-            "diversity",
-            "full",
-            "oracle",
-            "anti_oracle",
-        ],
+        choices=SELECTION_METHODS,
     )
     p.add_argument(
         "--labels",

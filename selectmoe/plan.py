@@ -44,6 +44,7 @@ from statistics import NormalDist
 from typing import Any
 
 from selectmoe.errors import ConfigError, ModelError
+from selectmoe.methods import POOL_ONLY_METHODS
 
 __all__ = [
     "BUILTIN_SHAPES",
@@ -919,7 +920,8 @@ def _finetune_settings(config: Mapping[str, Any], target: str) -> dict[str, Any]
     return settings
 
 
-_POOL_METHODS = ("random", "oracle", "anti_oracle")  # one selection per percentage, any loss
+# one selection per percentage whatever the loss type (full is counted on its own)
+_POOL_METHODS = tuple(m for m in POOL_ONLY_METHODS if m != "full")
 
 
 def _selections(config: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, int]]:

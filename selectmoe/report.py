@@ -33,6 +33,7 @@ import pandas as pd
 
 from selectmoe.errors import SelectMoeError
 from selectmoe.io import atomic_path, atomic_write_text
+from selectmoe.methods import POOL_ONLY_METHODS  # their selection.json scores are placeholders
 
 __all__ = [
     "LOSS_PARAMETER_DEFAULTS",
@@ -61,8 +62,6 @@ LOSS_PARAMETER_DEFAULTS: dict[str, Any] = {
 _DPI = 100
 _LAYER_MEAN = "good_mean/layer_{}"
 _LAYER_SQUARE = "good_sq/layer_{}"
-# selections made from the pool alone: their selection.json scores are placeholders
-_POOL_ONLY_METHODS = ("random", "full")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -815,7 +814,7 @@ def selection_overview(
             "k_selection": info.get("k_selection"),
             "silhouette": _silhouette_at_k(info),
         }
-        scored = info.get("method") not in _POOL_ONLY_METHODS
+        scored = info.get("method") not in POOL_ONLY_METHODS
         for column, key in (("score_mean", "score"), ("selected_score_mean", "selected_score")):
             row[column] = (info.get(key) or {}).get("mean") if scored else None
         for dataset, counts in (info.get("per_dataset") or {}).items():

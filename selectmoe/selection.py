@@ -46,6 +46,7 @@ from selectmoe.clustering import ClusteringResult, get_clustering_method
 from selectmoe.errors import RouterDataError, SelectionError
 from selectmoe.io import atomic_path, atomic_write_json, atomic_write_jsonl
 from selectmoe.labels import PoolLabels, align_labels, describe
+from selectmoe.methods import LABEL_METHODS, POOL_ONLY_METHODS, SELECTION_METHODS
 
 __all__ = [
     "LABEL_METHODS",
@@ -65,17 +66,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SELECTION_METHODS: tuple[str, ...] = (
-    "selectmoe",
-    "random",
-    "quality_topk",
-    "diversity",
-    "full",
-    "oracle",
-    "anti_oracle",
-)
-#: Reference methods that read the pool's quality labels (no real method may).
-LABEL_METHODS: tuple[str, ...] = ("oracle", "anti_oracle")
 ROUTER_DATA_KEYS: tuple[str, ...] = ("quality_score", "moe_probs", "sample_ids", "dataset")
 PLOT_FILES: dict[str, str] = {
     "elbow": "elbow.png",
@@ -855,9 +845,6 @@ def write_plots(
 # --------------------------------------------------------------------------------------------
 # End to end
 # --------------------------------------------------------------------------------------------
-
-
-POOL_ONLY_METHODS: tuple[str, ...] = ("random", "full", *LABEL_METHODS)
 
 
 def _pool_placeholder_router(pool_paths: Sequence[str | os.PathLike[str]]) -> RouterData:

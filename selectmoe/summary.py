@@ -649,8 +649,12 @@ def _write_plot(
         curves = rows[~rows["method"].isin(_REFERENCE_LINES) & rows["percentage"].notna()]
         groups = list(curves.groupby([curves["method"], curves["loss"].fillna("")], sort=False))
         offsets = np.linspace(-0.6, 0.6, max(1, len(groups)))
-        for offset, ((method, loss), group) in zip(offsets, groups, strict=True):
+        palette = [f"C{i}" for i in range(10)]
+        for index, (offset, ((method, loss), group)) in enumerate(
+            zip(offsets, groups, strict=True)
+        ):
             group = group.sort_values("percentage")
+            color = palette[index % len(palette)]  # the same color in both panels
             label = f"{method} ({loss})" if loss else str(method)
             uses_labels = bool(group["uses_labels"].iloc[0])
             style = {"linestyle": "--", "alpha": 0.7} if uses_labels else {}
@@ -664,6 +668,7 @@ def _write_plot(
                 marker="o",
                 capsize=3,
                 label=label,
+                color=color,
                 **style,
             )
             if group[prefix].notna().any() and method != reference:
@@ -677,6 +682,7 @@ def _write_plot(
                     marker="o",
                     capsize=3,
                     label=label,
+                    color=color,
                     **style,
                 )
         score_axis.set_title(f"target: {target}: mean score with {level} intervals")

@@ -595,13 +595,14 @@ def _to_markdown(
         verdict = row[f"{prefix}_verdict"]
         cells.append(verdict if isinstance(verdict, str) else "")
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = sorted({int(n) for n in frame["n_seeds"]})
+    seeds = max(int(n) for n in frame["n_seeds"])
     notes = [
         "",
-        f"Scores are means over finetune seeds ({', '.join(map(str, seeds))} per row) and "
-        f"evaluation questions, with {level} intervals from a two-way bootstrap "
-        f"({settings.n_resamples} resamples of seeds and questions). `vs {reference}` is the "
-        f"difference to {reference} at the same target and percentage, paired on seeds and "
+        f"Scores are means over the evaluation questions and the finetune seeds ({seeds} per "
+        f"finetuned row; the base model is evaluated once), with {level} intervals from a "
+        f"two-way bootstrap ({settings.n_resamples} resamples of seeds and questions). "
+        f"`vs {reference}` is the difference to {reference} at the same target and percentage, "
+        "paired on seeds and "
         "questions, with its interval and two-sided bootstrap p-value. The verdict says better "
         "or worse only when the interval excludes zero; overlapping rows are not evidence of a "
         "difference. Several comparisons are made: expect about one in twenty to exclude zero by "

@@ -5,12 +5,12 @@ A pool file holds one JSON object per line::
     {"dataset": "dolly", "id": "dolly_8",
      "messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
 
-The chat template is the same in warmup, scoring and finetuning (SPEC §4)::
+The chat template is the same in warmup, scoring and finetuning (SPEC §4), LESS's::
 
     <|system|>\\n{content}\\n   <|user|>\\n{content}\\n   <|assistant|>\\n{content}{eos}\\n
 
-Encoding tokenizes the template piece by piece so that the label mask is exact: each token knows
-the role and the kind of piece (tag, text, end of sequence) it came from.
+with each content stripped and the whole text stripped at its end. Encoding tokenizes the
+rendered text once, as a whole string, and takes the labels from the tokens' character offsets.
 """
 
 from __future__ import annotations
@@ -356,13 +356,51 @@ def validate_data_files(paths: Sequence[str | os.PathLike[str]]) -> dict[str, An
 # chat template and encoding
 
 
-def render_chat(messages: Sequence[dict[str, str]], eos_token: str) -> str:
-    """The chat template as one string (for inspection and pretraining corpora)."""
-    parts = []
+@dataclass(frozen=True)
+class _Span:
+    """Characters ``[start, end)`` of a rendered conversation: a role's tag (with its newline)
+    or its content (an assistant's with the eos token, each with the newline that ends it)."""
+
+    start: int
+    end: int
+    role: str
+    kind: str  # "tag" or "content"
+
+
+def _render(messages: Sequence[dict[str, str]], eos_token: str) -> tuple[str, list[_Span]]:
+    """The conversation as LESS / open-instruct render it, and where each part sits.
+
+    ``<|role|>\n`` + content stripped (+ eos for the assistant) + ``\n`` per message; the
+    whole text stripped at its end (so it ends with the last content, without a newline).
+    """
+    parts: list[str] = []
+    spans: list[_Span] = []
+    position = 0
     for message in messages:
-        end = f"{eos_token}\n" if message["role"] == "assistant" else "\n"
-        parts.append(f"{CHAT_TAGS[message['role']]}\n{message['content']}{end}")
-    return "".join(parts)
+        role = message["role"]
+        body = message["content"].strip() + (eos_token if role == "assistant" else "") + "\n"
+        for kind, text in (("tag", f"{CHAT_TAGS[role]}\n"), ("content", body)):
+            spans.append(_Span(position, position + len(text), role, kind))
+            parts.append(text)
+            position += len(text)
+    text = "".join(parts).rstrip()
+    return text, [
+        _Span(span.start, min(span.end, len(text)), span.role, span.kind)
+        for span in spans
+        if span.start < len(text)
+    ]
+
+
+def render_chat(messages: Sequence[dict[str, str]], eos_token: str) -> str:
+    """The chat template as one string, exactly as it is tokenized (SPEC §4).
+
+    Examples
+    --------
+    >>> render_chat([{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}],
+    ...             "</s>")
+    '<|user|>\\nhi\\n<|assistant|>\\nyo</s>'
+    """
+    return _render(messages, eos_token)[0]
 
 
 @dataclass
@@ -378,21 +416,6 @@ class EncodedExample:
         self.n_label_tokens = sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def _pieces(messages: Sequence[dict[str, str]]) -> list[tuple[str, str, str]]:
-    """Split a conversation into (role, kind, text) pieces; kind is 'tag', 'text' or 'eos'."""
-    pieces: list[tuple[str, str, str]] = []
-    for message in messages:
-        role = message["role"]
-        pieces.append((role, "tag", CHAT_TAGS[role]))
-        if role == "assistant":
-            pieces.append((role, "text", "\n" + message["content"]))
-            pieces.append((role, "eos", ""))
-            pieces.append((role, "text", "\n"))
-        else:
-            pieces.append((role, "text", "\n" + message["content"] + "\n"))
-    return pieces
-
-
 def encode_examples(
     examples: Sequence[Example] | Sequence[Sequence[dict[str, str]]],
     tokenizer: Any,
@@ -400,64 +423,95 @@ def encode_examples(
     full_sequence_prediction: bool,
     mask_special_tokens: bool = True,
     max_sequence_length: int | None = None,
-    add_bos: bool = True,
+    add_special_tokens: bool = True,
 ) -> list[EncodedExample]:
     """Tokenize conversations with the chat template and build their labels.
 
+    Each conversation is rendered once (:func:`render_chat`) and tokenized once, as a whole
+    string, as LESS / open-instruct and lm-eval tokenize it; every label comes from the tokens'
+    character offsets. Piece-by-piece tokenization would differ for SentencePiece tokenizers
+    (Llama-2 adds a dummy-prefix ``▁`` to every call) and for byte-level BPE whose pre-tokenizer
+    merges ``|>\n`` (Qwen2). The chat tags are plain text; they need not be special tokens.
+
     Labels
     ------
-    - ``full_sequence_prediction=True``: user and assistant tokens are labelled (system: never);
-    - ``False``: only assistant tokens (SFT).
-    - The chat tags are labelled only when ``mask_special_tokens`` is false and their role is.
-    - The end-of-sequence token closing an assistant turn is labelled with that turn.
-    - A beginning-of-sequence token, when the tokenizer has one and ``add_bos``, is never labelled.
+    A token is labelled when all its characters lie in one labelled part of the text (a token
+    that straddles a part's border, such as ``?\n<|`` in a SentencePiece vocabulary trained on
+    multi-line text, gets none: no label ever teaches prompt or tag text):
+
+    - ``full_sequence_prediction=True``: the content of user and assistant messages (system:
+      never); ``False``: only the assistant's (SFT). An assistant's content includes its eos
+      token and the newline after it; ``<|assistant|>\n`` is prompt.
+    - The chat tags (with their newline) are labelled only when ``mask_special_tokens`` is false
+      and their role is.
+    - Special tokens the tokenizer adds (``<s>``) are never labelled.
 
     Parameters
     ----------
     examples : sequence of Example or of message lists
     tokenizer : transformers tokenizer
-        Must know the chat tags as single special tokens and define ``eos_token_id``.
+        A fast tokenizer (``return_offsets_mapping``) with an eos token.
     max_sequence_length : int, optional
         Keep the first ``max_sequence_length`` tokens.
+    add_special_tokens : bool, default True
+        Let the tokenizer add its special tokens (Llama: ``<s>``; Qwen2: none), as lm-eval does.
 
     Returns
     -------
     list of EncodedExample
         One per example, ``len(input_ids) == len(labels) <= max_sequence_length``.
+
+    Raises
+    ------
+    DataError
+        When the tokenizer has no eos token or gives no character offsets.
     """
-    if tokenizer.eos_token_id is None:
+    import numpy as np
+
+    if tokenizer.eos_token is None or tokenizer.eos_token_id is None:
         raise DataError(
             "the tokenizer has no eos token; set one (tokenizer.eos_token) before encoding"
         )
-    tag_ids: dict[str, list[int]] = {}
-    for role, tag in CHAT_TAGS.items():
-        ids = tokenizer.convert_tokens_to_ids([tag])
-        if ids[0] is None or ids[0] == tokenizer.unk_token_id:
-            # tag not in the vocabulary as one token: fall back to its plain tokenization
-            ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
-        tag_ids[role] = list(ids)
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer: labels come from character "
+            "offsets, which only fast (tokenizers-backed) tokenizers give; load it with "
+            "AutoTokenizer (use_fast=True)"
+        )
     labelled_roles = {"user", "assistant"} if full_sequence_prediction else {"assistant"}
     conversations = [e.messages if isinstance(e, Example) else e for e in examples]
-    all_pieces = [_pieces(messages) for messages in conversations]
-    texts = [text for pieces in all_pieces for (_, kind, text) in pieces if kind == "text"]
-    text_ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
-    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    rendered = [_render(messages, tokenizer.eos_token) for messages in conversations]
+    if not rendered:
+        return []
+    batch = tokenizer(
+        [text for text, _ in rendered],
+        add_special_tokens=add_special_tokens,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    special_ids = set(tokenizer.all_special_ids)
     encoded: list[EncodedExample] = []
-    for index, pieces in enumerate(all_pieces):
-        input_ids: list[int] = list(bos)
-        labels: list[int] = [IGNORE_INDEX] * len(bos)
-        for role, kind, _ in pieces:
-            if kind == "tag":
-                ids = tag_ids[role]
-                labelled = role in labelled_roles and not mask_special_tokens
-            elif kind == "eos":
-                ids = [tokenizer.eos_token_id]
-                labelled = role in labelled_roles
-            else:
-                ids = next(text_ids)
-                labelled = role in labelled_roles
-            input_ids.extend(ids)
-            labels.extend(ids if labelled else [IGNORE_INDEX] * len(ids))
+    for index, ((text, spans), ids, offsets, special) in enumerate(
+        zip(
+            rendered,
+            batch["input_ids"],
+            batch["offset_mapping"],
+            batch["special_tokens_mask"],
+            strict=True,
+        )
+    ):
+        # per character: the labelled part it belongs to (0: none); one past the end: none
+        part = np.zeros(len(text) + 1, dtype=np.int64)
+        for number, span in enumerate(spans, 1):
+            if span.role in labelled_roles and (span.kind == "content" or not mask_special_tokens):
+                part[span.start : span.end] = number
+        labels = []
+        for token, (start, end), added in zip(ids, offsets, special, strict=True):
+            # a special token the tokenizer added (not written in the text) has no characters
+            added_special = bool(added) and start == end and token in special_ids
+            inside = part[start] > 0 and (end <= start or (part[start:end] == part[start]).all())
+            labels.append(token if inside and not added_special else IGNORE_INDEX)
+        input_ids = list(ids)
         if max_sequence_length is not None:
             input_ids = input_ids[:max_sequence_length]
             labels = labels[:max_sequence_length]

@@ -106,11 +106,11 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 # ``selectmoe.data.render_chat``.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] | trim }}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{{ '\\n' }}"
+    "{% if not loop.last %}{{ '\\n' }}{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '\\n<|assistant|>\\n' }}{% endif %}"
 )
 
 # The evaluation prompt is the chat template up to the assistant's answer.

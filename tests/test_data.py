@@ -196,31 +196,32 @@ MULTI_TURN = [
 
 
 def _expected(tokenizer, messages, *, full_sequence_prediction: bool, mask_special_tokens: bool):
-    """Token ids and labels built piece by piece from the SPEC §4 rules."""
+    """Token ids and labels of SPEC §4, for a byte-level tokenizer whose chat tags and eos are
+    special tokens (so that newlines and tags split the text into independent pieces)."""
 
     def text(s: str) -> list[int]:
-        return tokenizer(s, add_special_tokens=False)["input_ids"]
+        return tokenizer(s, add_special_tokens=False)["input_ids"] if s else []
 
     def tag(role: str) -> int:
         return tokenizer.convert_tokens_to_ids(f"<|{role}|>")
 
-    ids = [tokenizer.bos_token_id]
-    labels = [I]
+    ids: list[int] = []
+    labels: list[int] = []
     labelled = {"user": full_sequence_prediction, "assistant": True, "system": False}
 
     def add(piece: list[int], on: bool) -> None:
         ids.extend(piece)
         labels.extend(piece if on else [I] * len(piece))
 
-    for message in messages:
+    for position, message in enumerate(messages):
         role = message["role"]
-        add([tag(role)], labelled[role] and not mask_special_tokens)
+        last = position == len(messages) - 1
+        add([tag(role), *text("\n")], labelled[role] and not mask_special_tokens)
+        add(text(message["content"].strip()), labelled[role])
         if role == "assistant":
-            add(text("\n" + message["content"]), True)
             add([tokenizer.eos_token_id], True)
-            add(text("\n"), True)
-        else:
-            add(text("\n" + message["content"] + "\n"), labelled[role])
+        if not last:  # the final newline is stripped
+            add(text("\n"), labelled[role])
     return ids, labels
 
 
@@ -245,30 +246,48 @@ def test_label_mask_is_exact(
     assert encoded.input_ids == ids
     assert encoded.labels == labels
     assert encoded.n_label_tokens == sum(label != I for label in labels)
-    # the ids spell the chat template exactly
-    assert tiny_tokenizer.decode(encoded.input_ids) == "<s>" + render_chat(messages, "</s>")
+    # the ids spell the chat template exactly (this tokenizer adds no <s>)
+    assert tiny_tokenizer.decode(encoded.input_ids) == render_chat(messages, "</s>")
 
 
 def test_label_mask_single_turn_written_out(tiny_tokenizer) -> None:
     """The assistant-only mask of a single turn, spelled out token class by token class."""
     tok = tiny_tokenizer
-    user = tok("\nwhat is two plus three?\n", add_special_tokens=False)["input_ids"]
-    answer = tok("\nfive", add_special_tokens=False)["input_ids"]
+    user = tok("what is two plus three?", add_special_tokens=False)["input_ids"]
+    answer = tok("five", add_special_tokens=False)["input_ids"]
     newline = tok("\n", add_special_tokens=False)["input_ids"]
     u, a = tok.convert_tokens_to_ids(["<|user|>", "<|assistant|>"])
-    bos, eos = tok.bos_token_id, tok.eos_token_id
+    eos = tok.eos_token_id
     (sft,) = encode_examples([SINGLE_TURN], tok, full_sequence_prediction=False)
-    assert sft.input_ids == [bos, u, *user, a, *answer, eos, *newline]
-    assert sft.labels == [I, I, *[I] * len(user), I, *answer, eos, *newline]
+    assert sft.input_ids == [u, *newline, *user, *newline, a, *newline, *answer, eos]
+    assert sft.labels == [I] * (len(user) + 3 * len(newline) + 2) + [*answer, eos]
     (full,) = encode_examples([SINGLE_TURN], tok, full_sequence_prediction=True)
-    assert full.labels == [I, I, *user, I, *answer, eos, *newline]
+    assert full.labels == [I, *[I] * len(newline), *user, *newline, I, *[I] * len(newline)] + [
+        *answer,
+        eos,
+    ]
     (unmasked,) = encode_examples(
         [SINGLE_TURN], tok, full_sequence_prediction=True, mask_special_tokens=False
     )
-    assert unmasked.labels == [I, u, *user, a, *answer, eos, *newline]
+    assert unmasked.labels == [u, *newline, *user, *newline, a, *newline, *answer, eos]
 
 
-def test_encode_accepts_examples_and_keeps_order(tiny_tokenizer) -> None:
+def test_render_chat_is_less_template() -> None:
+    """Contents stripped, eos after each answer, the final newline dropped (LESS / open-instruct)."""
+    messages = [
+        {"role": "system", "content": " be brief \n"},
+        {"role": "user", "content": "\nhi  "},
+        {"role": "assistant", "content": "  hello\n"},
+        {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "ciao "},
+    ]
+    assert render_chat(messages, "</s>") == (
+        "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\nhello</s>\n"
+        "<|user|>\nbye\n<|assistant|>\nciao</s>"
+    )
+
+
+def test_encode_accepts_examples_and_keeps_order(tiny_tokenizer, tiny_build_tokenizer) -> None:
     examples = [
         Example(dataset="d", id=str(i), messages=tuple(m))
         for i, m in enumerate([MULTI_TURN, SINGLE_TURN])
@@ -279,11 +298,6 @@ def test_encode_accepts_examples_and_keeps_order(tiny_tokenizer) -> None:
     )
     assert [e.input_ids for e in from_examples] == [e.input_ids for e in from_messages]
     assert [e.index for e in from_examples] == [0, 1]
-    no_bos = encode_examples(
-        [SINGLE_TURN], tiny_tokenizer, full_sequence_prediction=True, add_bos=False
-    )
-    assert no_bos[0].input_ids == from_messages[1].input_ids[1:]
-    assert no_bos[0].labels == from_messages[1].labels[1:]
 
 
 @pytest.mark.parametrize("max_length", [1, 4, 9, 10_000])

@@ -1,0 +1,222 @@
+"""The chat-template encoding on the tokenizer kinds of real targets (SPEC §4, LESS's template).
+
+For a Llama-2-style SentencePiece tokenizer (``legacy`` true and false), a Qwen2-style
+byte-level BPE and the demo's tokenizer: the ids are the whole-string tokenization of the
+rendered conversation, every labelled token lies inside the part it should (and every character
+of that part is covered), on multi-turn conversations with a system message, surrounding
+whitespace, ``</s>`` or a chat tag written as plain text, and truncation inside an answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selectmoe.data import IGNORE_INDEX, encode_examples, render_chat
+from tests.tokenizer_kinds import llama2_tokenizer, qwen2_tokenizer
+
+CONVERSATIONS = {
+    "single": [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    "multi_with_system": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Spain?"},
+        {"role": "assistant", "content": "Madrid is the capital of Spain."},
+    ],
+    "whitespace": [
+        {"role": "user", "content": "  leading and trailing spaces  \n\n"},
+        {"role": "assistant", "content": "\n  and blank lines\n\n "},
+        {"role": "user", "content": " 12 + 30 "},
+        {"role": "assistant", "content": "42"},
+    ],
+    "tags_as_text": [
+        {"role": "user", "content": "Write </s> and <|assistant|> and <|endoftext|> literally."},
+        {"role": "assistant", "content": "Here: </s> <|user|> <|assistant|>\n done."},
+    ],
+    "ends_with_user": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye  "},
+    ],
+}
+MODES = [(False, True), (True, True), (True, False), (False, False)]
+
+
+@pytest.fixture(scope="module", params=["llama2-legacy", "llama2", "qwen2", "demo"])
+def tokenizer(request, tmp_path_factory) -> Any:
+    pytest.importorskip("sentencepiece")
+    if request.param.startswith("llama2"):
+        directory = tmp_path_factory.getbasetemp() / "sentencepiece"
+        return llama2_tokenizer(directory, legacy=request.param.endswith("legacy"))
+    if request.param == "qwen2":
+        return qwen2_tokenizer()
+    from selectmoe.demo import _train_tokenizer
+    from tests.tokenizer_kinds import CORPUS
+
+    return _train_tokenizer(CORPUS * 20, vocab_size=400)
+
+
+def intended_regions(
+    messages, eos: str, *, full_sequence_prediction: bool, mask_special_tokens: bool
+) -> tuple[str, list[tuple[int, int]]]:
+    """The text and the character ranges that should carry labels, written out from SPEC §4."""
+    text, regions = "", []
+    for message in messages:
+        role = message["role"]
+        labelled = role == "assistant" or (full_sequence_prediction and role == "user")
+        tag = f"<|{role}|>\n"
+        if labelled and not mask_special_tokens:
+            regions.append((len(text), len(text) + len(tag)))
+        text += tag
+        body = message["content"].strip() + (eos if role == "assistant" else "") + "\n"
+        if labelled:
+            regions.append((len(text), len(text) + len(body)))
+        text += body
+    text = text.rstrip()
+    return text, [(a, min(b, len(text))) for a, b in regions if a < len(text)]
+
+
+def _inside(start: int, end: int, regions) -> bool:
+    return any(a <= start and end <= b for a, b in regions)
+
+
+def _touches(start: int, end: int, regions) -> bool:
+    return any(start < b and a < end for a, b in regions)
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+@pytest.mark.parametrize(("full_sequence_prediction", "mask_special_tokens"), MODES)
+def test_whole_string_ids_and_label_spans(
+    tokenizer, name, full_sequence_prediction, mask_special_tokens
+):
+    messages = CONVERSATIONS[name]
+    (encoded,) = encode_examples(
+        [messages],
+        tokenizer,
+        full_sequence_prediction=full_sequence_prediction,
+        mask_special_tokens=mask_special_tokens,
+    )
+    text, regions = intended_regions(
+        messages,
+        tokenizer.eos_token,
+        full_sequence_prediction=full_sequence_prediction,
+        mask_special_tokens=mask_special_tokens,
+    )
+    assert render_chat(messages, tokenizer.eos_token) == text
+    whole = tokenizer(text, return_offsets_mapping=True)
+    assert encoded.input_ids == whole["input_ids"]
+    mismatches = []
+    covered, straddling = set(), set()
+    for position, (token, label, (start, end)) in enumerate(
+        zip(encoded.input_ids, encoded.labels, whole["offset_mapping"], strict=True)
+    ):
+        if label != IGNORE_INDEX:
+            assert label == token
+            covered.update(range(start, end))
+            if not _inside(start, end if end > start else start + 1, regions):
+                mismatches.append((position, "labelled outside", text[start:end]))
+        elif end > start and _inside(start, end, regions):
+            mismatches.append((position, "unlabelled inside", text[start:end]))
+        elif end > start and _touches(start, end, regions):
+            straddling.update(range(start, end))  # crosses a border: no label, by design
+    assert not mismatches, mismatches
+    missing = {i for a, b in regions for i in range(a, b)} - covered - straddling
+    assert not missing, [text[i] for i in sorted(missing)]
+    # the tokenizer's own <s> never carries a label
+    if tokenizer.bos_token_id is not None and encoded.input_ids[0] == tokenizer.bos_token_id:
+        assert encoded.labels[0] == IGNORE_INDEX
+
+
+def test_byte_level_labels_decode_to_exactly_the_answers(tokenizer):
+    if "▁" in "".join(tokenizer.convert_ids_to_tokens(tokenizer("a b")["input_ids"])):
+        pytest.skip("SentencePiece decoding drops the dummy-prefix space at run starts")
+    messages = CONVERSATIONS["multi_with_system"]
+    (encoded,) = encode_examples([messages], tokenizer, full_sequence_prediction=False)
+    labelled = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label >= 0]
+    eos = tokenizer.eos_token
+    assert tokenizer.decode(labelled) == f"Paris.{eos}\nMadrid is the capital of Spain.{eos}"
+
+
+def test_truncation_inside_an_answer_keeps_the_first_tokens(tokenizer):
+    messages = CONVERSATIONS["multi_with_system"]
+    (full,) = encode_examples([messages], tokenizer, full_sequence_prediction=False)
+    answer_positions = [i for i, label in enumerate(full.labels) if label != IGNORE_INDEX]
+    cut_at = answer_positions[len(answer_positions) // 2]  # inside the second answer
+    (cut,) = encode_examples(
+        [messages], tokenizer, full_sequence_prediction=False, max_sequence_length=cut_at
+    )
+    assert cut.input_ids == full.input_ids[:cut_at]
+    assert cut.labels == full.labels[:cut_at]
+    assert 0 < cut.n_label_tokens < full.n_label_tokens
+
+
+def test_evaluation_prompts_tokenize_like_training(tokenizer):
+    """lm-eval scores ``context + continuation`` as one string; the same tokens as in training."""
+    question, answer = "What is the capital of France?", "The capital of France is Paris."
+    context = f"<|user|>\n{question}\n<|assistant|>"  # lm-eval moves the trailing "\n" over
+    continuation = f"\n{answer}"
+    evaluated = tokenizer(context + continuation)["input_ids"]
+    (trained,) = encode_examples(
+        [CONVERSATIONS["single"]], tokenizer, full_sequence_prediction=False
+    )
+    assert trained.input_ids[: len(evaluated)] == evaluated
+    assert trained.input_ids[len(evaluated)] == tokenizer.eos_token_id
+
+
+def _less_labels(tokenizer, messages) -> list[int]:
+    """LESS / open-instruct's own masking: prefix lengths of the rendered prefixes."""
+    eos = tokenizer.eos_token
+
+    def concat(part) -> str:
+        out = ""
+        for m in part:
+            end = eos + "\n" if m["role"] == "assistant" else "\n"
+            out += f"<|{m['role']}|>\n" + m["content"].strip() + end
+        return out
+
+    ids = tokenizer(concat(messages).strip())["input_ids"]
+    labels = list(ids)
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            continue
+        start = 0 if index == 0 else len(tokenizer(concat(messages[:index]))["input_ids"])
+        so_far = concat(messages[: index + 1])
+        if index + 1 < len(messages) and messages[index + 1]["role"] == "assistant":
+            so_far += "<|assistant|>\n"
+        end = len(tokenizer(so_far)["input_ids"])
+        labels[start:end] = [IGNORE_INDEX] * (end - start)
+    return labels
+
+
+@pytest.mark.parametrize("name", ["single", "multi_with_system"])
+def test_sft_labels_equal_less_prefix_masking(tokenizer, name):
+    """Equal to LESS's masking, except on a token that merges across a part's border: LESS counts
+    the tokens of the prefix alone (where the merge does not happen) and labels it; we do not."""
+    messages = CONVERSATIONS[name]
+    (encoded,) = encode_examples([messages], tokenizer, full_sequence_prediction=False)
+    text, regions = intended_regions(
+        messages, tokenizer.eos_token, full_sequence_prediction=False, mask_special_tokens=True
+    )
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    less = _less_labels(tokenizer, messages)
+    for ours, theirs, (start, end) in zip(encoded.labels, less, offsets, strict=True):
+        crosses = _touches(start, end, regions) and not _inside(start, end, regions)
+        if not crosses:
+            assert ours == theirs, text[start:end]
+
+
+def test_a_slow_tokenizer_is_refused(tmp_path: Path):
+    from selectmoe.errors import DataError
+
+    class Slow:
+        is_fast = False
+        eos_token, eos_token_id = "</s>", 2
+
+    with pytest.raises(DataError, match="not a fast tokenizer"):
+        encode_examples([CONVERSATIONS["single"]], Slow(), full_sequence_prediction=True)

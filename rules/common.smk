@@ -1,21 +1,40 @@
 import json
+import os
 import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from selectmoe.config import load_schema, validate_config
+from selectmoe.config import (
+    check_registered_names,
+    coerce_command_line_strings,
+    load_schema,
+    validate_config,
+)
 from selectmoe.errors import ConfigError
+from selectmoe.plugins import PLUGINS_VARIABLE, load_plugins
 from selectmoe import methods
 from snakemake.utils import validate
 
 # Validate first, with one-line messages that name the key and the allowed values, then let
 # Snakemake's validate fill in the schema defaults.
+SCHEMA = load_schema(workflow.source_path("../config/schema.yaml"))
+# nested --config values arrive as strings (Snakemake reads them with YAML's base loader)
+config.update(coerce_command_line_strings(config, SCHEMA))
 try:
-    validate_config(config, load_schema(workflow.source_path("../config/schema.yaml")))
+    validate_config(config, SCHEMA)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 validate(config, schema="../config/schema.yaml")
+
+# The plugins register their names before the names of the config are checked; jobs (and their
+# launched processes) import them again from SELECTMOE_PLUGINS.
+try:
+    load_plugins(config.get("plugins", []))
+    check_registered_names(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+os.environ[PLUGINS_VARIABLE] = ",".join(config.get("plugins", []))
 
 RESULTS = config["results_dir"]
 DEMO_DIR = f"{RESULTS}/demo"
@@ -27,8 +46,12 @@ PERCENTAGES = [f"{p:g}" for p in SELECTION["percentages"]]
 METHODS = SELECTION["methods"]
 TARGETS = list(config["targets"])
 SEEDS = [int(seed) for seed in config["finetune"]["seeds"]]
-# methods whose selection depends on the router data (and so on the quality-loss type)
-ROUTER_METHODS = list(methods.ROUTER_METHODS)
+# methods whose selection depends on the router data (and so on the quality-loss type), plugged-in
+# selection methods included
+ROUTER_METHODS = [
+    *methods.ROUTER_METHODS,
+    *(m for m in METHODS if m not in methods.SELECTION_METHODS),
+]
 # reference selections that read the pool's quality labels (no real method may)
 LABEL_METHODS = list(methods.LABEL_METHODS)
 # methods that select from the pool alone, once per percentage for every loss type (not full)

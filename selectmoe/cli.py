@@ -422,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        from selectmoe.plugins import load_plugins_from_environment
+
+        load_plugins_from_environment()  # also in every process of an accelerate launch
         args.func(args)
     except SelectMoeError as error:
         print(f"selectmoe: error: {error}", file=sys.stderr)

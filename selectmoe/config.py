@@ -16,7 +16,13 @@ import yaml
 
 from selectmoe.errors import ConfigError
 
-__all__ = ["format_schema_error", "load_schema", "validate_config"]
+__all__ = [
+    "check_registered_names",
+    "coerce_command_line_strings",
+    "format_schema_error",
+    "load_schema",
+    "validate_config",
+]
 
 
 def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -81,6 +87,77 @@ def format_schema_error(error: jsonschema.ValidationError) -> str:
     return f"config key {key}: {error.message}"
 
 
+_SCALAR_TYPES = {"integer", "number", "boolean", "null"}
+
+
+def _schema_types(schema: Mapping[str, Any]) -> set[str]:
+    kinds = schema.get("type", [])
+    return {kinds} if isinstance(kinds, str) else set(kinds)
+
+
+def _scalar(text: str, types: set[str]) -> Any:
+    """``text`` as the first of the schema's scalar types it reads as, else unchanged."""
+    stripped = text.strip()
+    if "integer" in types or "number" in types:
+        try:
+            return int(stripped)
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            return float(stripped)
+        except ValueError:
+            pass
+    if "boolean" in types and stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    if "null" in types and stripped.lower() in ("null", "none", "~"):
+        return None
+    return text
+
+
+def _coerce(value: Any, schema: Mapping[str, Any]) -> Any:
+    if isinstance(value, str):
+        types = _schema_types(schema)
+        if types & _SCALAR_TYPES and "string" not in types:
+            return _scalar(value, types)
+        return value
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {
+            key: _coerce(
+                item,
+                properties.get(key, extra if isinstance(extra, Mapping) else {}),
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        items = schema.get("items", {})
+        return [_coerce(item, items if isinstance(items, Mapping) else {}) for item in value]
+    return value
+
+
+def coerce_command_line_strings(
+    config: Mapping[str, Any], schema: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Turn the strings that Snakemake's ``--config`` leaves in nested values into the numbers and
+    booleans the schema asks for.
+
+    ``--config 'warmup={epochs: 4}'`` arrives as ``{"warmup": {"epochs": "4"}}``: Snakemake parses
+    a nested value with YAML's base loader, which keeps every scalar a string. A string is
+    converted only where the schema expects an integer, number, boolean or null and not a
+    string, and only when it reads as one (``"4"`` -> 4; ``"four"`` stays and fails validation
+    with its key named).
+
+    Examples
+    --------
+    >>> schema = {"properties": {"warmup": {"properties": {"epochs": {"type": "integer"}}}}}
+    >>> coerce_command_line_strings({"warmup": {"epochs": "4"}}, schema)
+    {'warmup': {'epochs': 4}}
+    """
+    return _coerce(dict(config), schema)
+
+
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
     """Validate ``config`` against ``schema``.
 
@@ -97,3 +174,47 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> Non
         # dict.fromkeys: several errors can give the same line (one per missing required key)
         lines = list(dict.fromkeys(format_schema_error(error) for error in errors))[:5]
         raise ConfigError("invalid configuration: " + " | ".join(lines))
+
+
+def check_registered_names(config: Mapping[str, Any]) -> None:
+    """Check the names the config gives to registries (after the plugins were imported).
+
+    Quality-loss types, selection methods, the clustering method and the trash-expert mode must
+    be built in or registered by a plugin.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, the unknown name and the valid ones.
+    """
+    from selectmoe.clustering import list_clustering_methods
+    from selectmoe.losses import available_quality_losses
+    from selectmoe.modeling_select_moe import check_trash_expert_mode
+    from selectmoe.selection import available_selection_methods
+
+    selection = config.get("selection", {})
+    checks = [
+        ("selection.loss_types", selection.get("loss_types", []), available_quality_losses()),
+        ("selection.methods", selection.get("methods", []), available_selection_methods()),
+        (
+            "selection.clustering_method",
+            [selection.get("clustering_method", "kmeans")],
+            list_clustering_methods(),
+        ),
+    ]
+    for key, names, valid in checks:
+        for name in names:
+            if name not in valid:
+                raise ConfigError(
+                    f"config key {key}: {name!r} is not registered; valid: {', '.join(valid)} "
+                    "(a plugin module listed in plugins can register more)"
+                )
+    if "untrained" in selection.get("loss_types", []):
+        raise ConfigError(
+            "config key selection.loss_types: 'untrained' names the control of the diagnostics; "
+            "register the loss under another name"
+        )
+    try:
+        check_trash_expert_mode(config.get("warmup", {}).get("trash_expert_mode", "zero"))
+    except ConfigError as error:
+        raise ConfigError(f"config key warmup.trash_expert_mode: {error}") from None

@@ -45,6 +45,7 @@ __all__ = [
     "SelectMoeModelOutput",
     "SelectMoePreTrainedModel",
     "SelectMoeQualityGate",
+    "check_trash_expert_mode",
     "register_select_moe",
     "register_trash_expert",
 ]
@@ -60,6 +61,26 @@ def register_trash_expert(fn: TrashExpertFn) -> TrashExpertFn:
     """
     _CUSTOM_TRASH_EXPERT[:] = [fn]
     return fn
+
+
+def check_trash_expert_mode(mode: str) -> None:
+    """Fail at once (before a model loads) on a mode that :func:`trash_expert` cannot run.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown mode (listing the valid ones), or ``custom`` with nothing registered.
+    """
+    if mode not in TRASH_EXPERT_MODES:
+        raise ConfigError(
+            f"unknown trash_expert_mode {mode!r}; valid modes: {', '.join(TRASH_EXPERT_MODES)}"
+        )
+    if mode == "custom" and not _CUSTOM_TRASH_EXPERT:
+        raise ConfigError(
+            "trash_expert_mode is 'custom' but no trash expert is registered; register one with "
+            "selectmoe.modeling_select_moe.register_trash_expert in a plugin module (config "
+            "key plugins)"
+        )
 
 
 def trash_expert(hidden_states: torch.Tensor, config: SelectMoeConfig) -> torch.Tensor:

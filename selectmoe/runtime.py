@@ -14,6 +14,7 @@ from typing import Any
 
 from selectmoe.devices import gpu_environment
 from selectmoe.errors import SelectMoeError
+from selectmoe.plugins import load_plugins_from_environment
 from selectmoe.provenance import write_provenance
 
 __all__ = ["run_job"]
@@ -30,7 +31,8 @@ def run_job(
 ) -> Any:
     """Run ``job`` with stderr and logging sent to ``log_path`` and torch limited to ``threads``.
 
-    The job holds ``gpus`` devices of the machine for its whole run, with
+    The config's plugin modules (``SELECTMOE_PLUGINS``, :mod:`selectmoe.plugins`) are imported
+    first. The job holds ``gpus`` devices of the machine for its whole run, with
     ``CUDA_VISIBLE_DEVICES`` set to exactly them (none for ``gpus=0``); see
     :mod:`selectmoe.devices`. A :class:`SelectMoeError` is written to the log (and to the real
     stderr) as one line and the process exits with status 2, so Snakemake marks the job failed
@@ -54,6 +56,7 @@ def run_job(
     torch.set_num_threads(max(1, int(threads)))
     try:
         started = time.perf_counter()
+        load_plugins_from_environment()  # the config's plugins register before anything runs
         with gpu_environment(int(gpus), job_name=job_name or str(log_path or "")):
             result = job()
         if provenance is not None:

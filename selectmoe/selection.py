@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,11 @@ __all__ = [
     "SELECTION_METHODS",
     "RouterData",
     "SelectionResult",
+    "available_selection_methods",
     "budget",
     "find_router_data",
     "load_router_data",
+    "register_selection_method",
     "round_robin",
     "run_selection",
     "select_indices",
@@ -428,10 +430,40 @@ class SelectionResult:
     info: dict[str, Any]
 
 
+#: ``(router, *, n, scores, seed) -> indices``: a plugged-in selection method.
+SelectionMethod = Callable[..., np.ndarray]
+_CUSTOM_METHODS: dict[str, SelectionMethod] = {}
+
+
+def register_selection_method(name: str, fn: SelectionMethod, *, overwrite: bool = False) -> None:
+    """Register a selection method under ``name`` (from a plugin module, :mod:`selectmoe.plugins`).
+
+    ``fn(router, *, n, scores, seed)`` gets the pooled :class:`RouterData`, the budget ``n``, the
+    seed's score of every sample (``[N]``) and the selection seed, and returns ``n`` distinct row
+    indices in selection order. In the workflow it is a method that reads the router data (one
+    selection per quality-loss type and percentage).
+
+    Raises
+    ------
+    SelectionError
+        For a built-in name, or a name registered before (unless ``overwrite``).
+    """
+    if name in SELECTION_METHODS:
+        raise SelectionError(f"{name!r} is a built-in selection method; choose another name")
+    if name in _CUSTOM_METHODS and not overwrite:
+        raise SelectionError(f"selection method {name!r} is already registered")
+    _CUSTOM_METHODS[name] = fn
+
+
+def available_selection_methods() -> list[str]:
+    """Built-in and registered selection methods."""
+    return [*SELECTION_METHODS, *sorted(_CUSTOM_METHODS)]
+
+
 def _check_method(method: str) -> None:
-    if method not in SELECTION_METHODS:
+    if method not in SELECTION_METHODS and method not in _CUSTOM_METHODS:
         raise SelectionError(
-            f"unknown selection method {method!r}; valid: {list(SELECTION_METHODS)}"
+            f"unknown selection method {method!r}; valid: {available_selection_methods()}"
         )
 
 
@@ -572,6 +604,17 @@ def select_indices(
         first = ~planted if method == "oracle" else planted
         # the preferred group first, a seeded random order within each group
         indices = np.lexsort((rng.random(n_samples), ~first))[:n].astype(np.int64)
+    elif method in _CUSTOM_METHODS:
+        indices = np.asarray(
+            _CUSTOM_METHODS[method](router, n=n, scores=scores, seed=int(seed)), dtype=np.int64
+        )
+        if indices.shape != (n,) or len(np.unique(indices)) != n:
+            raise SelectionError(
+                f"selection method {method!r} returned {indices.shape} indices; expected {n} "
+                "distinct rows"
+            )
+        if n and (indices.min() < 0 or indices.max() >= n_samples):
+            raise SelectionError(f"selection method {method!r} returned rows outside the data")
     else:  # full
         indices = np.arange(n_samples, dtype=np.int64)
     timings["selection"] = time.perf_counter() - start

@@ -42,7 +42,11 @@ from selectmoe.data import encode_examples, load_pool, pad_token_id_of, subset_e
 from selectmoe.errors import ConfigError, ModelError
 from selectmoe.io import atomic_torch_save
 from selectmoe.losses import get_quality_loss
-from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
+from selectmoe.modeling_select_moe import (
+    SelectMoeForCausalLM,
+    check_trash_expert_mode,
+    register_select_moe,
+)
 from selectmoe.training import (
     clear_checkpoints,
     distributed_info,
@@ -68,7 +72,7 @@ FULL_RANK_TARGETS: tuple[str, ...] = ("quality_gate.weight", "mlp.gate.weight")
 PEFT_MODES: tuple[str, ...] = ("full_rank", "lora")
 QUALITY_GATE_TARGET = "quality_gate.weight"
 # settings that do not change what is trained: a run resumes across changes of these
-_NOT_IN_FINGERPRINT = ("log_every", "device", "checkpoint_every", "extra")
+_NOT_IN_FINGERPRINT = ("log_every", "device", "checkpoint_every")
 # settings that are model-config fields: applied to the model before training and saved with the
 # weights so that scoring runs the model exactly as it was trained
 MODEL_OVERRIDE_KEYS: tuple[str, ...] = (
@@ -119,7 +123,6 @@ class WarmupSettings:
     max_steps: int | None = None
     checkpoint_every: int = 100
     device: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.peft_mode not in PEFT_MODES:
@@ -127,6 +130,7 @@ class WarmupSettings:
                 f"warmup.peft_mode is {self.peft_mode!r}; allowed: {', '.join(PEFT_MODES)}"
             )
         get_quality_loss(self.quality_loss_type)  # unknown names fail here, listing valid ones
+        check_trash_expert_mode(self.trash_expert_mode)  # before any model loads
         for key in ("batch_size", "gradient_accumulation_steps", "epochs", "lora_r"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"warmup.{key} is {getattr(self, key)}; it must be >= 1")

@@ -12,7 +12,12 @@ import pytest
 import yaml
 
 from selectmoe.cli import main
-from selectmoe.config import load_schema, validate_config
+from selectmoe.config import (
+    check_registered_names,
+    coerce_command_line_strings,
+    load_schema,
+    validate_config,
+)
 from selectmoe.errors import ConfigError
 from selectmoe.io import (
     atomic_output_dir,
@@ -23,8 +28,8 @@ from selectmoe.io import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-LOSS_TYPES = "sigmoid, mse, beta_moment_matching, mean_variance_regularization"
-METHODS = "selectmoe, random, quality_topk, diversity"
+LOSS_TYPES = "beta_moment_matching, mean_variance_regularization, mse, sigmoid"
+METHODS = "selectmoe, quality_topk, diversity, random, full, oracle, anti_oracle"
 
 
 @pytest.fixture(scope="module")
@@ -66,22 +71,72 @@ def test_subset_ratio_out_of_range(schema: dict[str, Any], config: dict[str, Any
         validate_config(config, schema)
 
 
-def test_unknown_loss_type(schema: dict[str, Any], config: dict[str, Any]) -> None:
+def test_unknown_loss_type(config: dict[str, Any]) -> None:
     config["selection"]["loss_types"] = ["sigmoid", "focal"]
     pattern = re.escape(
-        f"config key selection.loss_types[1]: 'focal' is not allowed; allowed values: {LOSS_TYPES}"
+        "config key selection.loss_types: 'focal' is not registered; valid: "
+        f"{LOSS_TYPES} (a plugin module listed in plugins can register more)"
     )
     with pytest.raises(ConfigError, match=pattern):
-        validate_config(config, schema)
+        check_registered_names(config)
 
 
-def test_unknown_method(schema: dict[str, Any], config: dict[str, Any]) -> None:
+def test_unknown_method_and_clustering(config: dict[str, Any]) -> None:
     config["selection"]["methods"] = ["kmeans_magic"]
     pattern = re.escape(
-        f"config key selection.methods[0]: 'kmeans_magic' is not allowed; allowed values: {METHODS}"
+        f"config key selection.methods: 'kmeans_magic' is not registered; valid: {METHODS}"
     )
     with pytest.raises(ConfigError, match=pattern):
-        validate_config(config, schema)
+        check_registered_names(config)
+    config["selection"]["methods"] = ["selectmoe"]
+    config["selection"]["clustering_method"] = "dbscan"
+    with pytest.raises(ConfigError, match=r"selection\.clustering_method: 'dbscan'"):
+        check_registered_names(config)
+
+
+def test_custom_trash_expert_and_the_control_name(config: dict[str, Any]) -> None:
+    from selectmoe import modeling_select_moe
+
+    config["warmup"]["trash_expert_mode"] = "custom"
+    saved = list(modeling_select_moe._CUSTOM_TRASH_EXPERT)
+    modeling_select_moe._CUSTOM_TRASH_EXPERT.clear()
+    try:
+        with pytest.raises(ConfigError, match=r"warmup\.trash_expert_mode: .*no trash expert"):
+            check_registered_names(config)
+        config["warmup"]["trash_expert_mode"] = "garbage"
+        with pytest.raises(ConfigError, match="unknown trash_expert_mode 'garbage'"):
+            check_registered_names(config)
+    finally:
+        modeling_select_moe._CUSTOM_TRASH_EXPERT[:] = saved
+    config["warmup"]["trash_expert_mode"] = "zero"
+    config["selection"]["loss_types"] = ["untrained"]
+    from selectmoe.losses import _REGISTRY
+
+    _REGISTRY["untrained"] = _REGISTRY["sigmoid"]
+    try:
+        with pytest.raises(ConfigError, match="'untrained' names the control"):
+            check_registered_names(config)
+    finally:
+        del _REGISTRY["untrained"]
+
+
+def test_command_line_strings_become_numbers(schema: dict[str, Any], config: dict[str, Any]):
+    """Snakemake's --config reads nested values as strings: the schema's types are restored."""
+    config["warmup"].update(epochs="4", learning_rate="2e-3", quality_loss_debug="true")
+    config["selection"]["percentages"] = ["0.1", "0.5"]
+    config["finetune"]["max_steps"] = "null"
+    config["resources"] = {"gpus": {"warmup": "2"}}
+    coerced = coerce_command_line_strings(config, schema)
+    assert coerced["warmup"]["epochs"] == 4 and coerced["warmup"]["learning_rate"] == 0.002
+    assert coerced["warmup"]["quality_loss_debug"] is True
+    assert coerced["selection"]["percentages"] == [0.1, 0.5]
+    assert coerced["finetune"]["max_steps"] is None
+    assert coerced["resources"]["gpus"]["warmup"] == 2
+    assert coerced["warmup"]["device"] == "auto"  # strings stay strings
+    validate_config(coerced, schema)
+    config["warmup"]["epochs"] = "four"  # not a number: left as it is, and refused by its key
+    with pytest.raises(ConfigError, match=r"warmup\.epochs: 'four' has the wrong type"):
+        validate_config(coerce_command_line_strings(config, schema), schema)
 
 
 def test_misspelt_key(schema: dict[str, Any], config: dict[str, Any]) -> None:

@@ -262,10 +262,8 @@ def test_label_mask_single_turn_written_out(tiny_tokenizer) -> None:
     assert sft.input_ids == [u, *newline, *user, *newline, a, *newline, *answer, eos]
     assert sft.labels == [I] * (len(user) + 3 * len(newline) + 2) + [*answer, eos]
     (full,) = encode_examples([SINGLE_TURN], tok, full_sequence_prediction=True)
-    assert full.labels == [I, *[I] * len(newline), *user, *newline, I, *[I] * len(newline)] + [
-        *answer,
-        eos,
-    ]
+    prompt = [I, *([I] * len(newline))]  # a tag and its newline
+    assert full.labels == [*prompt, *user, *newline, *prompt, *answer, eos]
     (unmasked,) = encode_examples(
         [SINGLE_TURN], tok, full_sequence_prediction=True, mask_special_tokens=False
     )
@@ -273,7 +271,7 @@ def test_label_mask_single_turn_written_out(tiny_tokenizer) -> None:
 
 
 def test_render_chat_is_less_template() -> None:
-    """Contents stripped, eos after each answer, the final newline dropped (LESS / open-instruct)."""
+    """Contents stripped, eos after each answer, the final newline dropped (as LESS does)."""
     messages = [
         {"role": "system", "content": " be brief \n"},
         {"role": "user", "content": "\nhi  "},

@@ -220,13 +220,13 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
         ({"percentages": [-0.2]}, r"selection\.percentages\[0\]: -0\.2 is out of range"),
         (
             {"loss_types": ["hinge"]},
-            r"selection\.loss_types\[0\]: 'hinge' is not allowed; allowed values: sigmoid, mse, "
-            r"beta_moment_matching, mean_variance_regularization",
+            r"selection\.loss_types: 'hinge' is not registered; valid: beta_moment_matching, "
+            r"mean_variance_regularization, mse, sigmoid \(a plugin module",
         ),
         (
             {"methods": ["best"]},
-            r"selection\.methods\[0\]: 'best' is not allowed; allowed values: selectmoe, random, "
-            r"quality_topk, diversity, oracle, anti_oracle",
+            r"selection\.methods: 'best' is not registered; valid: selectmoe, quality_topk, "
+            r"diversity, random, full, oracle, anti_oracle",
         ),
     ],
 )

@@ -5,9 +5,11 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import OlmoeConfig
 
-__all__ = ["TRASH_EXPERT_MODES", "SelectMoeConfig"]
+__all__ = ["LOSS_SCALINGS", "TRASH_EXPERT_MODES", "SelectMoeConfig"]
 
 TRASH_EXPERT_MODES: tuple[str, ...] = ("zero", "noise", "custom")
+LOSS_SCALINGS: tuple[str, ...] = ("separate", "original")
+"""How the warmup's losses add up: SPEC §3's (``separate``) or the original code's."""
 
 
 @strict
@@ -39,6 +41,12 @@ class SelectMoeConfig(OlmoeConfig):
         Log the parts of the quality loss at every forward with labels.
     enable_load_balancing (`bool`):
         Add OLMoE's load-balancing loss (``router_aux_loss_coef``) to the total loss.
+    loss_scaling (`str`):
+        ``"separate"`` (SPEC §3): ``CE + quality_loss_weight * L_quality`` (+ the balancing term
+        when enabled). ``"original"`` (the original Select-MoE code): ``CE_token_mean +
+        router_aux_loss_coef * (L_balance + quality_loss_weight * L_quality)`` with the balancing
+        term always in (``enable_load_balancing`` is not read), whose effective quality weight at
+        the paper's values (0.01 x 0.01) is 1e-4.
     """
 
     model_type = "select_moe"
@@ -57,3 +65,4 @@ class SelectMoeConfig(OlmoeConfig):
     sample_wise_averaging: bool = True
     quality_loss_debug: bool = False
     enable_load_balancing: bool = False
+    loss_scaling: str = "separate"

@@ -195,7 +195,9 @@ class SelectMoeCausalLMOutput(MoeCausalLMOutputWithPast):
     """Causal-LM output with the loss parts.
 
     loss (scalar, with labels): ``lm_loss + quality_loss_weight * quality_loss
-        [+ router_aux_loss_coef * aux_loss if enable_load_balancing]``.
+        [+ router_aux_loss_coef * aux_loss if enable_load_balancing]``; with
+        ``loss_scaling="original"``, ``lm_loss (token mean) + router_aux_loss_coef *
+        (aux_loss + quality_loss_weight * quality_loss)``.
     lm_loss (scalar, with labels): cross entropy (sample-wise averaged if configured).
     quality_loss (scalar, with labels): the quality loss averaged over layers (unweighted).
     aux_loss (scalar, with ``output_router_logits``): OLMoE's load-balancing loss.
@@ -382,20 +384,32 @@ class SelectMoeForCausalLM(SelectMoePreTrainedModel, GenerationMixin):
 
         router_outputs = outputs.router_logits
         loss = lm_loss = q_loss = aux_loss = None
+        original = self.config.loss_scaling == "original"
         if labels is not None:
-            lm_loss = causal_lm_loss(logits, labels, sample_wise=self.config.sample_wise_averaging)
+            # the original code's CE is the token mean of the transformers loss
+            sample_wise = self.config.sample_wise_averaging and not original
+            lm_loss = causal_lm_loss(logits, labels, sample_wise=sample_wise)
             good_per_layer = [torch.sigmoid(r["quality_score"].squeeze(-1)) for r in router_outputs]
             q_loss = quality_loss(good_per_layer, attention_mask, self.config)
-            loss = lm_loss + self.config.quality_loss_weight * q_loss.to(lm_loss.dtype)
-        if want_router or (labels is not None and self.config.enable_load_balancing):
+        with_balance = labels is not None and (self.config.enable_load_balancing or original)
+        if want_router or with_balance:
             aux_loss = load_balancing_loss_func(
                 tuple(r["moe_logits"] for r in router_outputs),
                 self.config.num_experts,
                 self.config.num_experts_per_tok,
                 attention_mask,
             )
-            if labels is not None and self.config.enable_load_balancing:
-                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        if labels is not None:
+            weighted_quality = self.config.quality_loss_weight * q_loss.to(lm_loss.dtype)
+            if original:
+                # CE + coef * (aux + w * L_quality): the balancing term always in (as the
+                # original's OLMoE forward added it), the quality weight scaled by the coef too
+                balance = aux_loss.to(lm_loss.device)
+                loss = lm_loss + self.config.router_aux_loss_coef * (balance + weighted_quality)
+            else:
+                loss = lm_loss + weighted_quality
+                if self.config.enable_load_balancing:
+                    loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
         return SelectMoeCausalLMOutput(
             loss=loss,
             lm_loss=lm_loss,

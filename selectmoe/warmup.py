@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+from selectmoe.configuration_select_moe import LOSS_SCALINGS
 from selectmoe.data import encode_examples, load_pool, pad_token_id_of, subset_examples
 from selectmoe.errors import ConfigError, ModelError
 from selectmoe.io import atomic_torch_save
@@ -87,6 +88,7 @@ MODEL_OVERRIDE_KEYS: tuple[str, ...] = (
     "sample_wise_averaging",
     "quality_loss_debug",
     "enable_load_balancing",
+    "loss_scaling",
 )
 
 
@@ -117,6 +119,7 @@ class WarmupSettings:
     sample_wise_averaging: bool = True
     quality_loss_debug: bool = False
     enable_load_balancing: bool = False
+    loss_scaling: str = "separate"
     full_sequence_prediction: bool = True
     mask_special_tokens: bool = True
     log_every: int = 10
@@ -131,6 +134,10 @@ class WarmupSettings:
             )
         get_quality_loss(self.quality_loss_type)  # unknown names fail here, listing valid ones
         check_trash_expert_mode(self.trash_expert_mode)  # before any model loads
+        if self.loss_scaling not in LOSS_SCALINGS:
+            raise ConfigError(
+                f"warmup.loss_scaling is {self.loss_scaling!r}; allowed: {', '.join(LOSS_SCALINGS)}"
+            )
         for key in ("batch_size", "gradient_accumulation_steps", "epochs", "lora_r"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"warmup.{key} is {getattr(self, key)}; it must be >= 1")

@@ -364,3 +364,24 @@ def test_load_balancing_added_only_when_enabled(tiny_select_moe) -> None:
     assert on.loss.item() == pytest.approx(off.loss.item() + 0.5 * expected_aux.item(), rel=1e-6)
     without_labels = model(input_ids=INPUT_IDS, attention_mask=MASK)
     assert without_labels.loss is None and without_labels.quality_loss is None
+
+
+def test_original_loss_scaling(tiny_select_moe) -> None:
+    """The original code: token-mean CE + coef * (aux + w * L_quality), aux always in."""
+    from transformers.models.olmoe.modeling_olmoe import load_balancing_loss_func
+
+    model = tiny_select_moe(router_aux_loss_coef=0.01, quality_loss_weight=0.01)
+    model.config.loss_scaling = "original"
+    out = model(input_ids=INPUT_IDS, attention_mask=MASK, labels=LABELS, output_router_logits=True)
+    aux = load_balancing_loss_func(tuple(r["moe_logits"] for r in out.router_logits), 8, 2, MASK)
+    token_mean = causal_lm_loss(out.logits, LABELS, sample_wise=False)
+    torch.testing.assert_close(out.lm_loss, token_mean, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, token_mean + 0.01 * (aux + 0.01 * out.quality_loss))
+    # the quality loss reaches the gate with weight 1e-4: a hundredth of the separate scaling's
+    gate = model.model.layers[0].quality_gate.weight
+    (original_grad,) = torch.autograd.grad(0.01 * 0.01 * out.quality_loss, gate, retain_graph=True)
+    model.config.loss_scaling = "separate"
+    separate = model(input_ids=INPUT_IDS, attention_mask=MASK, labels=LABELS)
+    torch.testing.assert_close(separate.loss, separate.lm_loss + 0.01 * separate.quality_loss)
+    (separate_grad,) = torch.autograd.grad(0.01 * separate.quality_loss, gate)
+    torch.testing.assert_close(original_grad * 100, separate_grad)

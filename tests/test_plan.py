@@ -411,7 +411,8 @@ def test_paper_plan_has_one_row_per_stage_and_model(paper: dict[str, Any]) -> No
     # the warmup holds the float32 OLMoE (6.92e9 x 4 bytes) and fits one 80 GiB GPU
     assert warmup["memory_gib"]["weights"] == pytest.approx(6_919_194_624 * 4 / GIB, abs=0.01)
     assert warmup["fits"] is True
-    assert score["memory_gib"]["weights"] == pytest.approx(warmup["memory_gib"]["weights"] / 2)
+    # the paper config scores in float32 (benchmarks/RESULTS.md, scoring precision)
+    assert score["memory_gib"]["weights"] == pytest.approx(warmup["memory_gib"]["weights"])
     finetune = _row(rows, "finetune", LLAMA)
     assert finetune["memory_gib"]["weights"] == pytest.approx(6_738_415_616 * 2 / GIB, abs=0.01)
     # 4 epochs over the whole pool take 1 / 0.05 = 20 times the 5% selection

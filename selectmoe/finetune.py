@@ -23,8 +23,10 @@ from selectmoe.errors import ConfigError, DataError
 from selectmoe.io import atomic_output_dir, atomic_write_json
 from selectmoe.losses import causal_lm_loss
 from selectmoe.training import (
+    SHARDING_MODES,
     clear_checkpoints,
     distributed_info,
+    full_model_state,
     require_model_source,
     resolve_device,
     run_fingerprint,
@@ -56,6 +58,7 @@ class FinetuneSettings:
     max_sequence_length: int = 2048
     bf16: bool = True
     gradient_checkpointing: bool = False
+    sharding: str = "ddp"
     sample_wise_averaging: bool = False
     mask_special_tokens: bool = True
     seed: int = 42
@@ -71,6 +74,10 @@ class FinetuneSettings:
         if self.checkpoint_every < 0:
             raise ConfigError(
                 f"finetune.checkpoint_every is {self.checkpoint_every}; use 0 (never) or more"
+            )
+        if self.sharding not in SHARDING_MODES:
+            raise ConfigError(
+                f"finetune.sharding is {self.sharding!r}; allowed: {', '.join(SHARDING_MODES)}"
             )
         if self.effective_batch_size % self.per_device_batch_size:
             raise ConfigError(
@@ -211,6 +218,7 @@ def run_finetune(
         checkpoint_dir=checkpoint_dir if settings.checkpoint_every > 0 else None,
         checkpoint_every=settings.checkpoint_every,
         fingerprint=fingerprint,
+        sharding=settings.sharding,
     )
     log = {
         "base_model": base_model,
@@ -221,9 +229,12 @@ def run_finetune(
         "bf16": use_bf16,
         **result,
     }
+    # a sharded model's weights are gathered whole first (every process takes part)
+    sharded = info.world_size > 1 and settings.sharding == "fsdp"
+    state_dict = full_model_state(model) if sharded else None
     if info.is_main:
         with atomic_output_dir(output_dir) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state_dict)
             atomic_write_json(Path(tmp) / "training_log.json", log)
         clear_checkpoints(checkpoint_dir)
         logger.info("adapter saved to %s after %d steps", output_dir, result["optimizer_steps"])

@@ -981,12 +981,21 @@ def finetune_plan(
         saved = shape.num_layers * per_layer
     # under autocast the float32 adapters are cast to bf16 once per step and the copies cached
     autocast_copies = DTYPE_BYTES["bfloat16"] * lora if bf16 else 0
+    gpus = int(config.get("resources", {}).get("gpus", {}).get("finetune", 1) or 1)
+    # FSDP2 keeps 1/N of every weight (and of the adapters and their optimizer states) per GPU;
+    # a decoder layer is gathered whole just before it runs, the next one prefetched: two layers
+    shards = gpus if settings.get("sharding", "ddp") == "fsdp" and gpus > 1 else 1
+    layer_params = (shape.total_params - shape.embedding_params - shape.lm_head_params) / max(
+        1, shape.num_layers
+    )
     memory = {
-        "weights": base_bytes * shape.total_params,
-        "trainable": TRAINABLE_BYTES * lora + autocast_copies,
+        "weights": base_bytes * shape.total_params / shards,
+        "trainable": (TRAINABLE_BYTES * lora + autocast_copies) / shards,
         "activations": tokens_per_batch * saved,
         "logits": tokens_per_batch * shape.vocab_size * LOSS_LOGITS_BYTES,
     }
+    if shards > 1:
+        memory["gathered layers"] = 2 * base_bytes * layer_params
     memory.update(assumptions.with_overhead(sum(memory.values())))
 
     n_matmul = shape.matmul_params_per_token() + lora
@@ -1014,6 +1023,8 @@ def finetune_plan(
     ]
     if checkpointing:
         notes.append("gradient checkpointing on")
+    if shards > 1:
+        notes.append(f"FSDP over {shards} GPUs: memory per GPU")
     return StagePlan(
         stage="finetune",
         model=shape.name,

@@ -11,10 +11,11 @@ with the same weights as an uninterrupted one. A checkpoint with another fingerp
 settings or data) is ignored, never resumed.
 
 **Several processes.** Started under ``accelerate launch`` (or ``torchrun``) with
-``WORLD_SIZE > 1``, the loop wraps the model in DDP through ``accelerate``; every process draws the
-same global micro-batch of ``micro_batch_size * world_size`` examples and trains on its own slice,
-so the effective batch is ``micro_batch_size * gradient_accumulation_steps * world_size``. Only
-the main process logs and writes checkpoints.
+``WORLD_SIZE > 1``, the loop wraps the model in DDP through ``accelerate`` or, with
+``sharding="fsdp"``, shards it with FSDP2; every process draws the same global micro-batch of
+``micro_batch_size * world_size`` examples and trains on its own slice, so the effective batch is
+``micro_batch_size * gradient_accumulation_steps * world_size``. Only the main process logs and
+writes checkpoints.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ from selectmoe.io import atomic_torch_save
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "SHARDING_MODES",
     "DistributedInfo",
     "TrainResult",
     "clear_checkpoints",
+    "decoder_layers",
     "distributed_info",
+    "full_model_state",
     "latest_checkpoint",
     "length_sorted_batches",
     "linear_warmup_decay",
@@ -51,6 +55,7 @@ __all__ = [
     "resolve_device",
     "run_fingerprint",
     "seed_everything",
+    "shard_model",
     "train_loop",
 ]
 
@@ -261,6 +266,74 @@ def _local_share(
     return local, world_size * len(local) / len(global_batch)
 
 
+SHARDING_MODES: tuple[str, ...] = ("ddp", "fsdp")
+"""How a multi-process training job splits the model: replicas (DDP) or shards (FSDP2)."""
+
+
+def _init_process_group(device: torch.device) -> None:
+    """Join the launcher's process group (gloo on CPU, NCCL on CUDA), once."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layers of a transformers causal LM (also inside a peft wrapper).
+
+    Raises
+    ------
+    ValueError
+        When the model has no ``layers`` module list.
+    """
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList) and len(module):
+            return module
+    raise ValueError(f"{type(model).__name__} has no decoder-layer list ('layers') to shard")
+
+
+def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Shard ``model`` over the process group with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+    Each decoder layer is one unit (its weights, frozen base and LoRA alike, are gathered just
+    before it runs and freed after), the rest (embeddings, final norm, LM head) the root unit.
+    Every process then holds ``1 / world_size`` of each weight; gradients are reduce-scattered
+    (averaged) over the processes.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _full_cpu(parameter: torch.Tensor) -> torch.Tensor:
+    """A whole CPU copy of a parameter, gathered from its shards if it is a DTensor."""
+    tensor = parameter.detach()
+    if hasattr(tensor, "full_tensor"):
+        tensor = tensor.full_tensor()  # collective
+    return tensor.to("cpu").clone()
+
+
+def _full_optimizer_state(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+    """The sharded optimizer's state, gathered whole (keyed by parameter name); collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A sharded model's whole state dict on the CPU (collective: every process calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
 def train_loop(
     model: torch.nn.Module,
     encoded: Sequence[EncodedExample],
@@ -283,6 +356,7 @@ def train_loop(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 0,
     fingerprint: str = "",
+    sharding: str = "ddp",
 ) -> TrainResult:
     """Train ``parameters`` of ``model`` on ``encoded`` with AdamW and a linear schedule.
 
@@ -299,6 +373,10 @@ def train_loop(
     checkpoint_dir, checkpoint_every, fingerprint
         Save a checkpoint every ``checkpoint_every`` optimizer steps (0: never) and resume from
         the newest one with the same ``fingerprint`` (see :func:`run_fingerprint`).
+    sharding : {"ddp", "fsdp"}
+        With several processes: replicate the model (DDP through accelerate) or shard it with
+        torch's ``fully_shard`` (FSDP2), per decoder layer and at the root (see
+        :func:`shard_model`). Checkpoints then hold full (gathered) tensors.
 
     Returns
     -------
@@ -323,9 +401,9 @@ def train_loop(
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
     warmup_steps = math.ceil(warmup_ratio * total_steps)
-    optimizer = torch.optim.AdamW(
-        trainable, lr=learning_rate, weight_decay=weight_decay, foreach=True
-    )
+    sharded = world_size > 1 and sharding == "fsdp"
+    if sharding not in SHARDING_MODES:
+        raise ValueError(f"sharding is {sharding!r}; valid: {', '.join(SHARDING_MODES)}")
 
     history: list[dict[str, Any]] = []
     tokens_seen = 0
@@ -333,28 +411,57 @@ def train_loop(
     elapsed_before = 0.0
     resumed_from = 0
     checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if checkpoint_path is not None:
-        found = latest_checkpoint(checkpoint_path, fingerprint)
-        if found is not None:
-            path, state = found
-            named = dict(trainable_named)
-            missing = sorted(set(named) - set(state["trainable"]))
-            if missing:
-                raise ValueError(f"{path}: checkpoint lacks trainable tensors {missing[:3]}")
-            with torch.no_grad():
-                for name, parameter in trainable_named:
-                    parameter.copy_(state["trainable"][name].to(parameter.device, parameter.dtype))
-            optimizer.load_state_dict(state["optimizer"])
-            step = resumed_from = int(state["step"])
-            history = list(state["history"])
-            tokens_seen = int(state["tokens_seen"])
-            elapsed_before = float(state.get("seconds", 0.0))
-            _restore_rng(state["rng"], info.rank)
-            if info.is_main:
-                logger.info("resuming from %s (optimizer step %d of %d)", path, step, total_steps)
+    found = latest_checkpoint(checkpoint_path, fingerprint) if checkpoint_path else None
+    if found is not None:
+        # the trainable tensors are put back before any sharding (they are whole here)
+        path, state = found
+        named = dict(trainable_named)
+        missing = sorted(set(named) - set(state["trainable"]))
+        if missing:
+            raise ValueError(f"{path}: checkpoint lacks trainable tensors {missing[:3]}")
+        with torch.no_grad():
+            for name, parameter in trainable_named:
+                parameter.copy_(state["trainable"][name].to(parameter.device, parameter.dtype))
 
     train_model: torch.nn.Module = model
-    if world_size > 1:
+    if sharded:
+        _init_process_group(device)
+        train_model = shard_model(model)
+        # fully_shard swaps the parameters for DTensor shards: collect them again, by name
+        trainable_named = [
+            (n, p)
+            for n, p in model.named_parameters()
+            if p.requires_grad and n in dict(trainable_named)
+        ]
+        trainable = [p for _, p in trainable_named]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=learning_rate, weight_decay=weight_decay, foreach=True
+    )
+    if found is not None:
+        path, state = found
+        if sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            set_optimizer_state_dict(
+                model,
+                optimizer,
+                optim_state_dict=state["optimizer"],
+                options=StateDictOptions(full_state_dict=True),
+            )
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+        step = resumed_from = int(state["step"])
+        history = list(state["history"])
+        tokens_seen = int(state["tokens_seen"])
+        elapsed_before = float(state.get("seconds", 0.0))
+        _restore_rng(state["rng"], info.rank)
+        if info.is_main:
+            logger.info("resuming from %s (optimizer step %d of %d)", path, step, total_steps)
+
+    if world_size > 1 and not sharded:
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=device.type == "cpu")
@@ -406,9 +513,11 @@ def train_loop(
                 batch = {k: v.to(device) for k, v in batch.items() if k != "index"}
                 tokens_seen += sum(len(item.input_ids) for item in global_batch)
                 last_micro = micro_index == len(group) - 1
+                if sharded:  # FSDP2: reduce-scatter the gradients on the last micro-step only
+                    train_model.set_requires_gradient_sync(last_micro)
                 sync = (
                     contextlib.nullcontext()
-                    if world_size == 1 or last_micro
+                    if world_size == 1 or last_micro or sharded
                     else train_model.no_sync()
                 )
                 with sync:
@@ -451,6 +560,11 @@ def train_loop(
                 and step < total_steps
             ):
                 rng_states = _rng_states(world_size)  # collective: every process takes part
+                # collectives too when sharded: every process gathers, the main one saves
+                trainable_state = {name: _full_cpu(p) for name, p in trainable_named}
+                optimizer_state = (
+                    _full_optimizer_state(model, optimizer) if sharded else optimizer.state_dict()
+                )
                 if info.is_main:
                     saved = _save_checkpoint(
                         checkpoint_path,
@@ -458,10 +572,8 @@ def train_loop(
                             "format": CHECKPOINT_FORMAT,
                             "fingerprint": fingerprint,
                             "step": step,
-                            "trainable": {
-                                name: p.detach().to("cpu").clone() for name, p in trainable_named
-                            },
-                            "optimizer": optimizer.state_dict(),
+                            "trainable": trainable_state,
+                            "optimizer": optimizer_state,
                             "history": history,
                             "tokens_seen": tokens_seen,
                             "seconds": elapsed_before + time.perf_counter() - start,

@@ -316,3 +316,147 @@ def test_gradient_checkpointing_trains_the_same_adapter(
     for name, tensor in adapters[False].items():
         torch.testing.assert_close(adapters[True][name], tensor, rtol=1e-5, atol=1e-6)
     assert any(t.abs().sum() > 0 for n, t in adapters[True].items() if "lora_B" in n)
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP: the target sharded over two CPU processes (gloo)
+
+
+def _fsdp_settings(**changes: Any) -> dict[str, Any]:
+    values = {
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        "target_modules": LORA_TARGETS,
+        "learning_rate": 1e-2,
+        "epochs": 2,
+        "effective_batch_size": 2,
+        "per_device_batch_size": 1,
+        "bf16": False,
+        "device": "cpu",
+        "log_every": 1,
+        "checkpoint_every": 0,
+        "sharding": "fsdp",
+        # each sample weighs the same: the mean of the processes' gradients is the global one
+        "sample_wise_averaging": True,
+    }
+    values.update(changes)
+    return values
+
+
+def _adapter(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path / "adapter_model.safetensors")
+
+
+def test_two_process_fsdp_finetune_equals_one_process(
+    tmp_path: Path, tiny_llama_dir: Path, tiny_pool: dict[str, Path], monkeypatch
+) -> None:
+    """The target sharded per decoder layer over 2 processes (global batch 2 = 1 each) trains
+    the adapter of 1 process with batch 2; it is written once, by the first process."""
+    from selectmoe.launch import run_training_stage
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()]
+    data = _write_selection(tmp_path / "selected_data.jsonl", records)
+    inputs = {"base_model": str(tiny_llama_dir), "selected_data": data}
+    single = tmp_path / "single" / "adapter"
+    run_training_stage(
+        "finetune",
+        inputs={**inputs, "output_dir": single},
+        settings=_fsdp_settings(per_device_batch_size=2),
+        checkpoint_dir=tmp_path / "ckpt_single",
+        num_processes=1,
+    )
+    sharded = tmp_path / "fsdp" / "adapter"
+    run_training_stage(
+        "finetune",
+        inputs={**inputs, "output_dir": sharded},
+        settings=_fsdp_settings(),
+        checkpoint_dir=tmp_path / "ckpt_fsdp",
+        num_processes=2,
+    )
+    log = json.loads((sharded / "training_log.json").read_text())
+    assert log["world_size"] == 2 and log["settings"]["sharding"] == "fsdp"
+    one, two = _adapter(single), _adapter(sharded)
+    assert one.keys() == two.keys()
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, rtol=0, atol=2e-5)
+    assert max(t.abs().max() for n, t in one.items() if "lora_B" in n) > 1e-3  # it trained
+    # written once: the adapter's files and nothing beside it
+    assert sorted(p.name for p in sharded.parent.iterdir()) == ["adapter"]
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {
+        p.name for p in sharded.iterdir()
+    }
+
+
+def test_killed_fsdp_finetune_resumes_to_the_same_adapter(
+    tmp_path: Path, tiny_llama_dir: Path, tiny_pool: dict[str, Path], monkeypatch
+) -> None:
+    """SIGKILL the 2-process FSDP job after a checkpoint; the rerun resumes (sharded optimizer
+    state restored from the gathered checkpoint) and ends with the uninterrupted adapter."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from selectmoe.launch import launch_command, run_training_stage
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()]
+    data = _write_selection(tmp_path / "selected_data.jsonl", records)
+    settings = _fsdp_settings(epochs=3, checkpoint_every=1)
+    inputs = {"base_model": str(tiny_llama_dir), "selected_data": data}
+    reference = tmp_path / "reference" / "adapter"
+    run_training_stage(
+        "finetune",
+        inputs={**inputs, "output_dir": reference},
+        settings=settings,
+        checkpoint_dir=tmp_path / "ckpt_reference",
+        num_processes=2,
+    )
+    output, checkpoints = tmp_path / "resumed" / "adapter", tmp_path / "ckpt"
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(settings))
+    arguments = ["finetune", "--base-model", str(tiny_llama_dir), "--data", str(data)]
+    arguments += ["--output", str(output), "--checkpoint-dir", str(checkpoints)]
+    arguments += ["--settings", str(settings_file)]
+    process = subprocess.Popen(
+        launch_command(arguments, num_processes=2),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not list(checkpoints.glob("step_*.pt")) and time.monotonic() < deadline:
+            assert process.poll() is None, "the job ended before its first checkpoint"
+            time.sleep(0.01)
+    finally:
+        # the launcher, its elastic agent and both workers (which may sit in other groups)
+        tree = psutil.Process(process.pid).children(recursive=True)
+        os.killpg(process.pid, signal.SIGKILL)
+        for child in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        process.wait()
+        psutil.wait_procs(tree, timeout=30)
+    assert not output.exists() and list(checkpoints.glob("step_*.pt"))
+    run_training_stage(
+        "finetune",
+        inputs={**inputs, "output_dir": output},
+        settings=settings,
+        checkpoint_dir=checkpoints,
+        num_processes=2,
+    )
+    log = json.loads((output / "training_log.json").read_text())
+    assert log["resumed_from_step"] >= 1
+    expected, got = _adapter(reference), _adapter(output)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6)
+    assert not checkpoints.exists()

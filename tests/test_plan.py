@@ -568,3 +568,27 @@ def test_cli_bad_config_path_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert lines == [
         f"selectmoe: error: {missing}: config file not found; pass e.g. config/paper.yaml"
     ]
+
+
+def test_fsdp_finetune_memory_is_per_gpu(paper: dict[str, Any]) -> None:
+    """With finetune.sharding fsdp over 4 GPUs each holds a quarter of the weights and adapters,
+    plus two decoder layers gathered whole; activations stay per GPU."""
+    import copy
+
+    replicated = _row(plan_table(paper), "finetune", LLAMA)
+    sharded_config = copy.deepcopy(paper)
+    sharded_config["finetune"]["sharding"] = "fsdp"
+    sharded_config["resources"]["gpus"]["finetune"] = 4
+    sharded = _row(plan_table(sharded_config), "finetune", LLAMA)
+    assert sharded["memory_gib"]["weights"] == pytest.approx(
+        replicated["memory_gib"]["weights"] / 4, abs=0.01
+    )
+    assert sharded["memory_gib"]["trainable"] == pytest.approx(
+        replicated["memory_gib"]["trainable"] / 4, abs=0.01
+    )
+    assert sharded["memory_gib"]["activations"] == replicated["memory_gib"]["activations"]
+    # Llama-2-7B: 32 layers of 202 M parameters, two of them in bf16
+    assert sharded["memory_gib"]["gathered layers"] == pytest.approx(
+        2 * 2 * 202.4e6 / GIB, rel=0.01
+    )
+    assert "gathered layers" not in replicated["memory_gib"]

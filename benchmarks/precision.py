@@ -116,15 +116,18 @@ def demo_case(results_dir: Path, loss: str, batch_size: int) -> dict:
 
 
 def olmoe_case(layers: int, n: int, gate_std: float, batch_size: int, seed: int) -> dict:
+    from selectmoe.plan import BUILTIN_SHAPES
+
+    shape = BUILTIN_SHAPES["allenai/OLMoE-1B-7B-0125"]  # the real layer shapes, fewer layers
     config = SelectMoeConfig(
-        vocab_size=50304,
-        hidden_size=2048,
-        intermediate_size=1024,
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
         num_hidden_layers=layers,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        num_experts=64,
-        num_experts_per_tok=8,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        num_experts=shape.num_experts,
+        num_experts_per_tok=shape.experts_per_token,
         max_position_embeddings=4096,
         quality_gate_init_std=gate_std,
         pad_token_id=1,

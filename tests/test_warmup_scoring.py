@@ -78,10 +78,16 @@ def router_data(
     warmup: dict[str, Any],
 ) -> dict[str, Any]:
     output = tmp_path_factory.mktemp("router") / "alpha_router_data.pt"
-    summary = score_dataset(
-        model_dir=tiny_converted_dir,
-        weights_path=warmup["path"],
-        pool_files=[alpha_file],
+    summary = _score(tiny_converted_dir, warmup["path"], alpha_file, output)
+    return {"path": output, "summary": summary, "data": torch.load(output, weights_only=False)}
+
+
+def _score(model_dir: Path, weights: Path | None, pool_file: Path, output: Path) -> dict:
+    """Score the alpha dataset in batches of 4, at most 64 tokens, on the CPU."""
+    return score_dataset(
+        model_dir=model_dir,
+        weights_path=weights,
+        pool_files=[pool_file],
         dataset="alpha",
         output_path=output,
         batch_size=4,
@@ -89,7 +95,6 @@ def router_data(
         device="cpu",
         progress=False,
     )
-    return {"path": output, "summary": summary, "data": torch.load(output, weights_only=False)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,17 +258,7 @@ def test_untrained_scoring_reads_the_converted_gates(
     from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
 
     output = tmp_path / "alpha_router_data.pt"
-    summary = score_dataset(
-        model_dir=tiny_converted_dir,
-        weights_path=None,
-        pool_files=[alpha_file],
-        dataset="alpha",
-        output_path=output,
-        batch_size=4,
-        max_sequence_length=64,
-        device="cpu",
-        progress=False,
-    )
+    summary = _score(tiny_converted_dir, None, alpha_file, output)
     assert summary["weights"] is None and summary["weights_sha256"] is None
     data = torch.load(output, weights_only=False)
     assert data["sample_ids"] == router_data["data"]["sample_ids"]

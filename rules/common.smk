@@ -50,8 +50,17 @@ SEEDS = [int(seed) for seed in config["finetune"]["seeds"]]
 # selection methods included
 ROUTER_METHODS = [
     *methods.ROUTER_METHODS,
+    *SELECTION.get("method_definitions", {}),
     *(m for m in METHODS if m not in methods.SELECTION_METHODS),
 ]
+DEFINITIONS = methods.method_definitions(SELECTION.get("method_definitions", {}))
+
+
+def needs_ifd():
+    """Whether a method of the sweep ranks by IFD (scoring then runs the answers alone too)."""
+    return any(DEFINITIONS.get(m, {}).get("score") == "ifd" for m in METHODS)
+
+
 # reference selections that read the pool's quality labels (no real method may)
 LABEL_METHODS = list(methods.LABEL_METHODS)
 # methods that select from the pool alone, once per percentage for every loss type (not full)
@@ -170,8 +179,8 @@ def selection_settings(routed):
     """
     keys = ["seed", "debug_print"]
     if routed:
-        keys += ["clustering_method", "clustering_params"]
-    return {key: SELECTION[key] for key in keys}
+        keys += ["clustering_method", "clustering_params", "method_definitions"]
+    return {key: SELECTION.get(key, {}) for key in keys}
 
 
 def gpus(stage):

@@ -18,6 +18,7 @@ rule score:
         mem_mb=mem_mb("score"),
     params:
         settings=config["scoring"],
+        ifd=needs_ifd(),
     script:
         "../workflow_scripts/score.py"
 
@@ -42,5 +43,6 @@ rule score_untrained:
         mem_mb=mem_mb("score"),
     params:
         settings=config["scoring"],
+        ifd=False,
     script:
         "../workflow_scripts/score.py"

@@ -187,15 +187,32 @@ def check_registered_names(config: Mapping[str, Any]) -> None:
     ConfigError
         Naming the key, the unknown name and the valid ones.
     """
+    from selectmoe.allocation import available_allocations
     from selectmoe.clustering import list_clustering_methods
     from selectmoe.losses import available_quality_losses
     from selectmoe.modeling_select_moe import check_trash_expert_mode
+    from selectmoe.scores import available_scores
     from selectmoe.selection import available_selection_methods
 
     selection = config.get("selection", {})
+    defined = selection.get("method_definitions", {}) or {}
     checks = [
         ("selection.loss_types", selection.get("loss_types", []), available_quality_losses()),
-        ("selection.methods", selection.get("methods", []), available_selection_methods()),
+        (
+            "selection.methods",
+            selection.get("methods", []),
+            list(dict.fromkeys([*available_selection_methods(), *defined])),
+        ),
+        (
+            "selection.method_definitions (score)",
+            [d.get("score") for d in defined.values()],
+            available_scores(),
+        ),
+        (
+            "selection.method_definitions (allocation)",
+            [d.get("allocation") for d in defined.values()],
+            available_allocations(),
+        ),
         (
             "selection.clustering_method",
             [selection.get("clustering_method", "kmeans")],
@@ -209,6 +226,12 @@ def check_registered_names(config: Mapping[str, Any]) -> None:
                     f"config key {key}: {name!r} is not registered; valid: {', '.join(valid)} "
                     "(a plugin module listed in plugins can register more)"
                 )
+    from selectmoe.methods import method_definitions
+
+    try:
+        method_definitions(defined)
+    except ValueError as error:
+        raise ConfigError(f"config key selection.method_definitions: {error}") from None
     if "untrained" in selection.get("loss_types", []):
         raise ConfigError(
             "config key selection.loss_types: 'untrained' names the control of the diagnostics; "

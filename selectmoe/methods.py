@@ -1,16 +1,79 @@
-"""The names of the selection methods: stated once, importable without torch (the command line's
-choices, the selection code and the reports read them from here)."""
+"""The selection methods: their names and definitions, stated once and importable without torch
+(the command line's choices, the selection code, the plan and the rules read them from here).
+
+A method that reads the router data is a *score* (:mod:`selectmoe.scores`) and an *allocation*
+(:mod:`selectmoe.allocation`) with their parameters; a config adds or replaces definitions with
+``selection.method_definitions`` (``{name: {score, score_params, allocation,
+allocation_params}}``), so that a method is a name in the config, not code in the rules. The
+other methods select from the pool alone (``random``, ``full``) or read the pool's quality labels
+(``oracle``, ``anti_oracle``: references).
+"""
 
 from __future__ import annotations
 
-__all__ = ["LABEL_METHODS", "POOL_ONLY_METHODS", "ROUTER_METHODS", "SELECTION_METHODS"]
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "BUILTIN_DEFINITIONS",
+    "LABEL_METHODS",
+    "POOL_ONLY_METHODS",
+    "ROUTER_METHODS",
+    "SEED_METHOD",
+    "SELECTION_METHODS",
+    "method_definitions",
+]
+
+#: The seed's exact Select-MoE: the gate's score as the seed defines it, round robin over the
+#: clusters of the routing features. ``selectmoe`` starts from it; this name never changes.
+SEED_METHOD = "selectmoe_seed"
+
+BUILTIN_DEFINITIONS: dict[str, dict[str, Any]] = {
+    "selectmoe": {"score": "gate", "allocation": "round_robin"},
+    SEED_METHOD: {"score": "gate", "allocation": "round_robin"},
+    "quality_topk": {"score": "gate", "allocation": "topk"},
+    "diversity": {"score": "random", "allocation": "round_robin"},
+    "perplexity": {"score": "lm_loss", "allocation": "topk"},
+    "ifd": {"score": "ifd", "allocation": "ifd_filter"},
+}
+"""Built-in methods that read the router data: ``{name: {score, allocation, ...params}}``."""
 
 #: Methods whose selection reads the router data (and so depends on the quality-loss type).
-ROUTER_METHODS: tuple[str, ...] = ("selectmoe", "quality_topk", "diversity")
-
+ROUTER_METHODS: tuple[str, ...] = tuple(BUILTIN_DEFINITIONS)
 #: Reference methods that read the pool's quality labels (no real method may).
 LABEL_METHODS: tuple[str, ...] = ("oracle", "anti_oracle")
-#: Every selection method, in the order of the docs.
+#: Every built-in selection method.
 SELECTION_METHODS: tuple[str, ...] = (*ROUTER_METHODS, "random", "full", *LABEL_METHODS)
 #: Methods that select from the pool alone (no router data needed).
 POOL_ONLY_METHODS: tuple[str, ...] = ("random", "full", *LABEL_METHODS)
+
+_DEFINITION_KEYS = {"score", "score_params", "allocation", "allocation_params"}
+
+
+def method_definitions(
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The built-in definitions updated by a config's ``selection.method_definitions``.
+
+    Raises
+    ------
+    ValueError
+        For a definition without ``score`` and ``allocation``, with unknown keys, or one that
+        would redefine a pool-only method or the seed's method.
+    """
+    definitions = {name: dict(value) for name, value in BUILTIN_DEFINITIONS.items()}
+    for name, definition in (extra or {}).items():
+        if name in POOL_ONLY_METHODS or name == SEED_METHOD:
+            raise ValueError(f"method {name!r} cannot be redefined; choose another name")
+        unknown = sorted(set(definition) - _DEFINITION_KEYS)
+        missing = sorted({"score", "allocation"} - set(definition))
+        if unknown or missing:
+            raise ValueError(
+                f"method definition {name!r}: "
+                + (f"unknown key(s) {', '.join(unknown)}" if unknown else "")
+                + ("; " if unknown and missing else "")
+                + (f"missing {', '.join(missing)}" if missing else "")
+                + f"; a definition has {', '.join(sorted(_DEFINITION_KEYS))}"
+            )
+        definitions[name] = dict(definition)
+    return definitions

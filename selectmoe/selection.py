@@ -42,14 +42,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from selectmoe.allocation import CLUSTERED_ALLOCATIONS, allocate, round_robin
 from selectmoe.clustering import ClusteringResult, get_clustering_method
 from selectmoe.errors import RouterDataError, SelectionError
 from selectmoe.io import atomic_path, atomic_write_json, atomic_write_jsonl
 from selectmoe.labels import PoolLabels, align_labels, describe
-from selectmoe.methods import LABEL_METHODS, POOL_ONLY_METHODS, SELECTION_METHODS
+from selectmoe.methods import (
+    LABEL_METHODS,
+    POOL_ONLY_METHODS,
+    SELECTION_METHODS,
+    method_definitions,
+)
+from selectmoe.scores import compute_score
+from selectmoe.scores import describe as describe_score
 
 __all__ = [
     "LABEL_METHODS",
+    "OPTIONAL_STATISTICS",
     "PLOT_FILES",
     "ROUTER_DATA_KEYS",
     "SELECTION_METHODS",
@@ -69,6 +78,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ROUTER_DATA_KEYS: tuple[str, ...] = ("quality_score", "moe_probs", "sample_ids", "dataset")
+#: Per-example statistics a router-data file may add (``[N, L]`` or ``[N]``): the gate over
+#: other tokens, and the LM's losses from the same pass (``scoring.compute_example_statistics``).
+OPTIONAL_STATISTICS: tuple[str, ...] = (
+    "quality_good",
+    "quality_score_answer",
+    "n_answer_tokens",
+    "n_tokens",
+    "answer_loss",
+    "eos_loss",
+    "answer_loss_alone",
+)
 PLOT_FILES: dict[str, str] = {
     "elbow": "elbow.png",
     "silhouette": "silhouette.png",
@@ -78,69 +98,6 @@ PLOT_FILES: dict[str, str] = {
 # Decimal places of the score written to selected_data.jsonl: far below any meaningful difference,
 # and it keeps the file byte-identical across machines whose float kernels differ in the last ulp.
 _SCORE_DECIMALS = 8
-
-
-# --------------------------------------------------------------------------------------------
-# Round robin
-# --------------------------------------------------------------------------------------------
-
-
-def round_robin(scores: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """Indices chosen by taking each cluster's next best sample in turn (SPEC §5).
-
-    Each cluster is sorted by score, descending and stable (ties keep the lower index first).
-    Clusters are visited in ascending label order; round ``r`` takes the ``r``-th best of every
-    cluster that still has one (exhausted clusters are skipped), until ``n`` are taken. Vectorised:
-    with ``rank_i`` the position of sample ``i`` in its cluster's order, the result is the first
-    ``n`` samples sorted by ``(rank_i, label_i)``.
-
-    Parameters
-    ----------
-    scores : numpy.ndarray of shape (N,)
-        Finite score of each sample (higher is better).
-    labels : numpy.ndarray of shape (N,)
-        Integer cluster of each sample (any integers; visited in ascending order).
-    n : int
-        How many to take, ``0 <= n <= N``.
-
-    Returns
-    -------
-    numpy.ndarray of shape (n,), int64
-        Sample indices in selection order.
-
-    Examples
-    --------
-    >>> round_robin(np.array([0.1, 0.9, 0.5, 0.7, 0.3]), np.array([1, 0, 0, 1, 1]), 4)
-    array([1, 3, 2, 4])
-    """
-    scores = np.asarray(scores)
-    labels = np.asarray(labels)
-    if scores.ndim != 1:
-        raise SelectionError(f"scores must be 1-D, got shape {scores.shape}")
-    if labels.shape != scores.shape:
-        raise SelectionError(
-            f"labels must have the shape of scores {scores.shape}, got {labels.shape}"
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise SelectionError(f"labels must be integers, got dtype {labels.dtype}")
-    if not np.issubdtype(scores.dtype, np.number) or not np.all(np.isfinite(scores)):
-        raise SelectionError("scores must be finite numbers (no NaN or infinity)")
-    if isinstance(n, bool) or not isinstance(n, int | np.integer):
-        raise SelectionError(f"n must be an integer, got {n!r}")
-    total = scores.shape[0]
-    if not 0 <= n <= total:
-        raise SelectionError(f"n must be in [0, {total}] (the number of samples), got {n}")
-    index = np.arange(total)
-    # Within-cluster order: label ascending, score descending, index ascending (lexsort: last key
-    # is the primary one).
-    order = np.lexsort((index, -scores.astype(np.float64), labels))
-    sorted_labels = labels[order]
-    group_start = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-    sizes = np.diff(np.r_[group_start, total])
-    rank = index - np.repeat(group_start, sizes)
-    # Round r (rank) first, then clusters in label order; lexsort is stable.
-    picked = order[np.lexsort((sorted_labels, rank))]
-    return picked[:n].astype(np.int64)
 
 
 def budget(selection_percentage: float, n_samples: int) -> int:
@@ -193,6 +150,8 @@ class RouterData:
         Start row of each file (length ``len(files) + 1``; the last is N).
     metadata : list of dict
         Each file's ``metadata``.
+    statistics : dict of str to torch.Tensor
+        The :data:`OPTIONAL_STATISTICS` that every file holds, concatenated (``[N, ...]``).
     """
 
     quality_score: torch.Tensor
@@ -202,6 +161,7 @@ class RouterData:
     files: list[str]
     file_offsets: list[int]
     metadata: list[dict[str, Any]]
+    statistics: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
@@ -341,6 +301,7 @@ def load_router_data(paths: Sequence[str | os.PathLike[str]]) -> RouterData:
     sample_ids: list[str] = []
     datasets: list[str] = []
     metadata: list[dict[str, Any]] = []
+    extras: list[dict[str, torch.Tensor]] = []
     offsets = [0]
     seen: dict[tuple[str, str], str] = {}
     layout: tuple[int, int, str] | None = None
@@ -381,6 +342,17 @@ def load_router_data(paths: Sequence[str | os.PathLike[str]]) -> RouterData:
                 )
             seen[key] = path
         meta = payload.get("metadata", {})
+        extra = {}
+        for key in OPTIONAL_STATISTICS:
+            value = payload.get(key)
+            if isinstance(value, torch.Tensor) and value.shape[:1] == (n,):
+                extra[key] = value
+            elif value is not None:
+                raise RouterDataError(
+                    f"{path}: {key} must be a tensor with one row per sample ({n}); re-run the "
+                    "score stage for this dataset"
+                )
+        extras.append(extra)
         scores.append(quality.to(torch.float32))
         probs.append(moe.to(torch.float32))
         sample_ids.extend(ids)
@@ -391,6 +363,8 @@ def load_router_data(paths: Sequence[str | os.PathLike[str]]) -> RouterData:
     quality_all = scores[0] if len(scores) == 1 else torch.cat(scores)
     probs_all = probs[0] if len(probs) == 1 else torch.cat(probs)
     del scores, probs
+    shared = set.intersection(*(set(extra) for extra in extras)) if extras else set()
+    statistics = {key: torch.cat([extra[key] for extra in extras]) for key in sorted(shared)}
     return RouterData(
         quality_score=quality_all,
         moe_probs=probs_all,
@@ -399,6 +373,7 @@ def load_router_data(paths: Sequence[str | os.PathLike[str]]) -> RouterData:
         files=paths,
         file_offsets=offsets,
         metadata=metadata,
+        statistics=statistics,
     )
 
 
@@ -524,6 +499,7 @@ def select_indices(
     seed: int = 42,
     debug_print: bool = False,
     quality_labels: PoolLabels | None = None,
+    definitions_extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SelectionResult:
     """Choose samples of the router data by one of the methods (module docstring).
 
@@ -549,12 +525,16 @@ def select_indices(
     quality_labels : PoolLabels, optional
         Quality labels aligned to the router rows; required by ``oracle`` and ``anti_oracle``
         (and read by no other method).
+    definitions_extra : mapping, optional
+        Method definitions that add to or replace the built-in ones
+        (:func:`selectmoe.methods.method_definitions`).
 
     Returns
     -------
     SelectionResult
     """
-    _check_method(method)
+    if method not in (definitions_extra or {}):
+        _check_method(method)
     percentage = _check_percentage(selection_percentage)
     if method in LABEL_METHODS and quality_labels is None:
         raise SelectionError(
@@ -571,12 +551,21 @@ def select_indices(
     n_samples = router.n_samples
     n = n_samples if method == "full" else budget(percentage, n_samples)
     timings: dict[str, float] = {}
-    scores = router.scores
+    definitions = method_definitions(definitions_extra)
+    definition = definitions.get(method)
     labels = np.full(n_samples, -1, dtype=np.int64)
     clustering: ClusteringResult | None = None
+    score_name = definition["score"] if definition else "gate"
+    score_params = dict(definition.get("score_params") or {}) if definition else {}
+    # the method's own score (the seed's gate score for the pool-only and plugged-in methods)
+    scores = (
+        compute_score(router, score_name, params=score_params, seed=int(seed))
+        if definition or method not in POOL_ONLY_METHODS
+        else router.scores
+    )
 
     start = time.perf_counter()
-    if method in ("selectmoe", "diversity"):
+    if definition and definition["allocation"] in CLUSTERED_ALLOCATIONS:
         clustering = _cluster(
             router,
             clustering_method=clustering_method,
@@ -589,15 +578,17 @@ def select_indices(
 
     start = time.perf_counter()
     rng = np.random.default_rng(int(seed))
-    if method == "selectmoe":
-        indices = round_robin(scores, labels, n)
-    elif method == "diversity":
-        # Round robin over the clusters with a random priority in place of the score.
-        indices = round_robin(rng.random(n_samples), labels, n)
+    if definition:
+        indices = allocate(
+            definition["allocation"],
+            scores,
+            labels if clustering is not None else None,
+            n,
+            params=definition.get("allocation_params") or {},
+            seed=int(seed),
+        )
     elif method == "random":
         indices = rng.permutation(n_samples)[:n].astype(np.int64)
-    elif method == "quality_topk":
-        indices = np.lexsort((np.arange(n_samples), -scores))[:n].astype(np.int64)
     elif method in LABEL_METHODS:
         assert quality_labels is not None  # checked above
         planted = quality_labels.planted
@@ -631,7 +622,13 @@ def select_indices(
         clustering_method=clustering_method if clustering is not None else None,
         seed=int(seed),
         timings=timings,
+        score_definition=describe_score(score_name, score_params),
     )
+    if definition:
+        info["allocation"] = {
+            "name": definition["allocation"],
+            "params": dict(definition.get("allocation_params") or {}),
+        }
     if method in LABEL_METHODS:
         assert quality_labels is not None
         info["uses_labels"] = True
@@ -673,6 +670,7 @@ def _selection_info(
     clustering_method: str | None,
     seed: int,
     timings: dict[str, float],
+    score_definition: str,
 ) -> dict[str, Any]:
     datasets = np.asarray(router.datasets)
     names = list(dict.fromkeys(router.datasets))
@@ -696,7 +694,7 @@ def _selection_info(
         "seed": seed,
         "n_pool": router.n_samples,
         "n_selected": int(n),
-        "score_definition": "mean over layers of sigmoid(quality_score)",
+        "score_definition": score_definition,
         "score": _summary(scores),
         "selected_score": _summary(scores[indices]),
         "per_dataset": per_dataset,
@@ -921,6 +919,7 @@ def run_selection(
     seed: int = 42,
     debug_print: bool = False,
     labels_path: str | os.PathLike[str] | None = None,
+    method_definitions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Select from router data and write ``selected_data.jsonl``, ``selection.json`` and plots.
 
@@ -946,6 +945,8 @@ def run_selection(
     labels_path : path, optional
         The pool's quality labels (:mod:`selectmoe.labels`), read only by ``oracle`` and
         ``anti_oracle``; they must label exactly the pool.
+    method_definitions : mapping, optional
+        The config's ``selection.method_definitions`` (:mod:`selectmoe.methods`).
 
     Returns
     -------
@@ -965,7 +966,8 @@ def run_selection(
     from selectmoe.data import load_pool
 
     total_start = time.perf_counter()
-    _check_method(method)
+    if method not in (method_definitions or {}):
+        _check_method(method)
     _check_percentage(selection_percentage)
     timings: dict[str, float] = {}
 
@@ -1025,6 +1027,7 @@ def run_selection(
         seed=seed,
         debug_print=debug_print,
         quality_labels=quality_labels,
+        definitions_extra=method_definitions,
     )
     timings.update(result.info["timings"])
 

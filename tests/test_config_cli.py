@@ -28,8 +28,6 @@ from selectmoe.io import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-LOSS_TYPES = "beta_moment_matching, mean_variance_regularization, mse, sigmoid"
-METHODS = "selectmoe, quality_topk, diversity, random, full, oracle, anti_oracle"
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +70,29 @@ def test_subset_ratio_out_of_range(schema: dict[str, Any], config: dict[str, Any
 
 
 def test_unknown_loss_type(config: dict[str, Any]) -> None:
+    from selectmoe.losses import available_quality_losses
+
     config["selection"]["loss_types"] = ["sigmoid", "focal"]
+    # the built-in losses (and any a test's plugin registered in this process)
+    assert {"beta_moment_matching", "mean_variance_regularization", "mse", "sigmoid"} <= set(
+        available_quality_losses()
+    )
     pattern = re.escape(
         "config key selection.loss_types: 'focal' is not registered; valid: "
-        f"{LOSS_TYPES} (a plugin module listed in plugins can register more)"
+        f"{', '.join(available_quality_losses())} (a plugin module listed in plugins can "
+        "register more)"
     )
     with pytest.raises(ConfigError, match=pattern):
         check_registered_names(config)
 
 
 def test_unknown_method_and_clustering(config: dict[str, Any]) -> None:
+    from selectmoe.methods import SELECTION_METHODS
+
     config["selection"]["methods"] = ["kmeans_magic"]
     pattern = re.escape(
-        f"config key selection.methods: 'kmeans_magic' is not registered; valid: {METHODS}"
+        "config key selection.methods: 'kmeans_magic' is not registered; valid: "
+        + ", ".join(SELECTION_METHODS)
     )
     with pytest.raises(ConfigError, match=pattern):
         check_registered_names(config)
@@ -321,3 +329,25 @@ def test_cli_validate_silhouette_prints_the_verdict(capsys) -> None:
     out = capsys.readouterr().out
     assert "10 samples x 3 features x 2 clusters" in out
     assert out.strip().splitlines()[-1].endswith("PASS")
+
+
+def test_method_definitions_are_checked(config: dict[str, Any]) -> None:
+    config["selection"]["method_definitions"] = {
+        "gate_topk_last": {"score": "gate", "score_params": {"layers": [-1]}, "allocation": "topk"}
+    }
+    config["selection"]["methods"] = ["gate_topk_last", "selectmoe"]
+    check_registered_names(config)  # a defined method is a valid method name
+    config["selection"]["method_definitions"]["bad"] = {"score": "loss", "allocation": "topk"}
+    with pytest.raises(
+        ConfigError, match=r"selection\.method_definitions \(score\): 'loss' is not registered"
+    ):
+        check_registered_names(config)
+    config["selection"]["method_definitions"]["bad"] = {"score": "gate", "allocation": "greedy"}
+    with pytest.raises(ConfigError, match=r"\(allocation\): 'greedy' is not registered"):
+        check_registered_names(config)
+    config["selection"]["methods"] = ["selectmoe"]
+    config["selection"]["method_definitions"] = {
+        "selectmoe_seed": {"score": "gate", "allocation": "topk"}
+    }
+    with pytest.raises(ConfigError, match="'selectmoe_seed' cannot be redefined"):
+        check_registered_names(config)

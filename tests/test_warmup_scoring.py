@@ -12,10 +12,12 @@ import torch
 
 from selectmoe.data import encode_examples, load_pool
 from selectmoe.errors import ConfigError, DataError, ModelError
-from selectmoe.scoring import ROUTER_DATA_KEYS, file_sha256, score_dataset
+from selectmoe.scoring import ROUTER_DATA_KEYS, answer_alone_losses, file_sha256, score_dataset
 from selectmoe.warmup import FULL_RANK_TARGETS, WarmupSettings, load_warmed_model, run_warmup
 
 TRAINED = [f"model.layers.{i}.{suffix}" for i in range(2) for suffix in FULL_RANK_TARGETS]
+LM_STATISTICS = ("answer_loss", "eos_loss")
+NOT_STATISTICS = {"sample_ids", "dataset", "n_tokens", "metadata"}
 
 
 def _settings(**changes: Any) -> WarmupSettings:
@@ -204,7 +206,12 @@ def test_warmup_errors_write_nothing(
 
 def test_router_data_layout(router_data: dict[str, Any], warmup: dict[str, Any]) -> None:
     data = router_data["data"]
-    assert set(data) == set(ROUTER_DATA_KEYS)
+    assert set(data) == set(ROUTER_DATA_KEYS) | set(LM_STATISTICS) | {
+        "quality_good",
+        "quality_score_answer",
+        "n_answer_tokens",
+    }
+    assert router_data["summary"]["statistics"] == sorted(set(data) - NOT_STATISTICS)
     assert data["quality_score"].dtype == torch.float32
     assert data["moe_probs"].dtype == torch.float32
     assert data["quality_score"].shape == (6, 2)
@@ -228,23 +235,85 @@ def test_router_data_values_are_per_sample_means(
     alpha_file: Path,
     tiny_tokenizer,
 ) -> None:
+    """Every statistic equals the one computed from a plain transformers forward, one example at
+    a time: router means over all tokens and over the answer, the LM's answer loss (the forward's
+    own ``loss`` with the SFT labels) and the loss of the answer's end-of-sequence tokens."""
     model, _ = load_warmed_model(tiny_converted_dir, warmup["path"])
     examples = load_pool([alpha_file])
     encoded = encode_examples(
-        examples, tiny_tokenizer, full_sequence_prediction=True, max_sequence_length=64
+        examples, tiny_tokenizer, full_sequence_prediction=False, max_sequence_length=64
     )
     data = router_data["data"]
+    eos = tiny_tokenizer.eos_token_id
+    seen = {"answer": 0, "no answer": 0, "eos": 0, "eos cut": 0}
     for row in range(len(examples)):
         ids = torch.tensor([encoded[row].input_ids])
+        labels = torch.tensor([encoded[row].labels])
         with torch.no_grad():
-            routers = model(input_ids=ids, output_router_logits=True).router_logits
-        expected_score = torch.stack([r["quality_score"].mean() for r in routers])
-        expected_probs = torch.stack([torch.softmax(r["moe_logits"], -1).mean(0) for r in routers])
-        torch.testing.assert_close(data["quality_score"][row], expected_score, rtol=0, atol=1e-5)
-        torch.testing.assert_close(data["moe_probs"][row], expected_probs, rtol=0, atol=1e-5)
+            output = model(input_ids=ids, output_router_logits=True)
+        routers = output.router_logits
+        answer = labels[0] != -100
+        gate = [r["quality_score"].view(-1) for r in routers]
+        expected = {
+            "quality_score": torch.stack([g.mean() for g in gate]),
+            "quality_good": torch.stack([torch.sigmoid(g).mean() for g in gate]),
+            "moe_probs": torch.stack([torch.softmax(r["moe_logits"], -1).mean(0) for r in routers]),
+        }
+        for key, value in expected.items():
+            torch.testing.assert_close(data[key][row], value, rtol=0, atol=1e-5)
+        assert data["n_answer_tokens"][row] == int(answer.sum())
+        if not answer[1:].any():  # the answer was truncated away: no answer statistics
+            seen["no answer"] += 1
+            assert data["answer_loss"][row].isnan() and data["eos_loss"][row].isnan()
+            continue
+        seen["answer"] += 1
+        answer_score = torch.stack([g[answer].mean() for g in gate])
+        torch.testing.assert_close(data["quality_score_answer"][row], answer_score, atol=1e-5)
+        # the LM loss of the answer from the forward's full logits (label shifted by one)
+        token_losses = torch.nn.functional.cross_entropy(
+            output.logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="none"
+        )
+        answer_loss = token_losses[labels[0, 1:] != -100].mean()
+        torch.testing.assert_close(data["answer_loss"][row], answer_loss, rtol=0, atol=1e-5)
+        at_eos = labels[0, 1:] == eos
+        if at_eos.any():
+            seen["eos"] += 1
+            expected_eos = token_losses[at_eos].mean()
+            torch.testing.assert_close(data["eos_loss"][row], expected_eos, rtol=0, atol=1e-5)
+        else:  # the answer was cut before its end-of-sequence token
+            seen["eos cut"] += 1
+            assert data["eos_loss"][row].isnan()
+    assert seen["answer"] and seen["no answer"] and seen["eos"], seen
     assert data["n_tokens"].tolist() == [len(e.input_ids) for e in encoded]
     # examples differ in length, so the batches really were padded
     assert len({len(e.input_ids) for e in encoded}) > 1
+
+
+def test_answer_alone_losses_are_the_loss_of_the_answer_without_its_question(
+    warmup: dict[str, Any], tiny_converted_dir: Path, alpha_file: Path, tiny_tokenizer
+) -> None:
+    """IFD's denominator, as Cherry-LLM computes it: the answer tokenized on its own (with the
+    tokenizer's special tokens), every token after the first scored; batched or not the same."""
+    model, _ = load_warmed_model(tiny_converted_dir, warmup["path"])
+    examples = load_pool([alpha_file])
+    losses = answer_alone_losses(
+        model,
+        examples,
+        tiny_tokenizer,
+        batch_size=4,
+        max_sequence_length=64,
+        device=torch.device("cpu"),
+        chunk_tokens=5,
+    )
+    assert losses.shape == (len(examples),)
+    for row, example in enumerate(examples):
+        answers = [m["content"].strip() for m in example.messages if m["role"] == "assistant"]
+        text = "\n".join(a + tiny_tokenizer.eos_token for a in answers)
+        ids = torch.tensor([tiny_tokenizer(text)["input_ids"][:64]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        expected = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+        torch.testing.assert_close(losses[row], expected, rtol=0, atol=1e-5)
 
 
 def test_untrained_scoring_reads_the_converted_gates(
@@ -302,8 +371,8 @@ def test_scores_do_not_depend_on_batching(
     single = torch.load(output, weights_only=False)
     batched = router_data["data"]
     assert single["sample_ids"] == batched["sample_ids"]
-    for key in ("quality_score", "moe_probs"):
-        torch.testing.assert_close(single[key], batched[key], rtol=0, atol=1e-5)
+    for key in ("quality_score", "moe_probs", "quality_score_answer", *LM_STATISTICS):
+        torch.testing.assert_close(single[key], batched[key], rtol=0, atol=1e-5, equal_nan=True)
 
 
 def test_foreign_example_in_dataset_dir(
@@ -370,12 +439,13 @@ def test_missing_or_bad_weights(
     assert not output.exists()
 
 
-def test_scoring_never_runs_the_lm_head(
+def test_scoring_never_builds_sequence_logits(
     warmup: dict[str, Any], tiny_converted_dir: Path, alpha_file: Path, tiny_tokenizer
 ) -> None:
-    """Router data needs the decoder stack only: the [B, T, vocab] logits are never built."""
+    """Router data alone never runs the LM head; the LM statistics run it on the answer tokens
+    only, ``chunk_tokens`` at a time: no ``[B, T, vocab]`` tensor is built."""
     from selectmoe.data import pad_token_id_of
-    from selectmoe.scoring import compute_router_data
+    from selectmoe.scoring import compute_example_statistics, compute_router_data
 
     model, _ = load_warmed_model(tiny_converted_dir, warmup["path"])
     calls: list[tuple[int, ...]] = []
@@ -383,17 +453,31 @@ def test_scoring_never_runs_the_lm_head(
     encoded = encode_examples(
         load_pool([alpha_file]),
         tiny_tokenizer,
-        full_sequence_prediction=True,
+        full_sequence_prediction=False,
         max_sequence_length=64,
     )
-    quality, probs = compute_router_data(
-        model,
-        encoded,
-        batch_size=3,
-        pad_token_id=pad_token_id_of(tiny_tokenizer),
-        device=torch.device("cpu"),
-        progress=False,
-    )
+    common = {
+        "batch_size": 3,
+        "pad_token_id": pad_token_id_of(tiny_tokenizer),
+        "device": torch.device("cpu"),
+        "progress": False,
+    }
+    quality, probs = compute_router_data(model, encoded, **common)
     assert calls == []
     assert quality.shape == (len(encoded), 2) and probs.shape == (len(encoded), 2, 8)
     torch.testing.assert_close(probs.sum(-1), torch.ones(len(encoded), 2), rtol=0, atol=1e-5)
+
+    chunked = compute_example_statistics(
+        model, encoded, **common, eos_token_id=tiny_tokenizer.eos_token_id, chunk_tokens=7
+    )
+    vocab = model.config.vocab_size
+    answer_tokens = sum(sum(label != -100 for label in e.labels[1:]) for e in encoded)
+    assert calls and all(len(shape) == 2 and shape[0] <= 7 and shape[1] == vocab for shape in calls)
+    assert sum(shape[0] for shape in calls) == answer_tokens
+    whole = compute_example_statistics(
+        model, encoded, **common, eos_token_id=tiny_tokenizer.eos_token_id, chunk_tokens=4096
+    )
+    for key in LM_STATISTICS:
+        torch.testing.assert_close(chunked[key], whole[key], rtol=0, atol=1e-6, equal_nan=True)
+    with pytest.raises(ValueError, match="eos token id"):
+        compute_example_statistics(model, encoded, **common)

@@ -18,6 +18,8 @@ run_job(
         max_sequence_length=settings["max_sequence_length"],
         device=settings["device"],
         dtype=settings["dtype"],
+        lm_statistics=settings.get("lm_statistics", True),
+        ifd=snakemake.params.ifd,  # noqa: F821
     ),
     gpus=int(snakemake.resources.get("gpu", 0)),  # noqa: F821
     provenance=job_provenance(snakemake),  # noqa: F821

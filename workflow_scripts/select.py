@@ -22,6 +22,7 @@ run_job(
         seed=selection["seed"],
         debug_print=selection["debug_print"],
         labels_path=snakemake.input.get("labels") or None,  # noqa: F821
+        method_definitions=selection.get("method_definitions") or {},
     ),
     gpus=int(snakemake.resources.get("gpu", 0)),  # noqa: F821
     provenance=job_provenance(snakemake),  # noqa: F821

@@ -1,0 +1,186 @@
+"""Per-example scores over router data: what a selection method ranks by (higher is better).
+
+A score is a function ``(router, *, params, seed) -> numpy.ndarray [N]`` registered by name:
+
+- ``gate``: the Select-MoE quality gate. ``params``: ``layers`` (``"all"`` or layer indices),
+  ``layer_weights`` (one weight per chosen layer, default equal), ``tokens`` (``all`` or
+  ``answer``), ``aggregation`` (``sigmoid_of_mean``: sigmoid of the token-mean raw score, the
+  seed's; ``mean_of_sigmoid``: token mean of the per-token ``sigmoid``, all tokens only). The
+  seed's score is the default: ``mean_l sigmoid(mean_t quality_score)`` over all layers and
+  tokens;
+- ``lm_loss``: minus the LM's mean loss on the answer tokens (low loss first: "perplexity");
+- ``eos_loss``: minus the LM's loss on the answers' end-of-sequence tokens;
+- ``ifd``: Instruction-Following Difficulty, ``PPL(A | Q) / PPL(A)`` (Cherry-LLM, Superfiltering)
+  from the answer loss with and without the question;
+- ``random``: a seeded uniform score (for allocations that need one, e.g. ``diversity``).
+
+The LM scores need the statistics that scoring records with ``lm_statistics`` (and ``ifd``); a
+router-data file without them gives a clear error. Plugins register more with
+:func:`register_score`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from selectmoe.errors import SelectionError
+
+__all__ = ["SCORE_PARAMS", "available_scores", "compute_score", "register_score"]
+
+ScoreFn = Callable[..., np.ndarray]
+_REGISTRY: dict[str, ScoreFn] = {}
+#: The parameters each built-in score takes, with their defaults (the seed's for ``gate``).
+SCORE_PARAMS: dict[str, dict[str, Any]] = {
+    "gate": {
+        "layers": "all",
+        "layer_weights": None,
+        "tokens": "all",
+        "aggregation": "sigmoid_of_mean",
+    },
+    "lm_loss": {},
+    "eos_loss": {},
+    "ifd": {},
+    "random": {},
+}
+
+
+def register_score(name: str, fn: ScoreFn, *, overwrite: bool = False) -> None:
+    """Register ``fn(router, *, params, seed) -> [N]`` (higher is better) under ``name``."""
+    if name in _REGISTRY and not overwrite:
+        raise SelectionError(f"score {name!r} is already registered")
+    _REGISTRY[name] = fn
+
+
+def available_scores() -> list[str]:
+    """The registered score names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _statistic(router: Any, key: str, score: str) -> torch.Tensor:
+    value = router.statistics.get(key)
+    if value is None:
+        hint = "scoring.ifd: true" if key == "answer_loss_alone" else "scoring.lm_statistics: true"
+        raise SelectionError(
+            f"score {score!r} needs {key!r} in the router data, which these files lack; re-run the "
+            f"score stage with {hint}"
+        )
+    return value.to(torch.float64)
+
+
+def _check_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = SCORE_PARAMS.get(name)
+    if allowed is None:
+        return dict(params)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise SelectionError(
+            f"unknown parameter(s) {', '.join(unknown)} of score {name!r}; valid: "
+            f"{', '.join(sorted(allowed)) or 'none'}"
+        )
+    return {**allowed, **params}
+
+
+def compute_score(
+    router: Any, name: str, *, params: Mapping[str, Any] | None = None, seed: int = 0
+) -> np.ndarray:
+    """The score ``name`` of every example of ``router`` (float64 ``[N]``, higher is better).
+
+    Raises
+    ------
+    SelectionError
+        For an unknown score or parameter, statistics the router data lacks, or a score that
+        is not finite where it should be.
+    """
+    if name not in _REGISTRY:
+        raise SelectionError(f"unknown score {name!r}; valid: {', '.join(available_scores())}")
+    values = np.asarray(
+        _REGISTRY[name](router, params=_check_params(name, params or {}), seed=seed),
+        dtype=np.float64,
+    )
+    if values.shape != (router.n_samples,):
+        raise SelectionError(
+            f"score {name!r} returned shape {values.shape}; expected ({router.n_samples},)"
+        )
+    return values
+
+
+def _layers(params: Mapping[str, Any], n_layers: int) -> tuple[list[int], np.ndarray]:
+    chosen = params["layers"]
+    layers = list(range(n_layers)) if chosen == "all" else [int(i) for i in chosen]
+    if not layers or any(not -n_layers <= i < n_layers for i in layers):
+        raise SelectionError(f"gate layers {chosen!r}: choose among 0..{n_layers - 1} (or 'all')")
+    weights = params["layer_weights"]
+    if weights is None:
+        weights = [1.0] * len(layers)
+    if len(weights) != len(layers):
+        raise SelectionError(f"layer_weights {weights!r} must give one weight per chosen layer")
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.sum() <= 0 or (weights < 0).any():
+        raise SelectionError(f"layer_weights {weights.tolist()} must be >= 0 and not all 0")
+    return layers, weights / weights.sum()
+
+
+def _gate(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    del seed
+    tokens, aggregation = params["tokens"], params["aggregation"]
+    if tokens not in ("all", "answer"):
+        raise SelectionError(f"gate tokens {tokens!r}: use 'all' or 'answer'")
+    if aggregation not in ("sigmoid_of_mean", "mean_of_sigmoid"):
+        raise SelectionError(
+            f"gate aggregation {aggregation!r}: use 'sigmoid_of_mean' or 'mean_of_sigmoid'"
+        )
+    if aggregation == "mean_of_sigmoid":
+        if tokens != "all":
+            raise SelectionError("gate aggregation 'mean_of_sigmoid' is recorded for all tokens")
+        per_layer = _statistic(router, "quality_good", "gate").numpy()
+    else:
+        raw = (
+            router.quality_score.to(torch.float64)
+            if tokens == "all"
+            else _statistic(router, "quality_score_answer", "gate")
+        )
+        per_layer = torch.sigmoid(raw).numpy()
+    layers, weights = _layers(params, per_layer.shape[1])
+    return per_layer[:, layers] @ weights
+
+
+def _lm_loss(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    loss = _statistic(router, "answer_loss", "lm_loss").numpy()
+    return np.where(np.isfinite(loss), -loss, -np.inf)  # no answer token: last
+
+
+def _eos_loss(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    loss = _statistic(router, "eos_loss", "eos_loss").numpy()
+    return np.where(np.isfinite(loss), -loss, -np.inf)  # answer cut before its eos: last
+
+
+def _ifd(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    conditional = _statistic(router, "answer_loss", "ifd").numpy()
+    alone = _statistic(router, "answer_loss_alone", "ifd").numpy()
+    # PPL(A|Q) / PPL(A) = exp(loss(A|Q) - loss(A)); NaN where either is undefined
+    return np.exp(conditional - alone)
+
+
+def _random(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(router.n_samples)
+
+
+for _name, _fn in (
+    ("gate", _gate),
+    ("lm_loss", _lm_loss),
+    ("eos_loss", _eos_loss),
+    ("ifd", _ifd),
+    ("random", _random),
+):
+    register_score(_name, _fn)
+
+
+def describe(name: str, params: Mapping[str, Any] | None = None) -> str:
+    """A one-line description of a score and its parameters (for selection.json)."""
+    merged = _check_params(name, params or {}) if name in _REGISTRY else dict(params or {})
+    shown: Sequence[str] = [f"{k}={v}" for k, v in sorted(merged.items())]
+    return f"{name}({', '.join(shown)})"

@@ -1,0 +1,286 @@
+"""Scores and allocations (the parts of a selection method) and methods defined in a config."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from selectmoe.allocation import allocate, round_robin
+from selectmoe.errors import RouterDataError, SelectionError
+from selectmoe.methods import BUILTIN_DEFINITIONS, SEED_METHOD, method_definitions
+from selectmoe.scores import compute_score
+from selectmoe.selection import load_router_data, select_indices
+from tests.test_selection import MANUAL_K, make_router_payload, save
+
+N = 40
+
+
+def with_statistics(payload: dict, *, seed: int) -> dict:
+    """The payload with the statistics scoring records (random, NaN where undefined)."""
+    gen = torch.Generator().manual_seed(seed)
+    n, n_layers = payload["quality_score"].shape
+    answer_loss = torch.rand(n, generator=gen) * 4 + 0.5
+    alone = answer_loss + torch.randn(n, generator=gen) * 0.5
+    eos = torch.rand(n, generator=gen) * 3
+    answer_loss[3] = alone[5] = eos[4] = float("nan")
+    return {
+        **payload,
+        "quality_good": torch.rand(n, n_layers, generator=gen),
+        "quality_score_answer": torch.randn(n, n_layers, generator=gen),
+        "n_answer_tokens": torch.randint(0, 50, (n,), generator=gen),
+        "answer_loss": answer_loss,
+        "eos_loss": eos,
+        "answer_loss_alone": alone,
+    }
+
+
+@pytest.fixture
+def router(tmp_path: Path):
+    payload = with_statistics(make_router_payload("alpha", N, seed=1), seed=2)
+    return load_router_data([save(payload, tmp_path / "alpha_router_data.pt")])
+
+
+# ------------------------------------------------------------------------------------------
+# scores
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_default_gate_score_is_the_seeds(router):
+    """mean over layers of sigmoid(token-mean raw score): what the seed ranks by."""
+    expected = sigmoid(router.quality_score.double().numpy()).mean(axis=1)
+    np.testing.assert_allclose(compute_score(router, "gate"), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(compute_score(router, "gate"), router.scores, rtol=0, atol=1e-6)
+
+
+def test_gate_score_variants(router):
+    raw = router.quality_score.double().numpy()
+    answer = router.statistics["quality_score_answer"].double().numpy()
+    good = router.statistics["quality_good"].double().numpy()
+    last = compute_score(router, "gate", params={"layers": [2]})
+    np.testing.assert_allclose(last, sigmoid(raw[:, 2]), atol=1e-12)
+    weighted = compute_score(router, "gate", params={"layers": [0, 2], "layer_weights": [1, 3]})
+    np.testing.assert_allclose(weighted, 0.25 * sigmoid(raw[:, 0]) + 0.75 * sigmoid(raw[:, 2]))
+    on_answer = compute_score(router, "gate", params={"tokens": "answer"})
+    np.testing.assert_allclose(on_answer, sigmoid(answer).mean(axis=1), atol=1e-12)
+    of_tokens = compute_score(router, "gate", params={"aggregation": "mean_of_sigmoid"})
+    np.testing.assert_allclose(of_tokens, good.mean(axis=1), atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"layers": [5]}, r"gate layers \[5\]: choose among 0\.\.2"),
+        ({"layers": []}, r"gate layers \[\]"),
+        ({"layers": [0, 1], "layer_weights": [1]}, "one weight per chosen layer"),
+        ({"layer_weights": [0, 0, 0]}, "must be >= 0 and not all 0"),
+        ({"tokens": "question"}, "gate tokens 'question': use 'all' or 'answer'"),
+        ({"aggregation": "max"}, "gate aggregation 'max'"),
+        ({"tokens": "answer", "aggregation": "mean_of_sigmoid"}, "recorded for all tokens"),
+        ({"temperature": 2}, r"unknown parameter\(s\) temperature of score 'gate'; valid: "),
+    ],
+)
+def test_gate_score_rejects_bad_params(router, params, match):
+    with pytest.raises(SelectionError, match=match):
+        compute_score(router, "gate", params=params)
+
+
+def test_lm_scores_follow_their_definitions(router):
+    loss = router.statistics["answer_loss"].double().numpy()
+    alone = router.statistics["answer_loss_alone"].double().numpy()
+    eos = router.statistics["eos_loss"].double().numpy()
+    perplexity = compute_score(router, "lm_loss")
+    assert perplexity[3] == -math.inf  # no answer loss: ranked last
+    np.testing.assert_allclose(np.delete(perplexity, 3), -np.delete(loss, 3), atol=1e-12)
+    eos_score = compute_score(router, "eos_loss")
+    assert eos_score[4] == -math.inf
+    np.testing.assert_allclose(np.delete(eos_score, 4), -np.delete(eos, 4), atol=1e-12)
+    # IFD = PPL(A|Q) / PPL(A), perplexities as exp of the mean token loss
+    ifd = compute_score(router, "ifd")
+    assert math.isnan(ifd[3]) and math.isnan(ifd[5])
+    row = 7
+    assert ifd[row] == pytest.approx(math.exp(loss[row]) / math.exp(alone[row]), rel=1e-12)
+    seeded = compute_score(router, "random", seed=4)
+    np.testing.assert_array_equal(seeded, np.random.default_rng(4).random(N))
+
+
+def test_lm_scores_name_the_missing_statistics(tmp_path: Path):
+    plain = load_router_data([save(make_router_payload("a", 6, seed=1), tmp_path / "a.pt")])
+    with pytest.raises(SelectionError, match=r"needs 'answer_loss' .*scoring.lm_statistics: true"):
+        compute_score(plain, "lm_loss")
+    partial = dict(make_router_payload("a", 6, seed=1), answer_loss=torch.ones(6))
+    router = load_router_data([save(partial, tmp_path / "b.pt")])
+    with pytest.raises(SelectionError, match=r"needs 'answer_loss_alone' .*scoring.ifd: true"):
+        compute_score(router, "ifd")
+    with pytest.raises(SelectionError, match="unknown score 'nope'; valid: eos_loss, gate"):
+        compute_score(router, "nope")
+
+
+def test_router_data_statistics_are_concatenated_and_checked(tmp_path: Path):
+    first = with_statistics(make_router_payload("a", 6, seed=1), seed=1)
+    second = with_statistics(make_router_payload("b", 6, seed=2), seed=2)
+    del second["eos_loss"]  # older file: only the statistics both files have are kept
+    router = load_router_data([save(first, tmp_path / "a.pt"), save(second, tmp_path / "b.pt")])
+    assert "eos_loss" not in router.statistics
+    torch.testing.assert_close(
+        router.statistics["answer_loss"],
+        torch.cat([first["answer_loss"], second["answer_loss"]]),
+        equal_nan=True,
+    )
+    assert router.statistics["quality_good"].shape == (12, 3)
+    broken = dict(first, answer_loss=torch.ones(2))
+    with pytest.raises(RouterDataError, match=r"c\.pt: answer_loss must be a tensor with one row"):
+        load_router_data([save(broken, tmp_path / "c.pt")])
+
+
+# ------------------------------------------------------------------------------------------
+# allocations, against plain loops
+
+
+def proportional_loop(scores, clusters, n):
+    """Quotas by largest remainder, each cluster's best; then round robin over the chosen."""
+    ids = sorted(set(clusters.tolist()))
+    sizes = [int((clusters == c).sum()) for c in ids]
+    exact = [n * s / sum(sizes) for s in sizes]
+    quotas = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(ids)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    for i in by_remainder[: n - sum(quotas)]:
+        quotas[i] += 1
+    chosen = []
+    for cluster, quota in zip(ids, quotas, strict=True):
+        members = [i for i in range(len(scores)) if clusters[i] == cluster]
+        members.sort(key=lambda i: (-scores[i], i))
+        chosen += members[:quota]
+    chosen.sort()
+    order = round_robin(scores[chosen], clusters[chosen], len(chosen))
+    return [chosen[i] for i in order]
+
+
+def drop_loop(scores, clusters, n, share):
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = sorted(ranked[: max(len(scores) - math.floor(share * len(scores)), n)])
+    order = round_robin(scores[keep], clusters[keep], n)
+    return [keep[i] for i in order]
+
+
+def ifd_loop(scores, n, threshold):
+    below = sorted(
+        (i for i in range(len(scores)) if scores[i] < threshold), key=lambda i: (-scores[i], i)
+    )
+    above = sorted(
+        (i for i in range(len(scores)) if scores[i] >= threshold), key=lambda i: (scores[i], i)
+    )
+    undefined = [i for i in range(len(scores)) if math.isnan(scores[i])]
+    return (below + above + undefined)[:n]
+
+
+@pytest.mark.parametrize("case", range(20))
+def test_allocations_match_plain_loops(case):
+    rng = np.random.default_rng(case)
+    size = int(rng.integers(5, 60))
+    scores = np.round(rng.normal(size=size), 1)  # ties happen
+    clusters = rng.integers(0, int(rng.integers(1, 6)), size=size)
+    n = int(rng.integers(0, size + 1))
+    top = allocate("topk", scores, None, n)
+    assert top.tolist() == sorted(range(size), key=lambda i: (-scores[i], i))[:n]
+    assert allocate("round_robin", scores, clusters, n).tolist() == (
+        round_robin(scores, clusters, n).tolist()
+    )
+    assert allocate("proportional", scores, clusters, n).tolist() == proportional_loop(
+        scores, clusters, n
+    )
+    share = float(rng.choice([0.0, 0.3, 0.9]))
+    dropped = allocate("drop_then_round_robin", scores, clusters, n, params={"drop_share": share})
+    assert dropped.tolist() == drop_loop(scores, clusters, n, share)
+    ratios = np.where(rng.random(size) < 0.1, np.nan, rng.uniform(0.3, 1.6, size=size))
+    assert allocate("ifd_filter", ratios, None, n).tolist() == ifd_loop(ratios, n, 1.0)
+
+
+def test_proportional_quotas_follow_cluster_sizes():
+    clusters = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    scores = np.arange(100, dtype=float)
+    chosen = allocate("proportional", scores, clusters, 20)
+    assert np.bincount(clusters[chosen]).tolist() == [12, 6, 2]
+    assert set(chosen[clusters[chosen] == 2].tolist()) == {98, 99}  # each cluster's best
+
+
+def test_allocations_reject_bad_input():
+    scores = np.zeros(4)
+    with pytest.raises(SelectionError, match="allocation 'round_robin' needs clusters"):
+        allocate("round_robin", scores, None, 2)
+    with pytest.raises(SelectionError, match=r"drop_share is 1\.0; it must be in"):
+        allocate("drop_then_round_robin", scores, np.zeros(4, int), 2, params={"drop_share": 1})
+    with pytest.raises(SelectionError, match=r"unknown parameter\(s\) k of allocation 'topk'"):
+        allocate("topk", scores, None, 2, params={"k": 3})
+    with pytest.raises(SelectionError, match="unknown allocation 'best'; valid: "):
+        allocate("best", scores, None, 2)
+
+
+# ------------------------------------------------------------------------------------------
+# methods as definitions
+
+
+def test_builtin_methods_are_definitions_and_the_seed_method_is_fixed():
+    assert BUILTIN_DEFINITIONS[SEED_METHOD] == {"score": "gate", "allocation": "round_robin"}
+    assert BUILTIN_DEFINITIONS["quality_topk"]["allocation"] == "topk"
+    with pytest.raises(ValueError, match="'selectmoe_seed' cannot be redefined"):
+        method_definitions({SEED_METHOD: {"score": "lm_loss", "allocation": "topk"}})
+    with pytest.raises(ValueError, match="'random' cannot be redefined"):
+        method_definitions({"random": {"score": "gate", "allocation": "topk"}})
+    with pytest.raises(ValueError, match=r"'mine': unknown key\(s\) k; missing allocation"):
+        method_definitions({"mine": {"score": "gate", "k": 1}})
+
+
+def test_a_method_defined_in_the_config_selects_by_its_definition(router):
+    definitions = {
+        "last_layer_topk": {
+            "score": "gate",
+            "score_params": {"layers": [-1]},
+            "allocation": "topk",
+        },
+        "pruned": {
+            "score": "lm_loss",
+            "allocation": "drop_then_round_robin",
+            "allocation_params": {"drop_share": 0.5},
+        },
+    }
+    result = select_indices(
+        router,
+        method="last_layer_topk",
+        selection_percentage=0.25,
+        seed=0,
+        definitions_extra=definitions,
+    )
+    last = sigmoid(router.quality_score.double().numpy()[:, -1])
+    assert result.indices.tolist() == np.lexsort((np.arange(N), -last))[:10].tolist()
+    assert (
+        result.info["score_definition"].startswith("gate(")
+        and "layers=[-1]" in (result.info["score_definition"])
+    )
+    assert result.info["allocation"] == {"name": "topk", "params": {}}
+    pruned = select_indices(
+        router,
+        method="pruned",
+        selection_percentage=0.25,
+        clustering_params=MANUAL_K,
+        seed=0,
+        definitions_extra=definitions,
+    )
+    loss = router.statistics["answer_loss"].numpy()
+    # every pick is in the half of the pool with the lowest answer loss (row 3 has none)
+    kept = set(np.argsort(np.where(np.isnan(loss), np.inf, loss), kind="stable")[: N // 2])
+    assert set(pruned.indices.tolist()) <= kept
+    assert pruned.info["k"] == 3
+    seed_result = select_indices(
+        router, method=SEED_METHOD, selection_percentage=0.25, clustering_params=MANUAL_K, seed=0
+    )
+    current = select_indices(
+        router, method="selectmoe", selection_percentage=0.25, clustering_params=MANUAL_K, seed=0
+    )
+    assert seed_result.indices.tolist() == current.indices.tolist()

@@ -18,7 +18,11 @@ Timed passes over the whole pool, each after a warm-up of a few batches:
    ``compute_router_data`` makes (the batching's share of the ratio), and the OLMoE decoder stack
    alone (no LM head, ``use_cache=False``, Select-MoE's experts implementation) over them, which is
    what ``compute_router_data`` runs less the quality gate and the per-sample means;
-3. ``compute_router_data`` on the Select-MoE model (length-sorted batches, per-sample means).
+3. ``compute_router_data`` on the Select-MoE model (length-sorted batches, per-sample means);
+4. ``compute_example_statistics`` with the LM statistics (the pool encoded with SFT labels: the
+   LM head runs on the answer tokens only, in chunks), what the score stage runs by default, and
+   ``answer_alone_losses``, the second pass that only the ``ifd`` score needs. The LM head's
+   share of the work grows with ``vocab / (hidden * layers)``: compare ``--vocab-size`` runs.
 
 Tokens/s counts real tokens; the padding share is padded positions / all positions of the
 batches. Then ``compute_router_data`` with batch size 1 and with the benchmark's batch size must
@@ -62,7 +66,7 @@ from selectmoe.data import (
     load_pool,
     pad_token_id_of,
 )
-from selectmoe.scoring import compute_router_data
+from selectmoe.scoring import answer_alone_losses, compute_example_statistics, compute_router_data
 from selectmoe.training import length_sorted_batches
 
 TOLERANCE = 1e-5
@@ -344,6 +348,19 @@ def markdown(results: dict, args: argparse.Namespace, device: torch.device) -> s
             f"| {run['name']} | {run['batches']} | {run['tokens_per_s']:,.0f} | "
             f"{run['seconds']:.1f} s | {run['padding']:.1%} | {reference / run['seconds']:.2f}x |"
         )
+    by_name = {run["name"]: run["seconds"] for run in results["passes"]}
+    plain = by_name["`compute_router_data` (Select-MoE)"]
+    with_lm = by_name["`compute_example_statistics` with LM statistics"]
+    answer_tokens = results["pool"]["answer_tokens"]
+    lines += [
+        "",
+        f"LM statistics (answer and end-of-sequence loss; {answer_tokens:,} answer tokens "
+        f"through an LM head of {pool['model_vocab']} x {args.hidden_size}): "
+        f"{with_lm / plain - 1:+.0%} time over the router statistics alone (goal: at most "
+        "+30%). The answer-alone pass that only "
+        f"the `ifd` score needs: {results['answer_alone_seconds']:.1f} s "
+        f"({results['answer_alone_seconds'] / plain:.0%} of the router pass).",
+    ]
     main_note = ""
     if "main_probs_diff" in check:
         main_note = (
@@ -372,6 +389,13 @@ def main() -> None:
     parser.add_argument("--min-tokens", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--vocab-size", type=int, default=2000)
+    parser.add_argument(
+        "--model-vocab",
+        type=int,
+        default=None,
+        help="the models' vocabulary (default: the tokenizer's); larger gives the LM head the "
+        "share of the work it has in a real model (OLMoE-1B-7B: 3,150 at these dimensions)",
+    )
     parser.add_argument("--hidden-size", type=int, default=512)
     parser.add_argument("--intermediate-size", type=int, default=256, help="per expert")
     parser.add_argument("--layers", type=int, default=4)
@@ -416,9 +440,20 @@ def main() -> None:
         "max": max(lengths),
         "mean": n_tokens / len(lengths),
         "vocab": len(tokenizer),
+        "answer_tokens": sum(
+            sum(label != -100 for label in e.labels)
+            for e in encode_examples(
+                examples,
+                tokenizer,
+                full_sequence_prediction=False,
+                max_sequence_length=args.max_tokens,
+            )
+        ),
     }
     pad_id = pad_token_id_of(tokenizer)
-    olmoe, select = build_models(args, len(tokenizer), tokenizer, device, dtype)
+    model_vocab = max(len(tokenizer), args.model_vocab or 0)
+    results["pool"]["model_vocab"] = model_vocab
+    olmoe, select = build_models(args, model_vocab, tokenizer, device, dtype)
     results["impl"] = {"olmoe": experts_impl(olmoe), "select": experts_impl(select)}
     print(json.dumps({**results["pool"], "impl": results["impl"]}), flush=True)
     print(f"# setup {time.perf_counter() - start:.1f} s", flush=True)
@@ -472,6 +507,41 @@ def main() -> None:
         seconds,
         padding_share(sorted_batches),
     )
+    answer_encoded = encode_examples(
+        examples, tokenizer, full_sequence_prediction=False, max_sequence_length=args.max_tokens
+    )
+    synchronize(device)
+    start_lm = time.perf_counter()
+    compute_example_statistics(
+        select,
+        answer_encoded,
+        batch_size=args.batch_size,
+        pad_token_id=pad_id,
+        device=device,
+        progress=False,
+        lm_statistics=True,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    synchronize(device)
+    record(
+        "`compute_example_statistics` with LM statistics",
+        "length-sorted",
+        time.perf_counter() - start_lm,
+        padding_share(sorted_batches),
+    )
+    synchronize(device)
+    start_alone = time.perf_counter()
+    answer_alone_losses(
+        select,
+        examples,
+        tokenizer,
+        batch_size=args.batch_size,
+        max_sequence_length=args.max_tokens,
+        device=device,
+    )
+    synchronize(device)
+    alone_seconds = time.perf_counter() - start_alone
+    results["answer_alone_seconds"] = alone_seconds
     results["passes"] = passes
 
     if dtype == torch.float32:
@@ -485,9 +555,10 @@ def main() -> None:
 
     section = markdown(results, args, device)
     print(section)
+    router_pass = next(run for run in passes if run["name"].startswith("`compute_router_data`"))
     print(
-        f"compute_router_data: {passes[-1]['tokens_per_s']:,.0f} tokens/s, "
-        f"{passes[0]['seconds'] / passes[-1]['seconds']:.2f}x the reference; batch-size check "
+        f"compute_router_data: {router_pass['tokens_per_s']:,.0f} tokens/s, "
+        f"{passes[0]['seconds'] / router_pass['seconds']:.2f}x the reference; batch-size check "
         f"max diff {results['check']['max_diff']:.1e} "
         f"({'PASS' if results['check']['passed'] else 'FAIL'} at {TOLERANCE:g})"
     )

@@ -223,6 +223,14 @@ def seed_results(target, selection, kind):
     return [f"{eval_dir(target, selection)}/seed{seed}/{name}" for seed in SEEDS]
 
 
+def parse_selection(selection):
+    """(method, loss type or None, percentage) of a {selection} value; full is 100%."""
+    parts = selection.split("/")
+    loss = parts[1] if len(parts) == 3 else None
+    pct = float(parts[-1][1:]) if parts[-1].startswith("p") else 1.0
+    return parts[0], loss, pct
+
+
 def summary_points():
     """One point per (target, selection) plus the base model of each target.
 
@@ -243,10 +251,7 @@ def summary_points():
             }
         )
         for selection in selection_paths():
-            parts = selection.split("/")
-            method = parts[0]
-            loss = parts[1] if len(parts) == 3 else None
-            pct = float(parts[-1][1:]) if parts[-1].startswith("p") else 1.0
+            method, loss, pct = parse_selection(selection)
             points.append(
                 {
                     "target": target,
@@ -261,6 +266,52 @@ def summary_points():
                     "selection_json": f"{RESULTS}/selection/{selection}/selection.json",
                 }
             )
+    return points
+
+
+def cost_points():
+    """Per summary point, the jobs it needed, for the cost ledger (selectmoe.costs)."""
+
+    def job(kind, benchmark, stage, outputs=()):
+        return {
+            "kind": kind,
+            "benchmark": f"{RESULTS}/benchmarks/{benchmark}.tsv",
+            "gpus": gpus(stage),
+            "outputs": list(outputs),
+        }
+
+    points = []
+    for target in TARGETS:
+        base = {"target": target, "method": "base", "loss": None, "percentage": None}
+        points.append(
+            {**base, "jobs": [job("evaluation", f"evaluate/{target}/base", "evaluate")]}
+        )
+        for selection in selection_paths():
+            method, loss, pct = parse_selection(selection)
+            jobs = []
+            if loss is not None:
+                jobs.append(job("selection", "convert", "convert", [converted_dir()]))
+                weights = f"{RESULTS}/warmup/{loss}/full_rank_weights.pt"
+                jobs.append(job("selection", f"warmup/{loss}", "warmup", [weights]))
+                for dataset in DATASETS:
+                    data = f"{RESULTS}/router_data/{loss}/{dataset}_router_data.pt"
+                    jobs.append(
+                        job("selection", f"score/{loss}/{dataset}", "score", [data])
+                    )
+            chosen = f"{RESULTS}/selection/{selection}"
+            jobs.append(job("selection", f"select/{selection}", "select", [chosen]))
+            for seed in SEEDS:
+                run = f"{target}/{selection}/seed{seed}"
+                adapter = f"{RESULTS}/finetune/{run}/adapter"
+                jobs.append(job("training", f"finetune/{run}", "finetune", [adapter]))
+            jobs.append(job("evaluation", f"evaluate/{target}/{selection}", "evaluate"))
+            point = {
+                "target": target,
+                "method": method,
+                "loss": loss,
+                "percentage": pct,
+            }
+            points.append({**point, "jobs": jobs})
     return points
 
 
@@ -290,6 +341,7 @@ def get_final_output():
     outputs = [
         f"{RESULTS}/summary.csv",
         f"{RESULTS}/summary.md",
+        f"{RESULTS}/costs.csv",
         f"{RESULTS}/models/{BASE}/verify_conversion.json",
         f"{RESULTS}/data/validate_data.json",
     ]

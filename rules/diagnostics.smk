@@ -42,6 +42,18 @@ rule diagnostics:
             )
             for loss in report_losses()
         ],
+        method_scores=(
+            [
+                report(
+                    f"{DIAGNOSTICS_DIR}/method_scores.csv",
+                    caption="../report/method_scores.rst",
+                    category="Quality diagnostics",
+                    subcategory="scores",
+                )
+            ]
+            if has_labels() and report_losses()
+            else []
+        ),
         shares=(
             [
                 report(
@@ -67,5 +79,7 @@ rule diagnostics:
         losses=report_losses(),
         datasets=DATASETS,
         selections=selection_paths() if has_labels() else [],
+        methods=METHODS,
+        definitions=DEFINITIONS,
     script:
         "../workflow_scripts/diagnostics.py"

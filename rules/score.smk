@@ -42,7 +42,7 @@ rule score_untrained:
         gpu=gpus("score"),
         mem_mb=mem_mb("score"),
     params:
-        settings=config["scoring"],
+        settings={**config["scoring"], "lm_statistics": False},
         ifd=False,
     script:
         "../workflow_scripts/score.py"

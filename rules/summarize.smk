@@ -23,3 +23,28 @@ rule summarize:
         settings=config["summary"],
     script:
         "../workflow_scripts/summarize.py"
+
+
+rule costs:
+    """The cost ledger: seconds, memory and bytes of every point beside its score (not in the
+    summary, which stays byte-identical: timings vary between runs)."""
+    input:
+        summary=f"{RESULTS}/summary.csv",
+    output:
+        csv=report(f"{RESULTS}/costs.csv", category="Summary"),
+        md=f"{RESULTS}/costs.md",
+        plot=report(
+            f"{RESULTS}/costs_accuracy.png",
+            caption="../report/costs.rst",
+            category="Summary",
+        ),
+        provenance=f"{RESULTS}/costs.csv.provenance.json",
+    log:
+        f"{RESULTS}/logs/costs.log",
+    conda:
+        "../envs/selectmoe.yaml"
+    threads: 1
+    params:
+        points=cost_points(),
+    script:
+        "../workflow_scripts/costs.py"

@@ -227,11 +227,20 @@ def check_registered_names(config: Mapping[str, Any]) -> None:
                     "(a plugin module listed in plugins can register more)"
                 )
     from selectmoe.methods import method_definitions
+    from selectmoe.scores import LM_SCORES
 
     try:
-        method_definitions(defined)
+        definitions = method_definitions(defined)
     except ValueError as error:
         raise ConfigError(f"config key selection.method_definitions: {error}") from None
+    if not config.get("scoring", {}).get("lm_statistics", True):
+        methods = selection.get("methods", [])
+        needing = [m for m in methods if definitions.get(m, {}).get("score") in LM_SCORES]
+        if needing:
+            raise ConfigError(
+                f"config key scoring.lm_statistics is false, but method(s) {', '.join(needing)} "
+                "rank by the LM's losses; set it to true or drop those methods"
+            )
     if "untrained" in selection.get("loss_types", []):
         raise ConfigError(
             "config key selection.loss_types: 'untrained' names the control of the diagnostics; "

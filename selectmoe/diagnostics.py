@@ -39,6 +39,8 @@ from selectmoe.selection import load_router_data
 
 __all__ = [
     "auroc",
+    "auroc_intervals",
+    "method_score_table",
     "planted_shares",
     "quality_table",
     "spearman",
@@ -109,6 +111,115 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     rb -= rb.mean()
     denominator = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
     return float((ra * rb).sum() / denominator) if denominator > 0 else math.nan
+
+
+def auroc_intervals(
+    scores: Mapping[str, np.ndarray],
+    positive: np.ndarray,
+    *,
+    reference: str,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Each score's AUROC with a bootstrap interval, and its paired difference to ``reference``.
+
+    Examples are resampled with replacement; every score sees the same resamples, so the
+    difference's interval is paired (it is narrower than the two intervals suggest when the
+    scores agree on most examples).
+
+    Parameters
+    ----------
+    scores : mapping of str to numpy.ndarray of shape (N,)
+        Higher ranks an example as better (NaN is not allowed: rank undefined values lowest).
+    positive : numpy.ndarray of shape (N,), bool
+        The examples that should rank high (clean).
+    reference : str
+        The key of ``scores`` the differences are taken against.
+
+    Returns
+    -------
+    dict of str to dict
+        ``auroc``, ``low``, ``high``, ``diff`` (to the reference), ``diff_low``, ``diff_high``.
+    """
+    if reference not in scores:
+        raise ValueError(f"reference {reference!r} is not one of the scores")
+    positive = np.asarray(positive, dtype=bool)
+    draws = np.random.default_rng(seed).integers(
+        0, positive.size, size=(n_resamples, positive.size)
+    )
+    replicates = {
+        name: np.array([auroc(values[d], positive[d]) for d in draws])
+        for name, values in scores.items()
+    }
+    tail = 100 * (1 - confidence) / 2
+    point = {name: auroc(values, positive) for name, values in scores.items()}
+    out = {}
+    for name in scores:
+        difference = replicates[name] - replicates[reference]
+        out[name] = {
+            "auroc": point[name],
+            "low": float(np.nanpercentile(replicates[name], tail)),
+            "high": float(np.nanpercentile(replicates[name], 100 - tail)),
+            "diff": point[name] - point[reference],
+            "diff_low": float(np.nanpercentile(difference, tail)),
+            "diff_high": float(np.nanpercentile(difference, 100 - tail)),
+        }
+    return out
+
+
+def method_score_table(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    methods: Sequence[str],
+    definitions: Mapping[str, Mapping[str, Any]],
+    labels_path: str | os.PathLike[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How well the score of each method ranks clean examples above planted ones.
+
+    One row per method that reads the router data: its score (:mod:`selectmoe.scores`), AUROC
+    with a 95% bootstrap interval, the paired difference to the seed's gate score
+    (``selectmoe_seed``'s) with its interval, Spearman with length, and AUROC per planted kind.
+    Examples a score cannot rank (no answer tokens, say) rank lowest.
+    """
+    from selectmoe.methods import SEED_METHOD
+    from selectmoe.scores import compute_score, describe
+
+    router = load_router_data(paths)
+    keys = list(zip(router.datasets, router.sample_ids, strict=True))
+    labels = align_labels(labels_path, keys)
+    clean = ~labels.planted
+    kinds = sorted(set(labels.kinds) - {CLEAN})
+    chosen = [SEED_METHOD, *(m for m in methods if m in definitions and m != SEED_METHOD)]
+    values, described = {}, {}
+    for method in chosen:
+        definition = definitions[method]
+        score = compute_score(
+            router, definition["score"], params=definition.get("score_params"), seed=seed
+        )
+        if definition["score"] == "ifd":  # low IFD first is what the IFD filter keeps
+            score = -score
+        values[method] = np.where(np.isfinite(score), score, -np.inf)
+        described[method] = describe(definition["score"], definition.get("score_params"))
+    intervals = auroc_intervals(
+        values, clean, reference=SEED_METHOD, n_resamples=n_resamples, seed=seed
+    )
+    lengths = router.statistics.get("n_tokens")
+    rows = []
+    for method in chosen:
+        row: dict[str, Any] = {"method": method, "score": described[method]}
+        row.update(intervals[method])
+        row["spearman_length"] = (
+            spearman(values[method], lengths.numpy()) if lengths is not None else math.nan
+        )
+        kind_array = np.asarray(labels.kinds)
+        for kind in kinds:
+            pair = (kind_array == kind) | clean
+            row[f"auroc_{kind}"] = auroc(values[method][pair], clean[pair])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 @dataclass
@@ -370,9 +481,11 @@ def write_diagnostics(
     labels_path: str | os.PathLike[str] | None = None,
     selections: Mapping[str, str | os.PathLike[str]] | None = None,
     pool_files: Sequence[str | os.PathLike[str]] | None = None,
+    methods: Sequence[str] = (),
+    definitions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``quality_{loss}.csv`` / ``.png`` per loss type, ``planted_share.csv`` (with labels)
-    and ``diagnostics.md`` (the overview) into ``output_dir``.
+    """Write ``quality_{loss}.csv`` / ``.png`` per loss type, with labels ``method_scores.csv``
+    and ``planted_share.csv``, and ``diagnostics.md`` (the overview) into ``output_dir``.
 
     Parameters
     ----------
@@ -387,6 +500,9 @@ def write_diagnostics(
         Selection name -> ``selected_data.jsonl`` (planted shares; needs labels and pool_files).
     pool_files : sequence of path, optional
         The pool (for the planted shares).
+    methods, definitions : optional
+        The sweep's methods and the method definitions (:mod:`selectmoe.methods`): with labels,
+        the AUROC of every router method's score per loss type (:func:`method_score_table`).
 
     Returns
     -------
@@ -420,6 +536,36 @@ def write_diagnostics(
         md += _markdown_table(table[table["scope"] == "all"], columns)
         md += ["", "Per layer and dataset:", ""]
         md += _markdown_table(table[table["scope"] != "all"], columns)
+        md.append("")
+    if labels_path is not None and warmed:
+        from selectmoe.methods import method_definitions
+
+        frames = []
+        for loss, paths in warmed.items():
+            table = method_score_table(
+                paths,
+                methods=methods,
+                definitions=definitions or method_definitions(),
+                labels_path=labels_path,
+            )
+            frames.append(table.assign(loss=loss))
+        scores = pd.concat(frames, ignore_index=True)
+        scores_path = out / "method_scores.csv"
+        atomic_write_text(scores_path, scores.to_csv(index=False, lineterminator="\n"))
+        written["method_scores"] = str(scores_path)
+        md += [
+            "## The score each method ranks by",
+            "",
+            "AUROC of each router method's score (clean above planted) with its 95% bootstrap "
+            "interval over examples, and the paired difference to the seed's gate score "
+            "(`selectmoe_seed`) on the same resamples: an interval that excludes 0 is a "
+            "difference these examples support.",
+            "",
+        ]
+        columns = ["loss", "method", "score", "auroc", "low", "high", "diff", "diff_low"]
+        columns += ["diff_high", "spearman_length"]
+        columns += [c for c in scores if c.startswith("auroc_")]
+        md += _markdown_table(scores, columns)
         md.append("")
     if labels_path is not None and selections and pool_files:
         pool = load_pool(pool_files)

@@ -25,11 +25,15 @@ __all__ = [
 ]
 
 #: The seed's exact Select-MoE: the gate's score as the seed defines it, round robin over the
-#: clusters of the routing features. ``selectmoe`` starts from it; this name never changes.
+#: clusters of the routing features. This name and its definition never change.
 SEED_METHOD = "selectmoe_seed"
 
 BUILTIN_DEFINITIONS: dict[str, dict[str, Any]] = {
-    "selectmoe": {"score": "gate", "allocation": "round_robin"},
+    # Select-MoE as measured best (benchmarks/RESULTS.md, "Scores and allocations"): the MoE
+    # model's own answer loss from the scoring pass ranks clean above planted examples far better
+    # than its quality gate on the demo and on a pool with other noise kinds; the clusters of
+    # its routing and the seed's round robin stay.
+    "selectmoe": {"score": "lm_loss", "allocation": "round_robin"},
     SEED_METHOD: {"score": "gate", "allocation": "round_robin"},
     "quality_topk": {"score": "gate", "allocation": "topk"},
     "diversity": {"score": "random", "allocation": "round_robin"},

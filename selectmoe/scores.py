@@ -12,7 +12,9 @@ A score is a function ``(router, *, params, seed) -> numpy.ndarray [N]`` registe
 - ``eos_loss``: minus the LM's loss on the answers' end-of-sequence tokens;
 - ``ifd``: Instruction-Following Difficulty, ``PPL(A | Q) / PPL(A)`` (Cherry-LLM, Superfiltering)
   from the answer loss with and without the question;
-- ``random``: a seeded uniform score (for allocations that need one, e.g. ``diversity``).
+- ``random``: a seeded uniform score (for allocations that need one, e.g. ``diversity``);
+- ``rank_blend``: a weighted mean of other scores' percentile ranks (``params["scores"]``: a
+  list of ``{score, params, weight}``); an example a score cannot rank counts as its lowest.
 
 The LM scores need the statistics that scoring records with ``lm_statistics`` (and ``ifd``); a
 router-data file without them gives a clear error. Plugins register more with
@@ -29,7 +31,10 @@ import torch
 
 from selectmoe.errors import SelectionError
 
-__all__ = ["SCORE_PARAMS", "available_scores", "compute_score", "register_score"]
+__all__ = ["LM_SCORES", "SCORE_PARAMS", "available_scores", "compute_score", "register_score"]
+
+#: Scores that read the LM statistics of the scoring pass (``scoring.lm_statistics``).
+LM_SCORES: tuple[str, ...] = ("lm_loss", "eos_loss", "ifd")
 
 ScoreFn = Callable[..., np.ndarray]
 _REGISTRY: dict[str, ScoreFn] = {}
@@ -45,6 +50,7 @@ SCORE_PARAMS: dict[str, dict[str, Any]] = {
     "eos_loss": {},
     "ifd": {},
     "random": {},
+    "rank_blend": {"scores": []},
 }
 
 
@@ -169,7 +175,39 @@ def _random(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(router.n_samples)
 
 
+def percentile_ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank in ``[0, 1]`` (ties share their mean rank; NaN and -inf rank lowest)."""
+    from scipy.stats import rankdata
+
+    finite = np.where(np.isfinite(values), values, -np.inf)
+    ranks = rankdata(finite, method="average")
+    return (ranks - 1.0) / max(len(values) - 1, 1)
+
+
+def _rank_blend(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    parts = params["scores"]
+    if not parts or not all(isinstance(p, Mapping) and "score" in p for p in parts):
+        raise SelectionError(
+            "rank_blend needs params.scores: a list of {score, params, weight} (at least one)"
+        )
+    total = np.zeros(router.n_samples)
+    weights = 0.0
+    for part in parts:
+        if part["score"] == "rank_blend":
+            raise SelectionError("rank_blend cannot blend itself")
+        weight = float(part.get("weight", 1.0))
+        if weight < 0:
+            raise SelectionError(f"rank_blend weight {weight} of {part['score']!r} must be >= 0")
+        values = compute_score(router, part["score"], params=part.get("params"), seed=seed)
+        total += weight * percentile_ranks(values)
+        weights += weight
+    if weights <= 0:
+        raise SelectionError("rank_blend weights must not all be 0")
+    return total / weights
+
+
 for _name, _fn in (
+    ("rank_blend", _rank_blend),
     ("gate", _gate),
     ("lm_loss", _lm_loss),
     ("eos_loss", _eos_loss),

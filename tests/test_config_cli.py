@@ -351,3 +351,10 @@ def test_method_definitions_are_checked(config: dict[str, Any]) -> None:
     }
     with pytest.raises(ConfigError, match="'selectmoe_seed' cannot be redefined"):
         check_registered_names(config)
+    config["selection"]["method_definitions"] = {}
+    config["selection"]["methods"] = ["selectmoe", "random"]
+    config.setdefault("scoring", {})["lm_statistics"] = False
+    with pytest.raises(
+        ConfigError, match=r"lm_statistics is false, but method\(s\) selectmoe rank by the LM"
+    ):
+        check_registered_names(config)

@@ -156,3 +156,53 @@ def test_write_diagnostics_files(tmp_path):
     assert "| untrained | all |" in markdown
     assert Path(written["sigmoid"]["png"]).stat().st_size > 0
     assert "x/p0.1" in Path(written["planted_share"]).read_text()
+
+
+def test_auroc_intervals_are_paired_bootstraps():
+    from selectmoe.diagnostics import auroc_intervals
+
+    rng = np.random.default_rng(0)
+    clean = rng.random(300) < 0.7
+    good = clean + rng.normal(scale=0.8, size=300)
+    weak = good + rng.normal(scale=3.0, size=300)
+    out = auroc_intervals({"good": good, "weak": weak}, clean, reference="weak", n_resamples=300)
+    assert out["good"]["auroc"] == pytest.approx(roc_auc_score(clean, good), abs=1e-12)
+    assert out["good"]["low"] < out["good"]["auroc"] < out["good"]["high"]
+    assert out["good"]["diff"] == pytest.approx(out["good"]["auroc"] - out["weak"]["auroc"])
+    assert out["good"]["diff_low"] > 0  # the better score, supported by a paired interval
+    assert out["weak"]["diff"] == out["weak"]["diff_low"] == out["weak"]["diff_high"] == 0.0
+    with pytest.raises(ValueError, match="reference 'none' is not one of the scores"):
+        auroc_intervals({"good": good}, clean, reference="none")
+
+
+def test_method_score_table_ranks_each_method_by_its_own_score(tmp_path):
+    from selectmoe.diagnostics import method_score_table
+    from selectmoe.methods import method_definitions
+
+    paths, payloads = _router_files(tmp_path, "warmed", shift=0.0)
+    losses = []
+    for path, payload in zip(paths, payloads, strict=True):
+        n = len(payload["sample_ids"])
+        planted = torch.arange(n) % 3 == 0
+        payload["answer_loss"] = torch.linspace(1.0, 2.0, n) + 3.0 * planted
+        payload["answer_loss_alone"] = payload["answer_loss"] + 0.5
+        losses.append(payload["answer_loss"])
+        save(payload, path)
+    labels = _labels(tmp_path, payloads)
+    table = method_score_table(
+        paths,
+        methods=["selectmoe", "random", "perplexity"],
+        definitions=method_definitions(),
+        labels_path=labels,
+        n_resamples=200,
+    )
+    assert table["method"].tolist() == ["selectmoe_seed", "selectmoe", "perplexity"]
+    clean = np.concatenate([np.arange(n) % 3 != 0 for n in (30, 18)])
+    loss = torch.cat(losses).numpy()
+    row = table.set_index("method").loc["selectmoe"]
+    assert row["auroc"] == pytest.approx(roc_auc_score(clean, -loss), abs=1e-12) == 1.0
+    assert row["score"] == "lm_loss()"
+    seed_auroc = table.set_index("method").loc["selectmoe_seed", "auroc"]
+    assert row["diff"] == pytest.approx(1.0 - seed_auroc)
+    assert row["auroc_junk"] == 1.0 and row["auroc_truncated"] == 1.0
+    assert np.isfinite(row["spearman_length"])

@@ -283,4 +283,11 @@ def test_a_method_defined_in_the_config_selects_by_its_definition(router):
     current = select_indices(
         router, method="selectmoe", selection_percentage=0.25, clustering_params=MANUAL_K, seed=0
     )
-    assert seed_result.indices.tolist() == current.indices.tolist()
+    # the same clusters; the seed ranks by its gate score, selectmoe by the answer loss
+    assert seed_result.labels.tolist() == current.labels.tolist()
+    clusters = seed_result.labels
+    assert seed_result.indices.tolist() == round_robin(router.scores, clusters, 10).tolist()
+    by_loss = np.where(np.isnan(loss), -np.inf, -loss)
+    expected = allocate("round_robin", by_loss, clusters, 10)
+    assert current.indices.tolist() == expected.tolist()
+    assert seed_result.indices.tolist() != current.indices.tolist()

@@ -225,8 +225,8 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
         ),
         (
             {"methods": ["best"]},
-            r"selection\.methods: 'best' is not registered; valid: selectmoe, quality_topk, "
-            r"diversity, random, full, oracle, anti_oracle",
+            r"selection\.methods: 'best' is not registered; valid: selectmoe, selectmoe_seed, "
+            r"quality_topk, diversity, perplexity, ifd, random, full, oracle, anti_oracle",
         ),
     ],
 )

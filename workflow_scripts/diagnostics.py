@@ -22,6 +22,8 @@ run_job(
         labels_path=snakemake.input.get("labels") or None,  # noqa: F821
         selections=dict(zip(snakemake.params.selections, selected, strict=True)),  # noqa: F821
         pool_files=list(snakemake.input.pool),  # noqa: F821
+        methods=list(snakemake.params.methods),  # noqa: F821
+        definitions=snakemake.params.definitions,  # noqa: F821
     ),
     provenance=job_provenance(snakemake),  # noqa: F821
 )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ from scipy.stats import hypergeom
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_md import replace_section  # noqa: E402
 
 from selectmoe.allocation import allocate  # noqa: E402
 from selectmoe.cli import build_settings  # noqa: E402
@@ -184,6 +188,87 @@ def planted_shares(
     return rows
 
 
+def _interval(row: dict[str, float], key: str = "", signed: bool = False) -> str:
+    value, low, high = (
+        row[key or "auroc"],
+        row[f"{key}_low" if key else "low"],
+        row[f"{key}_high" if key else "high"],
+    )
+    form = "{:+.3f}" if signed else "{:.3f}"
+    return f"{form.format(value)} [{form.format(low)}, {form.format(high)}]"
+
+
+def markdown(report: dict[str, Any], name: str, seeds: list[int]) -> str:
+    """The RESULTS.md section of one pool: AUROC per score, planted share per method."""
+    variants = report["variants"]
+    warm = [f"warm_seed{s}" for s in seeds]
+    kinds = sorted(next(iter(variants[warm[0]]["auroc_by_kind"].values())))
+    begin, end = (
+        f"<!-- selection-quality-{name}:begin -->",
+        f"<!-- selection-quality-{name}:end -->",
+    )
+    lines = [
+        begin,
+        f"### Pool `{name}`: {report['pool']}",
+        "",
+        f"Command: `{report['command']}` ({report['seconds']:.0f} s). Warmup as in "
+        "config/config.yaml (sigmoid loss), once per warmup seed "
+        f"({', '.join(map(str, seeds))}) and once with `trash_expert_mode: noise` (seed 42).",
+        "",
+        "AUROC (clean above planted, 95% bootstrap interval over examples) and the paired "
+        "difference to the seed's gate score on the same resamples, for each warmup seed; "
+        "per kind: AUROC of clean against that kind (warmup seed "
+        f"{seeds[0]}). 'noise trash': the same score after a warmup with the noise trash expert.",
+        "",
+        "| score | AUROC | Δ vs seed's gate, per warmup seed | noise trash | "
+        + " | ".join(kinds)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(kinds),
+    ]
+    first = variants[warm[0]]
+    for score in first["auroc"]:
+        deltas = "; ".join(
+            _interval(variants[w]["auroc"][score], "diff", signed=True) for w in warm
+        )
+        noise = variants["warm_noise_trash"]["auroc"].get(score)
+        per_kind = first["auroc_by_kind"][score]
+        noise_cell = f"{noise['auroc']:.3f}" if noise else "–"
+        kind_cells = " | ".join(f"{per_kind[k]:.2f}" for k in kinds)
+        lines.append(
+            f"| {score} | {_interval(first['auroc'][score])} | {deltas} | {noise_cell} | "
+            f"{kind_cells} |"
+        )
+    lines += [
+        "",
+        "Planted share of each selection (score + allocation) per warmup seed; random's row is "
+        "the expected share and the 95% range of a random selection (hypergeometric).",
+        "",
+        "| method | 10%: "
+        + " / ".join(map(str, seeds))
+        + " | 30%: "
+        + " / ".join(map(str, seeds))
+        + " |",
+        "|---|---|---|",
+    ]
+    shares: dict[str, dict[float, list[str]]] = {}
+    for w in warm:
+        for row in variants[w]["planted_shares"]:
+            cell = (
+                f"{row['share']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+                if "low" in row
+                else f"{row['share']:.3f}"
+            )
+            shares.setdefault(row["method"], {}).setdefault(row["percentage"], []).append(cell)
+    for method, by_percentage in shares.items():
+        cells = []
+        for percentage in PERCENTAGES:
+            values = by_percentage[percentage]
+            cells.append(values[0] if method.startswith("random") else " / ".join(values))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", end]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", type=Path, required=True)
@@ -193,13 +278,19 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "config/config.yaml")
     parser.add_argument("--warmup-seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--name", required=True, help="the pool's name in RESULTS.md")
+    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = yaml.safe_load(args.config.read_text())
     variants = [{"name": "untrained", "untrained": True}]
     variants += [{"name": f"warm_seed{s}", "warmup": {"seed": s}} for s in args.warmup_seeds]
     variants += [{"name": "warm_noise_trash", "warmup": {"trash_expert_mode": "noise"}}]
-    report: dict[str, Any] = {"pool": str(args.pool), "variants": {}}
+    report: dict[str, Any] = {
+        "pool": str(args.pool),
+        "command": shlex.join(["python", *sys.argv]),
+        "variants": {},
+    }
     start = time.perf_counter()
     untrained = None
     for variant in variants:
@@ -247,6 +338,16 @@ def main() -> None:
         sys.stdout.flush()
     report["seconds"] = time.perf_counter() - start
     (args.work / "selection_quality.json").write_text(json.dumps(report, indent=1))
+    section = markdown(report, args.name, args.warmup_seeds)
+    print(section)
+    replace_section(
+        args.output,
+        section,
+        (
+            f"<!-- selection-quality-{args.name}:begin -->",
+            f"<!-- selection-quality-{args.name}:end -->",
+        ),
+    )
 
 
 if __name__ == "__main__":

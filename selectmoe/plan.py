@@ -43,8 +43,9 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+from selectmoe.allocation import CLUSTERED_ALLOCATIONS
 from selectmoe.errors import ConfigError, ModelError
-from selectmoe.methods import POOL_ONLY_METHODS
+from selectmoe.methods import POOL_ONLY_METHODS, method_definitions
 
 __all__ = [
     "BUILTIN_SHAPES",
@@ -87,8 +88,6 @@ LESS_POOL_SIZES: dict[str, int] = {
     "flan_v2": 100_000,
     "oasst1": 55_668,
 }
-# methods of the selection sweep that cluster (k-means sweep over k); the others take seconds
-CLUSTERING_METHODS = ("selectmoe", "diversity")
 # the workflow's lm-eval call (workflow_scripts/evaluate.py) passes no dtype, and
 # selectmoe.evaluation.run_lm_eval defaults to float32
 # settings the plan reads, with the defaults of config/schema.yaml for keys a config leaves out
@@ -883,7 +882,13 @@ def select_plan(
         * benchmark_threads
         / max(threads, 1)
     )
-    clustering = [m for m in selection["methods"] if m in CLUSTERING_METHODS]
+    # methods whose allocation runs over clusters run the k-means sweep; the others take seconds
+    definitions = method_definitions(selection.get("method_definitions"))
+    clustering = [
+        m
+        for m in selection["methods"]
+        if m in definitions and definitions[m]["allocation"] in CLUSTERED_ALLOCATIONS
+    ]
     jobs = len(clustering) * len(selection["loss_types"]) * len(selection["percentages"])
     host = assumptions.select_host_bytes_per_cell * n * features
     memory: dict[str, float] = {}
@@ -891,7 +896,7 @@ def select_plan(
     notes = [
         f"k in {ks[0]}..{ks[-1]} ({len(ks)} values) x n_init {n_init} on {n:,} x {features}",
         f"CPU time at {threads} thread(s), scaled from the 2-thread benchmark",
-        "quality_topk, random and full selections take seconds: not counted",
+        "selections without clusters (top-k, IFD, random, full) take seconds: not counted",
     ]
     if gpus > 0:
         device = "gpu"

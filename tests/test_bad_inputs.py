@@ -116,6 +116,8 @@ class Workspace:
         payload: dict[str, Any] = {
             "quality_score": torch.zeros(6, 2),
             "moe_probs": torch.full((6, 2, 4), 0.25),
+            "answer_loss": torch.linspace(1.0, 2.0, 6),
+            "eos_loss": torch.linspace(0.5, 1.0, 6),
             "sample_ids": [f"alpha_{i}" for i in range(6)],
             "dataset": "alpha",
             "metadata": {},

@@ -130,17 +130,21 @@ N_LAYERS, N_EXPERTS = 3, 4
 def make_router_payload(
     dataset: str, n: int, *, seed: int, n_groups: int = 3, id_prefix: str | None = None
 ) -> dict:
-    """Router data with ``n_groups`` routing patterns (so clusters exist) and random scores."""
+    """Router data with ``n_groups`` routing patterns (so clusters exist), random gate scores and
+    random LM answer losses (the statistics the scoring pass records)."""
     gen = torch.Generator().manual_seed(seed)
     groups = torch.arange(n) % n_groups
     logits = torch.randn(n_groups, N_LAYERS, N_EXPERTS, generator=gen) * 3.0
     noise = torch.randn(n, N_LAYERS, N_EXPERTS, generator=gen) * 0.3
     moe_probs = torch.softmax(logits[groups] + noise, dim=-1).float()
     quality = torch.randn(n, N_LAYERS, generator=gen).float()
+    answer_loss = (torch.rand(n, generator=gen) * 3.0 + 0.5).float()
     prefix = id_prefix if id_prefix is not None else dataset
     return {
         "quality_score": quality,
         "moe_probs": moe_probs,
+        "answer_loss": answer_loss,
+        "eos_loss": answer_loss / 2,
         "sample_ids": [f"{prefix}_{i}" for i in range(n)],
         "dataset": dataset,
         "metadata": {"model": "test"},
@@ -469,7 +473,8 @@ def test_run_selection_writes_reproducible_outputs(tmp_path, router_files, capsy
     assert first["messages"][0]["role"] == "user"
     router = load_router_data(router_files)
     row = router.sample_ids.index(first["id"])
-    assert first["score"] == round(float(router.scores[row]), 8)
+    # selectmoe ranks by the MoE's answer loss: the written score is minus that loss
+    assert first["score"] == round(-float(router.statistics["answer_loss"][row]), 8)
     # selection.json: the curves, the chosen k, sizes, counts, timings
     saved = json.loads((tmp_path / "a" / "selection.json").read_text())
     assert saved["ks"] == list(range(2, 9))

@@ -68,33 +68,34 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
     result = _snakemake(workflow_dir, "-n", "--cores", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout + result.stderr)
-    # 2 loss types x 2 percentages x selectmoe, 2 percentages x {random, oracle, anti_oracle},
-    # and full: 11 selections, each finetuned with 3 seeds and evaluated in one job; one target
+    # 1 loss type x 2 percentages x {selectmoe, selectmoe_seed, perplexity, ifd}, 2 percentages
+    # x {random, oracle, anti_oracle} (no full baseline in the demo): 14 selections, each
+    # finetuned with 3 seeds and evaluated in one job; one target
     assert counts == {
         "build_demo": 1,
         "build_demo_target": 1,
         "validate_data": 1,
         "convert": 1,
         "verify_conversion": 1,
-        "warmup": 2,
-        "score": 8,
+        "warmup": 1,
+        "score": 4,
         "score_untrained": 4,
-        "select_routed": 4,
+        "select_routed": 8,
         "select_random": 2,
         "select_reference": 4,
-        "select_full": 1,
-        "finetune": 33,
-        "evaluate": 11,
+        "finetune": 42,
+        "evaluate": 14,
         "evaluate_base": 1,
         "summarize": 1,
+        "costs": 1,
         "diagnostics": 1,
-        "report_warmup": 2,
-        "report_quality_scores": 2,
+        "report_warmup": 1,
+        "report_quality_scores": 1,
         "report_quality_losses": 1,
         "report_selections": 1,
         "report_noise": 1,
         "all": 1,
-        "total": 85,
+        "total": 93,
     }
 
 
@@ -116,17 +117,17 @@ def test_paper_dag_counts(workflow_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout + result.stderr)
-    # 3 targets; 4 losses x 3 percentages x {selectmoe, quality_topk, diversity} = 36 routed
-    # selections, 3 random, 1 full -> 40 selections x 3 targets finetuned with 3 seeds each
-    # and evaluated (one job per selection and target)
+    # 3 targets; 4 losses x 3 percentages x {selectmoe, selectmoe_seed, perplexity, ifd,
+    # quality_topk, diversity} = 72 routed selections, 3 random, 1 full -> 76 selections x 3
+    # targets finetuned with 3 seeds each and evaluated (one job per selection and target)
     assert counts["warmup"] == 4
     assert counts["score"] == 16
     assert counts["score_untrained"] == 4
-    assert counts["select_routed"] == 36
+    assert counts["select_routed"] == 72
     assert counts["select_random"] == 3
     assert counts["select_full"] == 1
-    assert counts["finetune"] == 360
-    assert counts["evaluate"] == 120
+    assert counts["finetune"] == 684
+    assert counts["evaluate"] == 228
     assert counts["evaluate_base"] == 3
     assert counts["diagnostics"] == 1
     assert "select_reference" not in counts  # the LESS pool has no quality labels
@@ -261,7 +262,8 @@ SMALL_DEMO = {
     "selection": {
         "loss_types": ["sigmoid", "beta_moment_matching"],
         "percentages": [0.25],
-        "methods": ["selectmoe", "random", "oracle", "anti_oracle"],
+        "methods": ["selectmoe", "ifd", "random", "oracle", "anti_oracle"],
+        "full_baseline": True,
         "clustering_params": {"auto_k": True, "k_range": [2, 6], "k_step": 2, "n_init": 1},
     },
     "finetune": {"seeds": [1, 2], "epochs": 1, "max_sequence_length": 128, "checkpoint_every": 2},
@@ -270,6 +272,8 @@ SMALL_DEMO = {
 SMALL_SELECTIONS = [
     "selectmoe/sigmoid/p0.25",
     "selectmoe/beta_moment_matching/p0.25",
+    "ifd/sigmoid/p0.25",
+    "ifd/beta_moment_matching/p0.25",
     "random/p0.25",
     "oracle/p0.25",
     "anti_oracle/p0.25",
@@ -313,6 +317,10 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         "summary_accuracy.png",
         "diagnostics/diagnostics.md",
         "diagnostics/planted_share.csv",
+        "diagnostics/method_scores.csv",
+        "costs.csv",
+        "costs.md",
+        "costs_accuracy.png",
     ]
     declared += [f"router_data/untrained/{d}_router_data.pt" for d in PAPER_DATASETS]
     for loss in losses:
@@ -339,6 +347,7 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
     assert {method for method, _ in rows} == {
         "base",
         "selectmoe",
+        "ifd",
         "random",
         "oracle",
         "anti_oracle",
@@ -349,7 +358,7 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         assert 0.0 <= low <= mean <= high <= 1.0, row
         assert row["uses_labels"] == str(method in ("oracle", "anti_oracle"))
         assert row["n_seeds"] == ("1" if method == "base" else str(len(seeds)))
-        compared = method in ("selectmoe", "oracle", "anti_oracle")
+        compared = method in ("selectmoe", "ifd", "oracle", "anti_oracle")
         assert (row["vs_random"] != "") == compared, row
         if compared:
             difference, low, high = (
@@ -367,6 +376,28 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
     for loss in losses:
         assert f"## Loss type `{loss}`" in markdown
     assert "| untrained | all |" in markdown and "auroc_wrong_answer" in markdown
+    # every router method's score, with its interval and the paired difference to the seed's
+    with open(results / "diagnostics/method_scores.csv", newline="") as handle:
+        scores = list(csv.DictReader(handle))
+    assert {(r["loss"], r["method"]) for r in scores} == {
+        (loss, method) for loss in losses for method in ("selectmoe_seed", "selectmoe", "ifd")
+    }
+    for row in scores:
+        assert float(row["low"]) <= float(row["auroc"]) <= float(row["high"])
+        assert float(row["diff_low"]) <= float(row["diff"]) <= float(row["diff_high"])
+    # the cost ledger: every summary row, its jobs' seconds from the benchmark files
+    with open(results / "costs.csv", newline="") as handle:
+        costs = {(row["method"], row["loss"]): row for row in csv.DictReader(handle)}
+    assert set(costs) == set(rows)
+    for key, row in costs.items():
+        assert float(row["total_cpu_s"]) > 0 and float(row["peak_rss_mb"]) > 0
+        assert float(row["mean"]) == pytest.approx(float(rows[key]["mean"]))
+        routed = key[0] in ("selectmoe", "ifd")
+        # convert, warmup, 4 scores and the selection; pool methods select only; base evaluates
+        n_selection = 7 if routed else 0 if key[0] == "base" else 1
+        expected_jobs = n_selection + (0 if key[0] == "base" else len(seeds)) + 1
+        assert int(row["n_jobs"]) == expected_jobs, key
+        assert (float(row["stored_mb"]) > 0) == (key[0] != "base")
 
     # provenance beside every stage's output; each summary row links to its evaluation's
     for path in declared:

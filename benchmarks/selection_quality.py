@@ -15,10 +15,13 @@ and scores it with the untrained gates as a control. It then reports
 Usage::
 
     python -m tests.second_pool results/demo results/second_pool
-    python benchmarks/selection_quality.py --pool results/demo/pool \\
+    python benchmarks/selection_quality.py --name demo --pool results/demo/pool \\
         --labels results/demo/noise_labels.jsonl --work results/bench_quality/demo
-    python benchmarks/selection_quality.py --pool results/second_pool/pool \\
+    python benchmarks/selection_quality.py --name second --pool results/second_pool/pool \\
         --labels results/second_pool/noise_labels.jsonl --work results/bench_quality/second
+
+Each writes its section of ``benchmarks/RESULTS.md`` (``--output``); warmed models and router
+data are cached under ``--work``.
 
 It needs the converted demo model (``results/models/demo-olmoe/converted``: run the demo once).
 """

@@ -58,7 +58,7 @@ DEFINITIONS = methods.method_definitions(SELECTION.get("method_definitions", {})
 
 def needs_ifd():
     """Whether a method of the sweep ranks by IFD (scoring then runs the answers alone too)."""
-    return any(DEFINITIONS.get(m, {}).get("score") == "ifd" for m in METHODS)
+    return methods.uses_score("ifd", METHODS, SELECTION.get("method_definitions", {}))
 
 
 # reference selections that read the pool's quality labels (no real method may)

@@ -22,6 +22,7 @@ __all__ = [
     "SEED_METHOD",
     "SELECTION_METHODS",
     "method_definitions",
+    "uses_score",
 ]
 
 #: The seed's exact Select-MoE: the gate's score as the seed defines it, round robin over the
@@ -81,3 +82,30 @@ def method_definitions(
             )
         definitions[name] = dict(definition)
     return definitions
+
+
+def _score_names(score: str, params: Mapping[str, Any] | None) -> set[str]:
+    """``score`` and, for a blend, every score it is made of (recursively)."""
+    names = {score}
+    for part in (params or {}).get("scores") or []:
+        if isinstance(part, Mapping) and "score" in part:
+            names |= _score_names(str(part["score"]), part.get("params"))
+    return names
+
+
+def uses_score(
+    score: str,
+    methods: list[str] | tuple[str, ...],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> bool:
+    """Whether any of ``methods`` ranks by ``score``, alone or inside a ``rank_blend``.
+
+    The score stage runs the answers alone a second time only when a method of the sweep uses
+    ``ifd`` (``uses_score("ifd", ...)``).
+    """
+    definitions = method_definitions(extra)
+    return any(
+        score in _score_names(definitions[m]["score"], definitions[m].get("score_params"))
+        for m in methods
+        if m in definitions
+    )

@@ -45,7 +45,7 @@ from typing import Any
 
 from selectmoe.allocation import CLUSTERED_ALLOCATIONS
 from selectmoe.errors import ConfigError, ModelError
-from selectmoe.methods import POOL_ONLY_METHODS, method_definitions
+from selectmoe.methods import POOL_ONLY_METHODS, method_definitions, uses_score
 
 __all__ = [
     "BUILTIN_SHAPES",
@@ -74,6 +74,9 @@ DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
 FP32 = DTYPE_BYTES["float32"]
 INDEX_BYTES = 8  # int64 routing indices
 MASK_BYTES = 1  # torch.bool: dropout masks on CUDA, SDPA's padding mask
+# answer tokens per LM-head chunk in scoring (selectmoe.scoring's chunk_tokens default;
+# tests/test_plan.py checks them against each other)
+SCORING_CHUNK_TOKENS = 1024
 ADAMW_STATE_BYTES = 2 * FP32  # exp_avg and exp_avg_sq, float32, per trainable parameter
 # AdamW keeps float32 master weights and gradients for the trainable tensors (LoRA adapters are
 # float32 under peft even on a bf16 base; the warmup trains in float32)
@@ -101,7 +104,12 @@ SCHEMA_DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "max_sequence_length": 2048,
     },
-    "scoring": {"batch_size": 16, "max_sequence_length": 2048, "dtype": "float32"},
+    "scoring": {
+        "batch_size": 16,
+        "max_sequence_length": 2048,
+        "dtype": "float32",
+        "lm_statistics": True,
+    },
     "finetune": {
         "lora_r": 128,
         "lora_dropout": 0.1,
@@ -482,6 +490,10 @@ class Assumptions:
         with ``n_tokens / n_samples`` from the score stage's metadata once the pool is scored.
         ``length_sigma`` 0.7: examples lengths taken as log-normal with this sigma (coefficient
         of variation ~0.8); it sets the padding of random (unsorted) training batches.
+        ``answer_token_share`` 0.3: the labelled (assistant) share of an example's tokens, from
+        the same tables' completion lengths (FLAN-v2 ~31, CoT ~53, Dolly ~91, OASST1 ~212 per
+        turn) weighted by the pool counts; the score stage's ``n_answer_tokens / n_tokens``
+        replaces it. It sizes the LM head of the scoring pass and its answer-alone pass (IFD).
     Evaluation (the paper's six tasks, lm-eval defaults)
         ``eval_prefill_tokens`` 21 M tokens through the forward pass (mmlu ~6.7 M, hellaswag
         ~4.4 M, bbh CoT 3-shot ~6.5 M, tydiqa ~3 M, arc ~0.7 M); ``eval_generated_tokens`` 1.1 M
@@ -509,6 +521,7 @@ class Assumptions:
     pool_sizes: Mapping[str, int] = field(default_factory=lambda: dict(LESS_POOL_SIZES))
     mean_example_tokens: float = 350.0
     length_sigma: float = 0.7
+    answer_token_share: float = 0.3
     eval_prefill_tokens: float = 21e6
     eval_generated_tokens: float = 1.1e6
     eval_sequence_length: int = 2048
@@ -812,9 +825,12 @@ def warmup_plan(
 def score_plan(config: Mapping[str, Any], shape: ModelShape, assumptions: Assumptions) -> StagePlan:
     """Stage 2 (``selectmoe.scoring.compute_router_data``): inference in ``scoring.dtype``.
 
-    The decoder stack only (no LM head), ``torch.inference_mode``, length-sorted batches of
+    The decoder stack, ``torch.inference_mode``, length-sorted batches of
     ``scoring.batch_size`` padded to at most ``scoring.max_sequence_length``; SDPA receives a
-    boolean ``[B, 1, T, T]`` padding mask. One job per (loss type, dataset).
+    boolean ``[B, 1, T, T]`` padding mask. With ``scoring.lm_statistics`` the LM head runs on the
+    answer tokens only, ``chunk_tokens`` (1,024) at a time (float32 logits and their
+    log-softmax of one chunk); when a method of the sweep ranks by ``ifd`` the answers go
+    through the whole model a second time, alone. One job per (loss type, dataset).
     """
     settings = _section(config, "scoring")
     shape = replace(shape, quality_gate=True)
@@ -823,6 +839,11 @@ def score_plan(config: Mapping[str, Any], shape: ModelShape, assumptions: Assump
         raise ConfigError(f"scoring.dtype is {dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
     width = DTYPE_BYTES[dtype]
     batch, length = int(settings["batch_size"]), int(settings["max_sequence_length"])
+    lm_statistics = bool(settings["lm_statistics"])
+    selection = config["selection"]
+    answers_alone = lm_statistics and uses_score(
+        "ifd", selection["methods"], selection.get("method_definitions")
+    )
     tokens_per_batch = batch * length
     memory = {
         "weights": width * shape.total_params,
@@ -830,13 +851,31 @@ def score_plan(config: Mapping[str, Any], shape: ModelShape, assumptions: Assump
         * moe_inference_bytes_per_token(shape, dtype_bytes=width, padded=batch > 1),
         "attention_mask": (MASK_BYTES + width) * batch * length * length,
     }
+    if lm_statistics:
+        memory["logits"] = 2 * FP32 * SCORING_CHUNK_TOKENS * shape.vocab_size
     memory.update(assumptions.with_overhead(sum(memory.values())))
     n_matmul = shape.matmul_params_per_token(lm_head=False)
+    head = shape.hidden_size * shape.vocab_size
+    share = assumptions.answer_token_share
+    # FLOPs per token of an example: the stack, the head on its answer tokens, and the answers'
+    # second pass through stack and head
+    per_token = 2 * n_matmul
+    if lm_statistics:
+        per_token += 2 * head * share
+    if answers_alone:
+        per_token += 2 * (n_matmul + head) * share
     time_s = {
-        dataset: assumptions.seconds(2 * n_matmul * _tokens(n, length, assumptions), dtype)
+        dataset: assumptions.seconds(per_token * _tokens(n, length, assumptions), dtype)
         for dataset, n in _pool(config, assumptions).items()
     }
-    losses = len(config["selection"]["loss_types"])
+    losses = len(selection["loss_types"])
+    notes = ["length-sorted batches: padding taken as none"]
+    if lm_statistics:
+        notes.append(f"LM head on the answer tokens ({share:.0%} of tokens)")
+    else:
+        notes.append("no LM head (lm_statistics off)")
+    if answers_alone:
+        notes.append("answers alone a second time (ifd)")
     return StagePlan(
         stage="score",
         model=shape.name,
@@ -845,7 +884,7 @@ def score_plan(config: Mapping[str, Any], shape: ModelShape, assumptions: Assump
         memory=memory,
         time_s=time_s,
         total_gpu_hours=losses * sum(time_s.values()) / HOUR,
-        notes=["length-sorted batches: padding taken as none", "no LM head"],
+        notes=notes,
     )
 
 

@@ -69,7 +69,12 @@ def available_scores() -> list[str]:
 def _statistic(router: Any, key: str, score: str) -> torch.Tensor:
     value = router.statistics.get(key)
     if value is None:
-        hint = "scoring.ifd: true" if key == "answer_loss_alone" else "scoring.lm_statistics: true"
+        hint = (
+            "a method that ranks by ifd in selection.methods (the score stage then runs the "
+            "answers alone too)"
+            if key == "answer_loss_alone"
+            else "scoring.lm_statistics: true"
+        )
         raise SelectionError(
             f"score {score!r} needs {key!r} in the router data, which these files lack; re-run the "
             f"score stage with {hint}"

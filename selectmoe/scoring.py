@@ -64,6 +64,10 @@ ROUTER_DATA_KEYS: tuple[str, ...] = (
 )
 """Keys every router-data file written here has (older files without ``n_tokens`` still load)."""
 
+#: Answer tokens per pass through the LM head: the largest ``[tokens, vocab]`` tensor scoring
+#: holds is ``[LM_HEAD_CHUNK_TOKENS, vocab]``.
+LM_HEAD_CHUNK_TOKENS = 1024
+
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes."""
@@ -147,7 +151,7 @@ def compute_example_statistics(
     progress: bool = True,
     lm_statistics: bool = True,
     eos_token_id: int | None = None,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = LM_HEAD_CHUNK_TOKENS,
 ) -> dict[str, torch.Tensor]:
     """Per-sample statistics of encoded examples in one pass of the decoder stack.
 
@@ -246,7 +250,7 @@ def answer_alone_losses(
     batch_size: int,
     max_sequence_length: int,
     device: torch.device,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = LM_HEAD_CHUNK_TOKENS,
 ) -> torch.Tensor:
     """Mean loss of each example's answers without its question (IFD's denominator).
 

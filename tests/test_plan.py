@@ -30,6 +30,7 @@ from selectmoe.plan import (
     BUILTIN_SHAPES,
     GIB,
     SCHEMA_DEFAULTS,
+    SCORING_CHUNK_TOKENS,
     Assumptions,
     ModelShape,
     lora_saved_bytes_per_token,
@@ -479,6 +480,34 @@ def test_gradient_checkpointing_trades_memory_for_time(paper: dict[str, Any]) ->
     assert after["time_per_job_h"]["full"] == pytest.approx(
         1.5 * before["time_per_job_h"]["full"], rel=0.01
     )
+
+
+def test_lm_statistics_and_ifd_add_the_head_and_the_answers_pass(paper: dict[str, Any]) -> None:
+    from selectmoe.scoring import LM_HEAD_CHUNK_TOKENS
+
+    assert LM_HEAD_CHUNK_TOKENS == SCORING_CHUNK_TOKENS
+    shape = BUILTIN_SHAPES["allenai/OLMoE-1B-7B-0125"]
+    full = _row(plan_table(paper), "score")  # the paper sweep has ifd
+    assert full["memory_gib"]["logits"] == pytest.approx(
+        2 * 4 * SCORING_CHUNK_TOKENS * shape.vocab_size / GIB, abs=0.005
+    )
+    paper["selection"]["methods"] = ["selectmoe", "random"]
+    no_ifd = _row(plan_table(paper), "score")
+    paper["scoring"]["lm_statistics"] = False
+    paper["selection"]["methods"] = ["selectmoe_seed", "random"]
+    stack = _row(plan_table(paper), "score")
+    assert "logits" not in stack["memory_gib"]
+    n_matmul = shape.matmul_params_per_token(lm_head=False)
+    head = shape.hidden_size * shape.vocab_size
+    share = Assumptions().answer_token_share
+    for dataset, hours in stack["time_per_job_h"].items():
+        # time is proportional to the FLOPs per token: stack; + head on answers; + answers again
+        assert no_ifd["time_per_job_h"][dataset] == pytest.approx(
+            hours * (n_matmul + head * share) / n_matmul, rel=0.02
+        )
+        assert full["time_per_job_h"][dataset] == pytest.approx(
+            hours * (n_matmul + head * share + (n_matmul + head) * share) / n_matmul, rel=0.02
+        )
 
 
 def test_gpu_memory_and_mfu(paper: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from selectmoe.allocation import allocate, round_robin
 from selectmoe.errors import RouterDataError, SelectionError
-from selectmoe.methods import BUILTIN_DEFINITIONS, SEED_METHOD, method_definitions
+from selectmoe.methods import BUILTIN_DEFINITIONS, SEED_METHOD, method_definitions, uses_score
 from selectmoe.scores import compute_score
 from selectmoe.selection import load_router_data, select_indices
 from tests.test_selection import MANUAL_K, make_router_payload, save
@@ -111,12 +111,17 @@ def test_lm_scores_follow_their_definitions(router):
 
 
 def test_lm_scores_name_the_missing_statistics(tmp_path: Path):
-    plain = load_router_data([save(make_router_payload("a", 6, seed=1), tmp_path / "a.pt")])
+    payload = make_router_payload("a", 6, seed=1)
+    for key in ("answer_loss", "eos_loss"):  # router data scored with lm_statistics: false
+        del payload[key]
+    plain = load_router_data([save(payload, tmp_path / "a.pt")])
     with pytest.raises(SelectionError, match=r"needs 'answer_loss' .*scoring.lm_statistics: true"):
         compute_score(plain, "lm_loss")
-    partial = dict(make_router_payload("a", 6, seed=1), answer_loss=torch.ones(6))
+    partial = dict(payload, answer_loss=torch.ones(6))
     router = load_router_data([save(partial, tmp_path / "b.pt")])
-    with pytest.raises(SelectionError, match=r"needs 'answer_loss_alone' .*scoring.ifd: true"):
+    with pytest.raises(
+        SelectionError, match=r"needs 'answer_loss_alone' .*ranks by ifd in selection.methods"
+    ):
         compute_score(router, "ifd")
     with pytest.raises(SelectionError, match="unknown score 'nope'; valid: eos_loss, gate"):
         compute_score(router, "nope")
@@ -235,6 +240,18 @@ def test_builtin_methods_are_definitions_and_the_seed_method_is_fixed():
         method_definitions({"random": {"score": "gate", "allocation": "topk"}})
     with pytest.raises(ValueError, match=r"'mine': unknown key\(s\) k; missing allocation"):
         method_definitions({"mine": {"score": "gate", "k": 1}})
+
+
+def test_uses_score_looks_into_blends_and_config_definitions():
+    assert uses_score("ifd", ["selectmoe", "ifd"]) and not uses_score("ifd", ["selectmoe"])
+    blend = {
+        "score": "rank_blend",
+        "score_params": {"scores": [{"score": "gate"}, {"score": "ifd", "weight": 2}]},
+        "allocation": "topk",
+    }
+    assert uses_score("ifd", ["blended"], {"blended": blend})
+    assert not uses_score("ifd", ["random", "oracle"], {"blended": blend})  # not in the sweep
+    assert uses_score("gate", ["selectmoe_seed"]) and not uses_score("gate", ["perplexity"])
 
 
 def test_a_method_defined_in_the_config_selects_by_its_definition(router):

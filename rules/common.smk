@@ -171,16 +171,24 @@ def finetune_settings(target, seed):
     return settings
 
 
-def selection_settings(routed):
+def selection_settings(method=None):
     """The selection keys a selection job uses: exactly these are its rerun-triggering params.
 
     Passing the whole section would rerun every selection when a sweep value (a percentage, a
-    method, a loss type) is added, and the baselines when a clustering setting changes.
+    method, a loss type) is added, the baselines and unclustered methods when a clustering
+    setting changes, and every method when one method's definition changes. ``method``: a
+    method that reads the router data.
     """
-    keys = ["seed", "debug_print"]
-    if routed:
-        keys += ["clustering_method", "clustering_params", "method_definitions"]
-    return {key: SELECTION.get(key, {}) for key in keys}
+    settings = {key: SELECTION[key] for key in ("seed", "debug_print")}
+    if method is None:
+        return settings
+    own = SELECTION.get("method_definitions", {})
+    if method in own:
+        settings["method_definitions"] = {method: own[method]}
+    if methods.uses_clusters(method, own):
+        settings["clustering_method"] = SELECTION["clustering_method"]
+        settings["clustering_params"] = SELECTION.get("clustering_params", {})
+    return settings
 
 
 def gpus(stage):

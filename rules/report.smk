@@ -104,14 +104,16 @@ rule report_selections:
     input:
         info=[f"{RESULTS}/selection/{s}/selection.json" for s in selection_paths()],
         # The selections' plot directories (outputs of rules/select.smk), flagged for the report:
-        # the four plots of the methods that cluster, the score distribution of quality_topk;
-        # random and full have no scores or clusters to show.
+        # the four plots of the methods that cluster, the score distribution of the others that
+        # read the router data; random and full have no scores or clusters to show.
         plots=[
             report(
                 f"{RESULTS}/selection/{s}/plots",
                 patterns=(
                     ["{plot}.png"]
-                    if s.startswith(("selectmoe/", "diversity/"))
+                    if methods.uses_clusters(
+                        parse_selection(s)[0], SELECTION.get("method_definitions", {})
+                    )
                     else ["{plot,score_distribution}.png"]
                 ),
                 caption="../report/selection_plots.rst",

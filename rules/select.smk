@@ -24,7 +24,7 @@ rule select_routed:
     params:
         method=lambda wildcards: wildcards.method,
         percentage=lambda wildcards: float(wildcards.pct),
-        selection=selection_settings(routed=True),
+        selection=lambda wildcards: selection_settings(wildcards.method),
     script:
         "../workflow_scripts/select.py"
 
@@ -48,7 +48,7 @@ rule select_random:
     params:
         method="random",
         percentage=lambda wildcards: float(wildcards.pct),
-        selection=selection_settings(routed=False),
+        selection=selection_settings(),
     script:
         "../workflow_scripts/select.py"
 
@@ -73,7 +73,7 @@ rule select_reference:
     params:
         method=lambda wildcards: wildcards.reference,
         percentage=lambda wildcards: float(wildcards.pct),
-        selection=selection_settings(routed=False),
+        selection=selection_settings(),
     script:
         "../workflow_scripts/select.py"
 
@@ -97,6 +97,6 @@ rule select_full:
     params:
         method="full",
         percentage=1.0,
-        selection=selection_settings(routed=False),
+        selection=selection_settings(),
     script:
         "../workflow_scripts/select.py"

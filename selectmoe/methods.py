@@ -22,6 +22,7 @@ __all__ = [
     "SEED_METHOD",
     "SELECTION_METHODS",
     "method_definitions",
+    "uses_clusters",
     "uses_score",
 ]
 
@@ -109,3 +110,12 @@ def uses_score(
         for m in methods
         if m in definitions
     )
+
+
+def uses_clusters(method: str, extra: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    """Whether ``method`` spends its budget over the clusters of the routing features (and so
+    depends on the clustering settings)."""
+    from selectmoe.allocation import CLUSTERED_ALLOCATIONS  # registered allocations included
+
+    definition = method_definitions(extra).get(method)
+    return definition is not None and definition["allocation"] in CLUSTERED_ALLOCATIONS

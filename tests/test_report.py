@@ -400,16 +400,17 @@ def test_snakemake_report_of_the_small_demo(finished_demo: tuple[Path, dict]) ->
 
     # 1. the summary table and the accuracy plot per method
     assert "summary.csv" in by_name and "summary_accuracy.png" in by_name
-    # 2. the selection plots of both Select-MoE selections (random has none to show)
-    for plot, phrase in [
-        ("elbow.png", "Elbow curve"),
-        ("silhouette.png", "Silhouette per k"),
-        ("cluster_sizes.png", "Cluster sizes"),
-        ("score_distribution.png", "Score distribution"),
+    # 2. the selection plots of both Select-MoE selections (random has none to show); ifd
+    # clusters nothing and shows its score distribution only
+    for plot, phrase, methods in [
+        ("elbow.png", "Elbow curve", ["selectmoe"]),
+        ("silhouette.png", "Silhouette per k", ["selectmoe"]),
+        ("cluster_sizes.png", "Cluster sizes", ["selectmoe"]),
+        ("score_distribution.png", "Score distribution", ["ifd", "selectmoe"]),
     ]:
         entries = by_name[plot]
         assert sorted(e["labels"]["selection"] for e in entries) == [
-            f"selectmoe/{loss}/p0.25" for loss in losses
+            f"{method}/{loss}/p0.25" for method in methods for loss in losses
         ], plot
         assert all(phrase in e["caption"] for e in entries), plot
     assert "selections.csv" in by_name

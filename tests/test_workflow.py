@@ -95,7 +95,7 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "report_selections": 1,
         "report_noise": 1,
         "all": 1,
-        "total": 93,
+        "total": 94,
     }
 
 
@@ -170,9 +170,9 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert _job_counts(output)["finetune"] == 360
+    assert _job_counts(output)["finetune"] == 684
     jobs = [job for job in _dry_run_jobs(output) if job["rule"] != "all"]
-    assert len(jobs) == 562
+    assert len(jobs) == 1031
     paper = yaml.safe_load((workflow_dir / "config/paper.yaml").read_text())
     stage_of = {
         "evaluate_base": "evaluate",
@@ -404,7 +404,15 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         main = path.removesuffix("/config.json").removesuffix("/adapter_config.json")
         if main.startswith("eval/") or main.startswith("diagnostics/"):
             continue  # one provenance per evaluate / diagnostics job, checked below
-        if main.endswith(("selection.json", "summary.md", "summary_accuracy.png")):
+        if main.endswith(
+            (
+                "selection.json",
+                "summary.md",
+                "summary_accuracy.png",
+                "costs.md",
+                "costs_accuracy.png",
+            )
+        ):
             continue  # second outputs of a job: its provenance sits beside the first
         assert (results / f"{main}.provenance.json").is_file(), main
     assert (results / "diagnostics/diagnostics.md.provenance.json").is_file()
@@ -445,7 +453,8 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
 @pytest.mark.parametrize(
     ("change", "rerun", "kept"),
     [
-        # a clustering setting: the routed selections and what follows them, nothing before
+        # a clustering setting: the clustered selections (selectmoe, not ifd) and what follows
+        # them, nothing before
         (
             {"selection": {"clustering_params": {"k_step": 1}}},
             {"select_routed": 2, "finetune": 4, "evaluate": 2, "summarize": 1, "diagnostics": 1},
@@ -454,25 +463,25 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         # one more percentage: only the new selections and what follows them
         (
             {"selection": {"percentages": [0.25, 0.5]}},
-            {"select_routed": 2, "select_random": 1, "select_reference": 2, "finetune": 10},
+            {"select_routed": 4, "select_random": 1, "select_reference": 2, "finetune": 14},
             ["warmup", "score", "select_full", "convert", "build_demo", "evaluate_base"],
         ),
         # a warmup setting: both warmups, their router data and everything after
         (
             {"warmup": {"learning_rate": 0.002}},
-            {"warmup": 2, "score": 8, "select_routed": 2, "finetune": 4, "evaluate": 2},
+            {"warmup": 2, "score": 8, "select_routed": 4, "finetune": 8, "evaluate": 4},
             ["select_random", "select_full", "score_untrained", "build_demo", "evaluate_base"],
         ),
         # one more finetune seed: its finetunes, every evaluation of a selection, the summary
         (
             {"finetune": {"seeds": [1, 2, 3]}},
-            {"finetune": 6, "evaluate": 6, "summarize": 1},
+            {"finetune": 8, "evaluate": 8, "summarize": 1},
             ["warmup", "score", "select_routed", "select_random", "evaluate_base"],
         ),
         # an evaluation setting: every evaluation, no training
         (
             {"evaluation": {"seed": 43}},
-            {"evaluate": 6, "evaluate_base": 1, "summarize": 1},
+            {"evaluate": 8, "evaluate_base": 1, "summarize": 1},
             ["warmup", "score", "select_routed", "select_random", "finetune"],
         ),
     ],

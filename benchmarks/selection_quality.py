@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import replace_section  # noqa: E402
 
 from selectmoe.allocation import allocate  # noqa: E402
-from selectmoe.cli import build_settings  # noqa: E402
+from selectmoe.config import build_settings  # noqa: E402
 from selectmoe.diagnostics import auroc, auroc_intervals  # noqa: E402
 from selectmoe.labels import align_labels  # noqa: E402
 from selectmoe.scores import compute_score  # noqa: E402

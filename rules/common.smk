@@ -13,7 +13,7 @@ from selectmoe.config import (
 )
 from selectmoe.errors import ConfigError
 from selectmoe.plugins import PLUGINS_VARIABLE, load_plugins
-from selectmoe import methods
+from selectmoe import methods, sweep
 from snakemake.utils import validate
 
 # Validate first, with one-line messages that name the key and the allowed values, then let
@@ -42,7 +42,6 @@ DATASETS = config["data"]["datasets"]
 BASE = config["base_model"]["name"]
 SELECTION = config["selection"]
 LOSSES = SELECTION["loss_types"]
-PERCENTAGES = [f"{p:g}" for p in SELECTION["percentages"]]
 METHODS = SELECTION["methods"]
 TARGETS = list(config["targets"])
 SEEDS = [int(seed) for seed in config["finetune"]["seeds"]]
@@ -63,8 +62,6 @@ def needs_ifd():
 
 # reference selections that read the pool's quality labels (no real method may)
 LABEL_METHODS = list(methods.LABEL_METHODS)
-# methods that select from the pool alone, once per percentage for every loss type (not full)
-POOL_METHODS = [m for m in methods.POOL_ONLY_METHODS if m != "full"]
 
 
 wildcard_constraints:
@@ -75,10 +72,7 @@ wildcard_constraints:
     target="[A-Za-z0-9_.-]+",
     method="|".join(ROUTER_METHODS),
     reference="|".join(LABEL_METHODS),
-    selection=(
-        f"({'|'.join(ROUTER_METHODS)})/({'|'.join(map(re.escape, LOSSES))})/p[0-9.]+"
-        f"|({'|'.join(POOL_METHODS)})/p[0-9.]+|full"
-    ),
+    selection=sweep.selection_pattern(ROUTER_METHODS, LOSSES),
 
 
 def is_demo():
@@ -171,13 +165,25 @@ def finetune_settings(target, seed):
     return settings
 
 
+def clustering_settings():
+    """The settings of the cluster jobs: exactly these are their rerun-triggering params."""
+    keys = ("clustering_method", "clustering_params", "seed", "debug_print")
+    return {key: SELECTION.get(key, {}) for key in keys}
+
+
+def clusters_path(loss):
+    """The clusters of a loss type's router data (rule cluster)."""
+    return f"{RESULTS}/clusters/{loss}/clusters.json"
+
+
 def selection_settings(method=None):
     """The selection keys a selection job uses: exactly these are its rerun-triggering params.
 
     Passing the whole section would rerun every selection when a sweep value (a percentage, a
     method, a loss type) is added, the baselines and unclustered methods when a clustering
     setting changes, and every method when one method's definition changes. ``method``: a
-    method that reads the router data.
+    method that reads the router data; a clustered one reads its clusters from the cluster
+    job, whose settings it still records.
     """
     settings = {key: SELECTION[key] for key in ("seed", "debug_print")}
     if method is None:
@@ -207,17 +213,7 @@ def mem_mb(stage):
 
 def selection_paths():
     """Every selection of the sweep, as the {selection} wildcard value."""
-    paths = []
-    for method in METHODS:
-        if method in POOL_METHODS:
-            paths += [f"{method}/p{pct}" for pct in PERCENTAGES]
-        else:
-            paths += [
-                f"{method}/{loss}/p{pct}" for loss in LOSSES for pct in PERCENTAGES
-            ]
-    if SELECTION.get("full_baseline", True):
-        paths.append("full")
-    return paths
+    return [selection.path for selection in sweep.sweep_selections(SELECTION)]
 
 
 def eval_dir(target, selection):
@@ -233,10 +229,8 @@ def seed_results(target, selection, kind):
 
 def parse_selection(selection):
     """(method, loss type or None, percentage) of a {selection} value; full is 100%."""
-    parts = selection.split("/")
-    loss = parts[1] if len(parts) == 3 else None
-    pct = float(parts[-1][1:]) if parts[-1].startswith("p") else 1.0
-    return parts[0], loss, pct
+    parsed = sweep.Selection.from_path(selection)
+    return parsed.method, parsed.loss, parsed.percentage
 
 
 def summary_points():
@@ -306,6 +300,11 @@ def cost_points():
                     jobs.append(
                         job("selection", f"score/{loss}/{dataset}", "score", [data])
                     )
+            if loss is not None and methods.uses_clusters(
+                method, SELECTION.get("method_definitions", {})
+            ):
+                clusters = clusters_path(loss)
+                jobs.append(job("selection", f"cluster/{loss}", "select", [clusters]))
             chosen = f"{RESULTS}/selection/{selection}"
             jobs.append(job("selection", f"select/{selection}", "select", [chosen]))
             for seed in SEEDS:

@@ -35,8 +35,9 @@ rule evaluate:
         "../workflow_scripts/evaluate.py"
 
 
-rule evaluate_base:
-    """The target without adapter: the reference every selection must beat."""
+# The target without adapter: the reference every selection must beat (the same job, no
+# adapters, one results file).
+use rule evaluate as evaluate_base with:
     input:
         get_target_input,
         get_eval_inputs,
@@ -48,14 +49,3 @@ rule evaluate_base:
         f"{RESULTS}/logs/evaluate/{{target}}/base.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{target}}/base.tsv"
-    conda:
-        "../envs/selectmoe.yaml"
-    threads: threads("evaluate")
-    resources:
-        gpu=gpus("evaluate"),
-        mem_mb=mem_mb("evaluate"),
-    params:
-        base_model=lambda wildcards: get_target_model(wildcards.target),
-        evaluation=config["evaluation"],
-    script:
-        "../workflow_scripts/evaluate.py"

@@ -1,9 +1,44 @@
-rule select_routed:
-    """Selections that use the router data: selectmoe, quality_topk, diversity."""
+rule cluster:
+    """The k-means sweep over one loss type's routing features, once for every clustered
+    selection (methods and percentages)."""
     input:
         router_data=expand(
             f"{RESULTS}/router_data/{{{{loss}}}}/{{dataset}}_router_data.pt",
             dataset=DATASETS,
+        ),
+    output:
+        clusters=clusters_path("{loss}"),
+        provenance=f"{clusters_path('{loss}')}.provenance.json",
+    log:
+        f"{RESULTS}/logs/cluster/{{loss}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cluster/{{loss}}.tsv"
+    conda:
+        "../envs/selectmoe.yaml"
+    threads: threads("select")
+    resources:
+        gpu=gpus("select"),
+        mem_mb=mem_mb("select"),
+    params:
+        selection=clustering_settings(),
+    script:
+        "../workflow_scripts/cluster.py"
+
+
+rule select_routed:
+    """Selections that use the router data (and, for clustered methods, the loss type's
+    clusters)."""
+    input:
+        router_data=expand(
+            f"{RESULTS}/router_data/{{{{loss}}}}/{{dataset}}_router_data.pt",
+            dataset=DATASETS,
+        ),
+        clusters=lambda wildcards: (
+            clusters_path(wildcards.loss)
+            if methods.uses_clusters(
+                wildcards.method, SELECTION.get("method_definitions", {})
+            )
+            else []
         ),
         pool=get_all_pool_files,
     output:
@@ -17,10 +52,7 @@ rule select_routed:
         f"{RESULTS}/benchmarks/select/{{method}}/{{loss}}/p{{pct}}.tsv"
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("select")
-    resources:
-        gpu=gpus("select"),
-        mem_mb=mem_mb("select"),
+    threads: 1
     params:
         method=lambda wildcards: wildcards.method,
         percentage=lambda wildcards: float(wildcards.pct),

@@ -7,7 +7,6 @@ Every command exits 0 on success; on bad input it prints one line ``selectmoe: e
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from selectmoe.config import build_settings
 from selectmoe.errors import ConfigError, SelectMoeError
 from selectmoe.methods import POOL_ONLY_METHODS, SELECTION_METHODS
 
@@ -34,17 +34,6 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
-
-
-def build_settings(cls: type, values: dict[str, Any], *, section: str) -> Any:
-    """Instantiate a settings dataclass, rejecting unknown keys with the list of valid ones."""
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - valid)
-    if unknown:
-        raise ConfigError(
-            f"unknown {section} setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
-        )
-    return cls(**values)
 
 
 def _parse_fewshot(text: str) -> int | dict[str, int]:

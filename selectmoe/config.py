@@ -7,6 +7,7 @@ researcher needs to fix a config at a glance.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,7 @@ import yaml
 from selectmoe.errors import ConfigError
 
 __all__ = [
+    "build_settings",
     "check_registered_names",
     "coerce_command_line_strings",
     "format_schema_error",
@@ -250,3 +252,20 @@ def check_registered_names(config: Mapping[str, Any]) -> None:
         check_trash_expert_mode(config.get("warmup", {}).get("trash_expert_mode", "zero"))
     except ConfigError as error:
         raise ConfigError(f"config key warmup.trash_expert_mode: {error}") from None
+
+
+def build_settings(cls: type, values: Mapping[str, Any], *, section: str) -> Any:
+    """Instantiate a settings dataclass, rejecting unknown keys with the list of valid ones.
+
+    Raises
+    ------
+    ConfigError
+        For a key the dataclass does not have (``section`` names the config section).
+    """
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown {section} setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+        )
+    return cls(**values)

@@ -5,11 +5,21 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import OlmoeConfig
 
-__all__ = ["LOSS_SCALINGS", "TRASH_EXPERT_MODES", "SelectMoeConfig"]
+__all__ = ["LOSS_SCALINGS", "QUALITY_LOSS_PARAMETERS", "TRASH_EXPERT_MODES", "SelectMoeConfig"]
 
 TRASH_EXPERT_MODES: tuple[str, ...] = ("zero", "noise", "custom")
 LOSS_SCALINGS: tuple[str, ...] = ("separate", "original")
 """How the warmup's losses add up: SPEC §3's (``separate``) or the original code's."""
+QUALITY_LOSS_PARAMETERS: dict[str, float | bool] = {
+    "beta_target_mean": 0.5,
+    "beta_target_var": 0.05,
+    "w_mean": 1.0,
+    "w_var": 1.0,
+    "lambda_var": 0.1,
+    "sample_wise_averaging": True,
+}
+"""Parameters of the quality losses and their defaults (SPEC §3): the model config's, the
+warmup settings' and the report's curves all take them from here."""
 
 
 @strict
@@ -57,12 +67,12 @@ class SelectMoeConfig(OlmoeConfig):
     quality_gate_bypass: bool = False
     quality_loss_type: str = "sigmoid"
     quality_loss_weight: float = 0.01
-    beta_target_mean: float = 0.5
-    beta_target_var: float = 0.05
-    w_mean: float = 1.0
-    w_var: float = 1.0
-    lambda_var: float = 0.1
-    sample_wise_averaging: bool = True
+    beta_target_mean: float = QUALITY_LOSS_PARAMETERS["beta_target_mean"]
+    beta_target_var: float = QUALITY_LOSS_PARAMETERS["beta_target_var"]
+    w_mean: float = QUALITY_LOSS_PARAMETERS["w_mean"]
+    w_var: float = QUALITY_LOSS_PARAMETERS["w_var"]
+    lambda_var: float = QUALITY_LOSS_PARAMETERS["lambda_var"]
+    sample_wise_averaging: bool = QUALITY_LOSS_PARAMETERS["sample_wise_averaging"]
     quality_loss_debug: bool = False
     enable_load_balancing: bool = False
     loss_scaling: str = "separate"

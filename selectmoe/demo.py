@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from selectmoe.data import CHAT_TAGS, render_chat
+from selectmoe.hashing import file_sha256
 from selectmoe.io import atomic_output_dir, dumps_json_line
 
 __all__ = [
@@ -1187,14 +1187,6 @@ def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
             handle.write(dumps_json_line(record) + "\n")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {value!r}")
@@ -1569,7 +1561,7 @@ def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str,
         "files": {
             path.relative_to(tmp).as_posix(): {
                 "bytes": path.stat().st_size,
-                "sha256": _sha256(path),
+                "sha256": file_sha256(path),
             }
             for path in sorted(tmp.rglob("*"))
             if path.is_file()

@@ -1,12 +1,15 @@
-"""Run a stage in several processes under ``accelerate launch``: DDP training, parallel lm-eval.
+"""Run a stage in this process or in several under ``accelerate launch``: DDP training,
+data-parallel lm-eval.
 
-A workflow job that holds more than one device calls :func:`run_distributed`; it writes the
-settings (training stages) to a file beside the checkpoints, picks a free rendezvous port (so
-that concurrent jobs on one machine never collide) and starts ``accelerate launch --multi_gpu
---num_processes N -m selectmoe STAGE ...``. For warmup and finetune each process is one DDP rank
-(see :mod:`selectmoe.training`); for evaluate, lm-eval splits the requests over the GPUs and the
-first process writes the results. On a machine without CUDA the processes run on the CPU with the
-gloo backend, which is how the tests exercise the launch.
+A stage is described by a *job description*, a JSON-ready mapping ``{"stage", "inputs",
+"settings", "checkpoint_dir"}``, and :func:`run_job` runs one in the calling process. A workflow
+job that holds one device calls it directly; one that holds N devices writes the description to
+a file, picks a free rendezvous port (so that concurrent jobs on one machine never collide) and
+starts ``accelerate launch --multi_gpu --num_processes N -m selectmoe.launch JOB.json``: every
+process reads the same description and calls the same :func:`run_job`. For warmup and finetune
+each process is one DDP rank (see :mod:`selectmoe.training`); for evaluate, lm-eval splits the
+requests over the GPUs and the first process writes the results. On a machine without CUDA the
+processes run on the CPU with the gloo backend, which is how the tests exercise the launch.
 """
 
 from __future__ import annotations
@@ -17,27 +20,30 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from selectmoe.errors import SelectMoeError
 
 __all__ = [
+    "DISTRIBUTED_STAGES",
     "free_port",
     "launch_command",
     "run_distributed",
     "run_evaluation_stage",
+    "run_job",
     "run_training_stage",
 ]
 
 logger = logging.getLogger(__name__)
 
 DISTRIBUTED_STAGES: tuple[str, ...] = ("warmup", "finetune", "evaluate")
-# keyword argument of the stage function -> its command-line option
-_STAGE_OPTIONS: dict[str, dict[str, str]] = {
-    "warmup": {"model_dir": "--model", "pool_files": "--pool", "output_path": "--output"},
-    "finetune": {"base_model": "--base-model", "selected_data": "--data", "output_dir": "--output"},
+#: The path arguments of each stage's function (the job description's ``inputs``).
+_STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "warmup": ("model_dir", "pool_files", "output_path"),
+    "finetune": ("base_model", "selected_data", "output_dir"),
+    "evaluate": ("pretrained", "adapters", "output_jsons", "samples_jsonls"),
 }
 
 
@@ -49,9 +55,14 @@ def free_port() -> int:
 
 
 def launch_command(
-    stage_args: Sequence[str], *, num_processes: int, port: int | None = None
+    stage_args: Sequence[str],
+    *,
+    num_processes: int,
+    port: int | None = None,
+    module: str = "selectmoe",
 ) -> list[str]:
-    """The ``accelerate launch`` command line that runs ``selectmoe STAGE_ARGS`` in N processes.
+    """The ``accelerate launch`` command line that runs ``python -m MODULE STAGE_ARGS`` in N
+    processes (``selectmoe``: the command line; ``selectmoe.launch``: a job description file).
 
     Every launcher option is given explicitly, so no ``accelerate config`` file is needed.
     """
@@ -71,51 +82,78 @@ def launch_command(
         "--main_process_port",
         str(port if port is not None else free_port()),
         "-m",
-        "selectmoe",
+        module,
         *stage_args,
     ]
 
 
-def run_distributed(
-    stage: str,
-    *,
-    arguments: Sequence[str],
-    num_processes: int,
-    settings: dict[str, Any] | None = None,
-    settings_path: str | os.PathLike[str] | None = None,
-) -> None:
-    """Run ``selectmoe STAGE ARGUMENTS [--settings SETTINGS_PATH]`` under ``accelerate launch``.
+def _jsonable(value: Any) -> Any:
+    """Paths as strings, sequences as lists (the job description is JSON)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def run_job(job: Mapping[str, Any]) -> Any:
+    """Run the stage a job description names, in this process (one rank of a launch, or alone).
 
     Parameters
     ----------
-    stage : str
-        ``warmup``, ``finetune`` or ``evaluate``.
-    arguments : sequence of str
-        The stage's command-line arguments (inputs, output, checkpoint directory, options).
-    num_processes : int
-        One process per device.
-    settings : dict, optional
-        The stage's settings, written as JSON to ``settings_path`` for the processes to read
-        (training stages; evaluate takes everything as arguments).
+    job : mapping
+        ``stage`` (``warmup``, ``finetune`` or ``evaluate``); ``inputs``, the stage function's
+        path arguments (warmup: ``model_dir``, ``pool_files``, ``output_path``; finetune:
+        ``base_model``, ``selected_data``, ``output_dir``; evaluate: ``pretrained``,
+        ``adapters``, ``output_jsons``, ``samples_jsonls``); ``settings``, the stage's settings
+        (warmup / finetune: the keys of its settings dataclass; evaluate: ``tasks``,
+        ``include_path``, ``num_fewshot``, ``batch_size``, ``limit``, ``device``, ``dtype``,
+        ``seed``); ``checkpoint_dir`` for the training stages.
+
+    Returns
+    -------
+    The stage function's result.
+    """
+    from selectmoe.config import build_settings
+
+    stage = job["stage"]
+    if stage not in DISTRIBUTED_STAGES:
+        raise SelectMoeError(f"unknown stage {stage!r}; valid: {', '.join(DISTRIBUTED_STAGES)}")
+    inputs = dict(job["inputs"])
+    missing = sorted(set(_STAGE_INPUTS[stage]) - set(inputs))
+    if missing:
+        raise SelectMoeError(f"the {stage} job description lacks input(s) {', '.join(missing)}")
+    if stage == "evaluate":
+        from selectmoe.evaluation import evaluate_adapters
+
+        return evaluate_adapters(**inputs, **job["settings"])
+    if stage == "warmup":
+        from selectmoe.warmup import WarmupSettings as settings_class
+        from selectmoe.warmup import run_warmup as function
+    else:
+        from selectmoe.finetune import FinetuneSettings as settings_class
+        from selectmoe.finetune import run_finetune as function
+    settings = build_settings(settings_class, dict(job["settings"]), section=stage)
+    return function(**inputs, settings=settings, checkpoint_dir=job["checkpoint_dir"])
+
+
+def run_distributed(
+    job: Mapping[str, Any], *, job_path: str | os.PathLike[str], num_processes: int
+) -> None:
+    """Run ``job`` (see :func:`run_job`) in ``num_processes`` processes under ``accelerate
+    launch``; the description is written to ``job_path`` for the processes to read.
 
     Raises
     ------
     SelectMoeError
         When the launched job fails; the processes' output is in the job's log (stderr).
     """
-    if stage not in DISTRIBUTED_STAGES:
-        raise SelectMoeError(
-            f"stage {stage!r} cannot run distributed; valid: {', '.join(DISTRIBUTED_STAGES)}"
-        )
-    stage_args = [stage, *arguments]
-    if settings is not None:
-        if settings_path is None:
-            raise SelectMoeError("run_distributed: settings given without a settings_path")
-        path = Path(settings_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
-        stage_args += ["--settings", os.fspath(path)]
-    command = launch_command(stage_args, num_processes=num_processes)
+    path = Path(job_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(dict(job)), indent=2, default=_jsonable), "utf-8")
+    command = launch_command(
+        [os.fspath(path)], num_processes=num_processes, module="selectmoe.launch"
+    )
     logger.info("launching %d processes: %s", num_processes, " ".join(command))
     sys.stderr.flush()
     try:  # the job's log when run by the workflow; inherit the terminal otherwise
@@ -126,8 +164,8 @@ def run_distributed(
     completed = subprocess.run(command, stdout=stream, stderr=stream, check=False)
     if completed.returncode != 0:
         raise SelectMoeError(
-            f"{stage} under accelerate launch ({num_processes} processes) failed with exit "
-            f"status {completed.returncode}; see the messages above in this log"
+            f"{job['stage']} under accelerate launch ({num_processes} processes) failed with "
+            f"exit status {completed.returncode}; see the messages above in this log"
         )
 
 
@@ -155,35 +193,32 @@ def run_training_stage(
         Training checkpoints, outside the job's declared outputs.
     num_processes : int
         Devices of the job; more than one starts ``accelerate launch``.
-    """
-    from selectmoe.cli import build_settings
-    from selectmoe.finetune import FinetuneSettings, run_finetune
-    from selectmoe.warmup import WarmupSettings, run_warmup
 
-    if stage not in _STAGE_OPTIONS:
-        raise SelectMoeError(
-            f"unknown training stage {stage!r}; valid: {', '.join(DISTRIBUTED_STAGES)}"
-        )
-    settings_class, function = {
-        "warmup": (WarmupSettings, run_warmup),
-        "finetune": (FinetuneSettings, run_finetune),
-    }[stage]
-    parsed = build_settings(settings_class, dict(settings), section=stage)
+    Returns
+    -------
+    The stage function's result in this process; None when launched.
+    """
+    from selectmoe.config import build_settings
+    from selectmoe.finetune import FinetuneSettings
+    from selectmoe.warmup import WarmupSettings
+
+    if stage not in ("warmup", "finetune"):
+        raise SelectMoeError(f"unknown training stage {stage!r}; valid: warmup, finetune")
+    settings_class = WarmupSettings if stage == "warmup" else FinetuneSettings
+    build_settings(settings_class, dict(settings), section=stage)  # fail before launching
+    job = {
+        "stage": stage,
+        "inputs": dict(inputs),
+        "settings": dict(settings),
+        "checkpoint_dir": os.fspath(checkpoint_dir),
+    }
     if num_processes <= 1:
-        return function(**inputs, settings=parsed, checkpoint_dir=checkpoint_dir)
-    arguments: list[str] = []
-    for key, option in _STAGE_OPTIONS[stage].items():
-        value = inputs[key]
-        values = value if isinstance(value, list | tuple) else [value]
-        arguments += [option, *(os.fspath(v) for v in values)]
-    arguments += ["--checkpoint-dir", os.fspath(checkpoint_dir)]
-    run_distributed(
-        stage,
-        arguments=arguments,
-        settings=dict(settings),
-        settings_path=Path(f"{os.fspath(checkpoint_dir).rstrip('/')}.settings.json"),
-        num_processes=num_processes,
-    )
+        return run_job(job)
+    job_path = Path(f"{os.fspath(checkpoint_dir).rstrip('/')}.job.json")
+    try:
+        run_distributed(job, job_path=job_path, num_processes=num_processes)
+    finally:
+        job_path.unlink(missing_ok=True)
     return None
 
 
@@ -212,7 +247,7 @@ def run_evaluation_stage(
         The config's ``evaluation`` section: ``tasks``, ``include_path``, ``num_fewshot``,
         ``batch_size``, ``limit``, ``device``, ``dtype``, ``seed``.
     num_processes : int
-        Devices of the job; more than one runs ``selectmoe evaluate`` under ``accelerate
+        Devices of the job; more than one runs the same evaluation under ``accelerate
         launch``, where lm-eval gives each process its share of the requests.
 
     Returns
@@ -220,48 +255,54 @@ def run_evaluation_stage(
     list of dict
         The written results (empty when they were written by launched processes; read the files).
     """
-    from selectmoe.evaluation import evaluate_adapters
-
-    options = {
-        "tasks": list(evaluation["tasks"]),
-        "include_path": evaluation.get("include_path"),
-        "num_fewshot": evaluation.get("num_fewshot"),
-        "batch_size": evaluation.get("batch_size", 16),
-        "limit": evaluation.get("limit"),
-        "device": evaluation.get("device", "cpu"),
-        "dtype": evaluation.get("dtype", "float32"),
-        "seed": evaluation.get("seed", 42),
+    job = {
+        "stage": "evaluate",
+        "inputs": {
+            "pretrained": pretrained,
+            "adapters": list(adapters),
+            "output_jsons": list(output_jsons),
+            "samples_jsonls": None if samples_jsonls is None else list(samples_jsonls),
+        },
+        "settings": {
+            "tasks": list(evaluation["tasks"]),
+            "include_path": evaluation.get("include_path"),
+            "num_fewshot": evaluation.get("num_fewshot"),
+            "batch_size": evaluation.get("batch_size", 16),
+            "limit": evaluation.get("limit"),
+            "device": evaluation.get("device", "cpu"),
+            "dtype": evaluation.get("dtype", "float32"),
+            "seed": evaluation.get("seed", 42),
+        },
     }
     if num_processes <= 1:
-        return evaluate_adapters(
-            pretrained=pretrained,
-            adapters=list(adapters),
-            output_jsons=list(output_jsons),
-            samples_jsonls=None if samples_jsonls is None else list(samples_jsonls),
-            **options,
-        )
-    arguments = ["--base-model", os.fspath(pretrained)]
-    arguments += ["--output", *(os.fspath(path) for path in output_jsons)]
-    if any(adapter is not None for adapter in adapters):
-        if any(adapter is None for adapter in adapters):
-            raise SelectMoeError("a launched evaluation takes adapters for every run or for none")
-        arguments += ["--adapter", *(os.fspath(a) for a in adapters if a is not None)]
-    if samples_jsonls is not None:
-        arguments += ["--samples", *(os.fspath(path) for path in samples_jsonls)]
-    arguments += ["--tasks", *options["tasks"]]
-    arguments += ["--batch-size", str(options["batch_size"]), "--seed", str(options["seed"])]
-    arguments += ["--device", str(options["device"]), "--dtype", str(options["dtype"])]
-    for key, option in (
-        ("include_path", "--include-path"),
-        ("num_fewshot", "--num-fewshot"),
-        ("limit", "--limit"),
-    ):
-        if options[key] is not None:
-            value = options[key]
-            if isinstance(value, dict):  # per-task few-shot counts
-                text = ",".join(f"{t}={n}" for t, n in value.items() if n is not None)
-            else:
-                text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-            arguments += [option, text]
-    run_distributed("evaluate", arguments=arguments, num_processes=num_processes)
+        return run_job(job)
+    job_path = Path(f"{os.fspath(output_jsons[0])}.job.json")
+    try:
+        run_distributed(job, job_path=job_path, num_processes=num_processes)
+    finally:
+        job_path.unlink(missing_ok=True)
     return [{} for _ in output_jsons]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m selectmoe.launch JOB.json``: one process of a launched job."""
+    from selectmoe.plugins import load_plugins_from_environment
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if len(arguments) != 1:
+        print("usage: python -m selectmoe.launch JOB.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        load_plugins_from_environment()  # every process of a launch registers the plugins
+        run_job(json.loads(Path(arguments[0]).read_text(encoding="utf-8")))
+    except SelectMoeError as error:
+        print(f"selectmoe: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

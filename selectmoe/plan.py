@@ -45,7 +45,8 @@ from typing import Any
 
 from selectmoe.allocation import CLUSTERED_ALLOCATIONS
 from selectmoe.errors import ConfigError, ModelError
-from selectmoe.methods import POOL_ONLY_METHODS, method_definitions, uses_score
+from selectmoe.methods import method_definitions, uses_score
+from selectmoe.sweep import FULL, sweep_selections
 
 __all__ = [
     "BUILTIN_SHAPES",
@@ -891,11 +892,11 @@ def score_plan(config: Mapping[str, Any], shape: ModelShape, assumptions: Assump
 def select_plan(
     config: Mapping[str, Any], shape: ModelShape, assumptions: Assumptions
 ) -> StagePlan:
-    """Stage 2b (``selectmoe.selection``): the k-means sweep over the pooled router data.
+    """Stage 2b (``selectmoe.clusters``): the k-means sweep over the pooled router data.
 
-    Features: ``N x (L E)`` float32. Every clustering job (``selectmoe`` and ``diversity``, per
-    loss type and percentage) runs the whole k sweep again. Times are scaled from the CPU
-    benchmark in ``benchmarks/RESULTS.md`` (see :class:`Assumptions`).
+    Features: ``N x (L E)`` float32. One clustering job per loss type (rule ``cluster``) serves
+    every clustered method and percentage. Times are scaled from the CPU benchmark in
+    ``benchmarks/RESULTS.md`` (see :class:`Assumptions`).
     """
     selection = config["selection"]
     params = dict(selection.get("clustering_params") or {})
@@ -921,21 +922,21 @@ def select_plan(
         * benchmark_threads
         / max(threads, 1)
     )
-    # methods whose allocation runs over clusters run the k-means sweep; the others take seconds
+    # one k-means sweep per loss type (rule cluster) serves every clustered method and
+    # percentage; the selections themselves take seconds
     definitions = method_definitions(selection.get("method_definitions"))
-    clustering = [
-        m
+    clustered = any(
+        m in definitions and definitions[m]["allocation"] in CLUSTERED_ALLOCATIONS
         for m in selection["methods"]
-        if m in definitions and definitions[m]["allocation"] in CLUSTERED_ALLOCATIONS
-    ]
-    jobs = len(clustering) * len(selection["loss_types"]) * len(selection["percentages"])
+    )
+    jobs = len(selection["loss_types"]) if clustered else 0
     host = assumptions.select_host_bytes_per_cell * n * features
     memory: dict[str, float] = {}
     device = "cpu"
     notes = [
         f"k in {ks[0]}..{ks[-1]} ({len(ks)} values) x n_init {n_init} on {n:,} x {features}",
         f"CPU time at {threads} thread(s), scaled from the 2-thread benchmark",
-        "selections without clusters (top-k, IFD, random, full) take seconds: not counted",
+        "one sweep per loss type for every clustered selection; the selections take seconds",
     ]
     if gpus > 0:
         device = "gpu"
@@ -964,25 +965,14 @@ def _finetune_settings(config: Mapping[str, Any], target: str) -> dict[str, Any]
     return settings
 
 
-# one selection per percentage whatever the loss type (full is counted on its own)
-_POOL_METHODS = tuple(m for m in POOL_ONLY_METHODS if m != "full")
-
-
 def _selections(config: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
     """Fraction of the pool and number of selections per selection size."""
-    selection = config["selection"]
-    losses = len(selection["loss_types"])
-    routed = [m for m in selection["methods"] if m not in _POOL_METHODS]
-    pool_only = [m for m in selection["methods"] if m in _POOL_METHODS]
     fractions: dict[str, float] = {}
     jobs: dict[str, int] = {}
-    for pct in selection["percentages"]:
-        label = f"{float(pct) * 100:g}%"
-        fractions[label] = float(pct)
-        jobs[label] = len(routed) * losses + len(pool_only)
-    if selection.get("full_baseline", True):
-        fractions["full"] = 1.0
-        jobs["full"] = 1
+    for selection in sweep_selections(config["selection"]):
+        label = "full" if selection.method == FULL else f"{selection.percentage * 100:g}%"
+        fractions[label] = selection.percentage
+        jobs[label] = jobs.get(label, 0) + 1
     return fractions, jobs
 
 

@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from selectmoe.hashing import file_sha256
 from selectmoe.io import atomic_write_json
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 PROVENANCE_SUFFIX = ".provenance.json"
-_CHUNK = 1 << 20
 # packages whose version can change a number the workflow reports
 _PACKAGES = (
     "selectmoe",
@@ -65,14 +65,6 @@ _PACKAGES = (
 _VOLATILE = ("finished", "wall_time_s", "host")
 
 
-def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def digest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Size and SHA-256 of a file, or of a directory's files; the value itself otherwise.
 
@@ -84,7 +76,7 @@ def digest(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {
             "path": os.fspath(path),
             "bytes": location.stat().st_size,
-            "sha256": _file_sha256(location),
+            "sha256": file_sha256(location),
         }
     if location.is_dir():
         files = sorted(p for p in location.rglob("*") if p.is_file())
@@ -92,7 +84,7 @@ def digest(path: str | os.PathLike[str]) -> dict[str, Any]:
         total = 0
         for file in files:
             listing.update(
-                f"{file.relative_to(location).as_posix()} {_file_sha256(file)}\n".encode()
+                f"{file.relative_to(location).as_posix()} {file_sha256(file)}\n".encode()
             )
             total += file.stat().st_size
         return {

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from selectmoe.configuration_select_moe import QUALITY_LOSS_PARAMETERS
 from selectmoe.errors import SelectMoeError
 from selectmoe.io import atomic_path, atomic_write_text
 from selectmoe.methods import POOL_ONLY_METHODS  # their selection.json scores are placeholders
@@ -51,14 +52,7 @@ __all__ = [
 ]
 
 #: Parameters of the quality losses (SPEC §3 defaults), as :func:`quality_loss_curves` uses them.
-LOSS_PARAMETER_DEFAULTS: dict[str, Any] = {
-    "beta_target_mean": 0.5,
-    "beta_target_var": 0.05,
-    "w_mean": 1.0,
-    "w_var": 1.0,
-    "lambda_var": 0.1,
-    "sample_wise_averaging": True,
-}
+LOSS_PARAMETER_DEFAULTS: dict[str, Any] = dict(QUALITY_LOSS_PARAMETERS)
 _DPI = 100
 _LAYER_MEAN = "good_mean/layer_{}"
 _LAYER_SQUARE = "good_sq/layer_{}"

@@ -17,7 +17,7 @@ from selectmoe.errors import SelectMoeError
 from selectmoe.plugins import load_plugins_from_environment
 from selectmoe.provenance import write_provenance
 
-__all__ = ["run_job"]
+__all__ = ["run_job", "run_rule"]
 
 
 def run_job(
@@ -71,3 +71,18 @@ def run_job(
         if sys.stderr is not real_stderr:
             print(message, file=real_stderr)
         sys.exit(2)
+
+
+def run_rule(job: Any, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(job)`` for a workflow script, ``job`` being the ``snakemake`` object Snakemake
+    gives it: with the rule's log and threads, the GPUs of its ``gpu`` resource and the
+    provenance of its outputs (:func:`run_job`)."""
+    from selectmoe.provenance import job_provenance
+
+    return run_job(
+        job.log[0] if job.log else None,
+        job.threads,
+        lambda: work(job),
+        gpus=int(job.resources.get("gpu", 0)),
+        provenance=job_provenance(job),
+    )

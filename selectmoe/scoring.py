@@ -15,7 +15,6 @@ random initialisation, which makes the *untrained-gate control* of the quality d
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -36,46 +35,24 @@ from selectmoe.data import (
     pad_token_id_of,
 )
 from selectmoe.errors import DataError, ModelError
-from selectmoe.io import atomic_torch_save
+from selectmoe.hashing import file_sha256
 from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
-from selectmoe.selection import OPTIONAL_STATISTICS
+from selectmoe.router_data import save_router_data
 from selectmoe.training import length_sorted_batches, resolve_device
 from selectmoe.warmup import load_warmed_model
 
 __all__ = [
-    "OPTIONAL_STATISTICS",
-    "ROUTER_DATA_KEYS",
     "answer_alone_losses",
     "compute_example_statistics",
     "compute_router_data",
-    "file_sha256",
     "score_dataset",
 ]
 
 logger = logging.getLogger(__name__)
 
-ROUTER_DATA_KEYS: tuple[str, ...] = (
-    "quality_score",
-    "moe_probs",
-    "sample_ids",
-    "dataset",
-    "n_tokens",
-    "metadata",
-)
-"""Keys every router-data file written here has (older files without ``n_tokens`` still load)."""
-
 #: Answer tokens per pass through the LM head: the largest ``[tokens, vocab]`` tensor scoring
 #: holds is ``[LM_HEAD_CHUNK_TOKENS, vocab]``.
 LM_HEAD_CHUNK_TOKENS = 1024
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @torch.inference_mode()
@@ -402,15 +379,13 @@ def score_dataset(
         "seconds": round(seconds, 3),
         "tokens_per_second": round(n_tokens / max(seconds, 1e-9), 1),
     }
-    atomic_torch_save(
-        {
-            **statistics,
-            "sample_ids": [e.id for e in examples],
-            "dataset": dataset,
-            "n_tokens": torch.tensor([len(e.input_ids) for e in encoded], dtype=torch.int64),
-            "metadata": metadata,
-        },
+    save_router_data(
         output_path,
+        statistics=statistics,
+        sample_ids=[e.id for e in examples],
+        dataset=dataset,
+        n_tokens=torch.tensor([len(e.input_ids) for e in encoded], dtype=torch.int64),
+        metadata=metadata,
     )
     logger.info(
         "%s: %d samples, %d tokens, %.1f tokens/s -> %s",

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from selectmoe.allocation import CLUSTERED_ALLOCATIONS, allocate, round_robin
-from selectmoe.clustering import ClusteringResult, get_clustering_method
+from selectmoe.clustering import ClusteringResult
+from selectmoe.clusters import cluster_router, read_clusters
 from selectmoe.errors import RouterDataError, SelectionError
 from selectmoe.io import atomic_path, atomic_write_json, atomic_write_jsonl
 from selectmoe.labels import PoolLabels, align_labels, describe
@@ -52,6 +53,14 @@ from selectmoe.methods import (
     POOL_ONLY_METHODS,
     SELECTION_METHODS,
     method_definitions,
+    uses_clusters,
+)
+from selectmoe.router_data import (
+    OPTIONAL_STATISTICS,
+    ROUTER_DATA_KEYS,
+    RouterData,
+    find_router_data,
+    load_router_data,
 )
 from selectmoe.scores import compute_score
 from selectmoe.scores import describe as describe_score
@@ -77,18 +86,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ROUTER_DATA_KEYS: tuple[str, ...] = ("quality_score", "moe_probs", "sample_ids", "dataset")
-#: Per-example statistics a router-data file may add (``[N, L]`` or ``[N]``): the gate over
-#: other tokens, and the LM's losses from the same pass (``scoring.compute_example_statistics``).
-OPTIONAL_STATISTICS: tuple[str, ...] = (
-    "quality_good",
-    "quality_score_answer",
-    "n_answer_tokens",
-    "n_tokens",
-    "answer_loss",
-    "eos_loss",
-    "answer_loss_alone",
-)
 PLOT_FILES: dict[str, str] = {
     "elbow": "elbow.png",
     "silhouette": "silhouette.png",
@@ -123,258 +120,6 @@ def _check_percentage(value: Any) -> float:
             f"selection_percentage must be in (0, 1] (a fraction: 0.05 selects 5%), got {value}"
         )
     return value
-
-
-# --------------------------------------------------------------------------------------------
-# Router data
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class RouterData:
-    """The router data of several files, concatenated in the given order.
-
-    Attributes
-    ----------
-    quality_score : torch.Tensor of shape (N, L), float32
-        Mean raw quality-gate score per layer.
-    moe_probs : torch.Tensor of shape (N, L, E), float32
-        Mean routing distribution per layer.
-    sample_ids : list of str, length N
-        Sample ids, file order within each file.
-    datasets : list of str, length N
-        Dataset of each sample.
-    files : list of str
-        The files, in order.
-    file_offsets : list of int
-        Start row of each file (length ``len(files) + 1``; the last is N).
-    metadata : list of dict
-        Each file's ``metadata``.
-    statistics : dict of str to torch.Tensor
-        The :data:`OPTIONAL_STATISTICS` that every file holds, concatenated (``[N, ...]``).
-    """
-
-    quality_score: torch.Tensor
-    moe_probs: torch.Tensor
-    sample_ids: list[str]
-    datasets: list[str]
-    files: list[str]
-    file_offsets: list[int]
-    metadata: list[dict[str, Any]]
-    statistics: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-
-    @property
-    def n_samples(self) -> int:
-        return int(self.quality_score.shape[0])
-
-    @property
-    def scores(self) -> np.ndarray:
-        """``mean_l sigmoid(quality_score[:, l])`` in float64: shape (N,)."""
-        return torch.sigmoid(self.quality_score.to(torch.float64)).mean(dim=1).numpy()
-
-    @property
-    def features(self) -> torch.Tensor:
-        """``moe_probs.reshape(N, L * E)`` (a view, no copy): shape (N, L*E)."""
-        n, layers, experts = self.moe_probs.shape
-        return self.moe_probs.reshape(n, layers * experts)
-
-    def file_of(self, row: int) -> str:
-        """The file that row ``row`` came from (for error messages)."""
-        index = int(np.searchsorted(self.file_offsets, row, side="right")) - 1
-        return self.files[min(max(index, 0), len(self.files) - 1)]
-
-
-def _load_one(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise RouterDataError(f"{path}: router-data file not found; run the score stage first")
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    # torch.save writes a zip archive (or, in the legacy format, a pickle): anything else gets a
-    # plain message rather than torch's unpickling advice
-    if not magic.startswith((b"PK\x03\x04", b"\x80")):
-        raise RouterDataError(
-            f"{path}: cannot be read as a router-data file (not written by torch.save: it "
-            f"starts with {magic!r}); re-run the score stage for this dataset"
-        )
-    try:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            # Files written without the zip format cannot be memory-mapped; read them whole.
-            if "mmap" not in str(exc):
-                raise
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file gets the same one-line error
-        # The first line is the useful part (torch's weights_only errors run to a page).
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise RouterDataError(
-            f"{path}: cannot be read as a router-data file ({type(exc).__name__}: {reason}); "
-            "re-run the score stage for this dataset"
-        ) from exc
-    if not isinstance(payload, dict):
-        raise RouterDataError(
-            f"{path}: expected a dict with keys {list(ROUTER_DATA_KEYS)}, got "
-            f"{type(payload).__name__}"
-        )
-    missing = [key for key in ROUTER_DATA_KEYS if key not in payload]
-    if missing:
-        raise RouterDataError(
-            f"{path}: missing key(s) {missing}; a router-data file holds "
-            f"{[*ROUTER_DATA_KEYS, 'metadata']}"
-        )
-    return payload
-
-
-def _check_tensor(path: str, name: str, value: Any, ndim: int, shape_doc: str) -> torch.Tensor:
-    fix = "re-run the score stage for this dataset"
-    if not isinstance(value, torch.Tensor):
-        raise RouterDataError(
-            f"{path}: {name} must be a tensor {shape_doc}, got {type(value).__name__}; {fix}"
-        )
-    if value.ndim != ndim:
-        raise RouterDataError(
-            f"{path}: {name} must have shape {shape_doc}, got {tuple(value.shape)}; {fix}"
-        )
-    if not value.is_floating_point():
-        raise RouterDataError(f"{path}: {name} must be float32, got dtype {value.dtype}; {fix}")
-    return value
-
-
-def _check_finite(path: str, name: str, value: torch.Tensor, ids: Sequence[str]) -> None:
-    finite = torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten()
-        first = int(bad[0])
-        raise RouterDataError(
-            f"{path}: {name} has NaN or infinite values in {bad.numel()} sample(s) (first: row "
-            f"{first}, id {ids[first]!r}); re-run the score stage (check the model and its "
-            "weights for overflow)"
-        )
-
-
-def find_router_data(directory: str | os.PathLike[str]) -> list[Path]:
-    """The ``*_router_data.pt`` files of a directory, sorted by name (for ``selectmoe select``).
-
-    Raises
-    ------
-    RouterDataError
-        When the directory does not exist or holds no router-data file.
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        raise RouterDataError(f"{root}: router-data directory not found")
-    found = sorted(root.glob("*_router_data.pt"))
-    if not found:
-        raise RouterDataError(
-            f"{root}: no *_router_data.pt files; run the score stage or point to its output"
-        )
-    return found
-
-
-def load_router_data(paths: Sequence[str | os.PathLike[str]]) -> RouterData:
-    """Read, validate and concatenate router-data files (one per dataset, SPEC §5).
-
-    Each file is a ``torch.load``-able dict: ``quality_score`` float32 ``[N, L]``, ``moe_probs``
-    float32 ``[N, L, E]``, ``sample_ids`` (N strings, file order), ``dataset`` (str), ``metadata``
-    (dict, optional). Other floating dtypes are converted to float32.
-
-    Parameters
-    ----------
-    paths : sequence of path
-        The files, concatenated in this order.
-
-    Returns
-    -------
-    RouterData
-
-    Raises
-    ------
-    RouterDataError
-        Naming the file and the problem: unreadable, missing keys, wrong types or shapes, layers or
-        experts that differ between files, no samples, NaN/Inf values, duplicate ids.
-    """
-    paths = [os.fspath(p) for p in paths]
-    if not paths:
-        raise RouterDataError("no router-data files given; pass at least one *_router_data.pt")
-    scores: list[torch.Tensor] = []
-    probs: list[torch.Tensor] = []
-    sample_ids: list[str] = []
-    datasets: list[str] = []
-    metadata: list[dict[str, Any]] = []
-    extras: list[dict[str, torch.Tensor]] = []
-    offsets = [0]
-    seen: dict[tuple[str, str], str] = {}
-    layout: tuple[int, int, str] | None = None
-    for path in paths:
-        payload = _load_one(path)
-        quality = _check_tensor(path, "quality_score", payload["quality_score"], 2, "[N, L]")
-        moe = _check_tensor(path, "moe_probs", payload["moe_probs"], 3, "[N, L, E]")
-        ids = payload["sample_ids"]
-        dataset = payload["dataset"]
-        if not isinstance(dataset, str) or not dataset:
-            raise RouterDataError(f"{path}: dataset must be a non-empty string, got {dataset!r}")
-        if not isinstance(ids, list | tuple) or not all(isinstance(i, str) for i in ids):
-            raise RouterDataError(f"{path}: sample_ids must be a list of strings")
-        n = quality.shape[0]
-        if n == 0:
-            raise RouterDataError(f"{path}: holds no samples; score a non-empty dataset")
-        if moe.shape[0] != n or moe.shape[1] != quality.shape[1] or len(ids) != n:
-            raise RouterDataError(
-                f"{path}: shapes disagree: quality_score {tuple(quality.shape)}, moe_probs "
-                f"{tuple(moe.shape)}, {len(ids)} sample_ids; expected [N, L], [N, L, E] and N ids"
-            )
-        if layout is None:
-            layout = (moe.shape[1], moe.shape[2], path)
-        elif (moe.shape[1], moe.shape[2]) != layout[:2]:
-            raise RouterDataError(
-                f"{path}: {moe.shape[1]} layers x {moe.shape[2]} experts, but {layout[2]} has "
-                f"{layout[0]} x {layout[1]}; all files must come from the same model"
-            )
-        _check_finite(path, "quality_score", quality, ids)
-        _check_finite(path, "moe_probs", moe, ids)
-        for sample_id in ids:
-            key = (dataset, sample_id)
-            if key in seen:
-                where = "this file" if seen[key] == path else seen[key]
-                raise RouterDataError(
-                    f"{path}: duplicate sample id {sample_id!r} of dataset {dataset!r} (also in "
-                    f"{where}); each (dataset, id) must appear once"
-                )
-            seen[key] = path
-        meta = payload.get("metadata", {})
-        extra = {}
-        for key in OPTIONAL_STATISTICS:
-            value = payload.get(key)
-            if isinstance(value, torch.Tensor) and value.shape[:1] == (n,):
-                extra[key] = value
-            elif value is not None:
-                raise RouterDataError(
-                    f"{path}: {key} must be a tensor with one row per sample ({n}); re-run the "
-                    "score stage for this dataset"
-                )
-        extras.append(extra)
-        scores.append(quality.to(torch.float32))
-        probs.append(moe.to(torch.float32))
-        sample_ids.extend(ids)
-        datasets.extend([dataset] * n)
-        metadata.append(dict(meta) if isinstance(meta, Mapping) else {"value": meta})
-        offsets.append(offsets[-1] + n)
-    # One file: keep its (memory-mapped) tensors; several: one contiguous copy.
-    quality_all = scores[0] if len(scores) == 1 else torch.cat(scores)
-    probs_all = probs[0] if len(probs) == 1 else torch.cat(probs)
-    del scores, probs
-    shared = set.intersection(*(set(extra) for extra in extras)) if extras else set()
-    statistics = {key: torch.cat([extra[key] for extra in extras]) for key in sorted(shared)}
-    return RouterData(
-        quality_score=quality_all,
-        moe_probs=probs_all,
-        sample_ids=sample_ids,
-        datasets=datasets,
-        files=paths,
-        file_offsets=offsets,
-        metadata=metadata,
-        statistics=statistics,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,53 +187,6 @@ def _check_method(method: str) -> None:
         )
 
 
-def _cluster(
-    router: RouterData,
-    *,
-    clustering_method: str,
-    clustering_params: Mapping[str, Any],
-    seed: int,
-    debug_print: bool,
-) -> ClusteringResult:
-    method = get_clustering_method(clustering_method)
-    params = dict(clustering_params)
-    n = router.n_samples
-    # Catch k larger than the data here, with the config key in the message.
-    is_kmeans = clustering_method == "kmeans"
-    k = params.get("k")
-    if is_kmeans and not params.get("auto_k", True) and isinstance(k, int) and k < 2:
-        raise SelectionError(
-            f"clustering_params.k={k} must be >= 2 (one cluster is the quality ranking: use "
-            "method quality_topk for that)"
-        )
-    if is_kmeans and not params.get("auto_k", True) and isinstance(k, int) and k > n:
-        raise SelectionError(
-            f"clustering_params.k={k} is larger than the number of samples {n} in "
-            f"{len(router.files)} router-data file(s); use k <= {n}"
-        )
-    k_range = params.get("k_range")
-    k_max = (
-        k_range[1]
-        if isinstance(k_range, Sequence) and not isinstance(k_range, str) and len(k_range) == 2
-        else None
-    )
-    if is_kmeans and params.get("auto_k", True) and isinstance(k_max, int) and k_max > n - 1:
-        raise SelectionError(
-            f"clustering_params.k_range upper bound {k_max} is larger than n_samples - 1 "
-            f"= {n - 1} ({n} samples in {len(router.files)} router-data file(s)); lower it"
-        )
-    if is_kmeans and debug_print:
-        params.setdefault("debug_print", True)
-    result = method(router.features, params=params, seed=seed)
-    labels = np.asarray(result.labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise SelectionError(
-            f"clustering method {clustering_method!r} returned labels of shape {labels.shape} "
-            f"and dtype {labels.dtype}; expected ({n},) integers"
-        )
-    return dataclasses.replace(result, labels=labels.astype(np.int64))
-
-
 def select_indices(
     router: RouterData,
     *,
@@ -500,6 +198,7 @@ def select_indices(
     debug_print: bool = False,
     quality_labels: PoolLabels | None = None,
     definitions_extra: Mapping[str, Mapping[str, Any]] | None = None,
+    clustering: ClusteringResult | None = None,
 ) -> SelectionResult:
     """Choose samples of the router data by one of the methods (module docstring).
 
@@ -528,6 +227,10 @@ def select_indices(
     definitions_extra : mapping, optional
         Method definitions that add to or replace the built-in ones
         (:func:`selectmoe.methods.method_definitions`).
+    clustering : ClusteringResult, optional
+        The clusters of these router rows, computed once for every clustered selection
+        (:mod:`selectmoe.clusters`); without it a clustered method clusters here, with
+        ``clustering_method``, ``clustering_params`` and ``seed``.
 
     Returns
     -------
@@ -554,7 +257,7 @@ def select_indices(
     definitions = method_definitions(definitions_extra)
     definition = definitions.get(method)
     labels = np.full(n_samples, -1, dtype=np.int64)
-    clustering: ClusteringResult | None = None
+    clustered = bool(definition) and definition["allocation"] in CLUSTERED_ALLOCATIONS
     score_name = definition["score"] if definition else "gate"
     score_params = dict(definition.get("score_params") or {}) if definition else {}
     # the method's own score (the seed's gate score for the pool-only and plugged-in methods)
@@ -565,14 +268,22 @@ def select_indices(
     )
 
     start = time.perf_counter()
-    if definition and definition["allocation"] in CLUSTERED_ALLOCATIONS:
-        clustering = _cluster(
+    if not clustered:
+        clustering = None
+    elif clustering is None:
+        clustering = cluster_router(
             router,
             clustering_method=clustering_method,
             clustering_params=clustering_params or {},
             seed=int(seed),
             debug_print=debug_print,
         )
+    elif clustering.labels.shape != (n_samples,):
+        raise SelectionError(
+            f"the given clustering labels {clustering.labels.shape[0]} rows; the router data "
+            f"has {n_samples}"
+        )
+    if clustering is not None:
         labels = clustering.labels
     timings["clustering"] = time.perf_counter() - start
 
@@ -920,6 +631,7 @@ def run_selection(
     debug_print: bool = False,
     labels_path: str | os.PathLike[str] | None = None,
     method_definitions: Mapping[str, Mapping[str, Any]] | None = None,
+    clusters_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Select from router data and write ``selected_data.jsonl``, ``selection.json`` and plots.
 
@@ -947,6 +659,9 @@ def run_selection(
         ``anti_oracle``; they must label exactly the pool.
     method_definitions : mapping, optional
         The config's ``selection.method_definitions`` (:mod:`selectmoe.methods`).
+    clusters_path : path, optional
+        ``clusters.json`` of this router data (:func:`selectmoe.clusters.run_clustering`), read
+        by a clustered method instead of clustering again.
 
     Returns
     -------
@@ -1018,6 +733,9 @@ def run_selection(
         quality_labels = align_labels(
             labels_path, list(zip(router.datasets, router.sample_ids, strict=True))
         )
+    clustering = None
+    if clusters_path is not None and uses_clusters(method, method_definitions):
+        clustering = read_clusters(clusters_path, router)
     result = select_indices(
         router,
         method=method,
@@ -1028,6 +746,7 @@ def run_selection(
         debug_print=debug_print,
         quality_labels=quality_labels,
         definitions_extra=method_definitions,
+        clustering=clustering,
     )
     timings.update(result.info["timings"])
 

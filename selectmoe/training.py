@@ -21,7 +21,6 @@ writes checkpoints.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 
 from selectmoe.data import EncodedExample, collate_encoded
+from selectmoe.hashing import text_sha256
 from selectmoe.io import atomic_torch_save
 
 __all__ = [
@@ -172,8 +172,7 @@ def run_fingerprint(**parts: Any) -> str:
 
     Checkpoints carry it; a run only resumes from checkpoints with its own fingerprint.
     """
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return text_sha256(json.dumps(parts, sort_keys=True, default=str))[:16]
 
 
 def latest_checkpoint(

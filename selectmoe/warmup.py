@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from selectmoe.configuration_select_moe import LOSS_SCALINGS
+from selectmoe.configuration_select_moe import LOSS_SCALINGS, QUALITY_LOSS_PARAMETERS
 from selectmoe.data import encode_examples, load_pool, pad_token_id_of, subset_examples
 from selectmoe.errors import ConfigError, ModelError
 from selectmoe.io import atomic_torch_save
@@ -80,12 +80,7 @@ MODEL_OVERRIDE_KEYS: tuple[str, ...] = (
     "quality_loss_type",
     "quality_loss_weight",
     "trash_expert_mode",
-    "beta_target_mean",
-    "beta_target_var",
-    "w_mean",
-    "w_var",
-    "lambda_var",
-    "sample_wise_averaging",
+    *QUALITY_LOSS_PARAMETERS,
     "quality_loss_debug",
     "enable_load_balancing",
     "loss_scaling",
@@ -111,12 +106,12 @@ class WarmupSettings:
     quality_loss_type: str = "sigmoid"
     quality_loss_weight: float = 0.01
     trash_expert_mode: str = "zero"
-    beta_target_mean: float = 0.5
-    beta_target_var: float = 0.05
-    w_mean: float = 1.0
-    w_var: float = 1.0
-    lambda_var: float = 0.1
-    sample_wise_averaging: bool = True
+    beta_target_mean: float = QUALITY_LOSS_PARAMETERS["beta_target_mean"]
+    beta_target_var: float = QUALITY_LOSS_PARAMETERS["beta_target_var"]
+    w_mean: float = QUALITY_LOSS_PARAMETERS["w_mean"]
+    w_var: float = QUALITY_LOSS_PARAMETERS["w_var"]
+    lambda_var: float = QUALITY_LOSS_PARAMETERS["lambda_var"]
+    sample_wise_averaging: bool = QUALITY_LOSS_PARAMETERS["sample_wise_averaging"]
     quality_loss_debug: bool = False
     enable_load_balancing: bool = False
     loss_scaling: str = "separate"

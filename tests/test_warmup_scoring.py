@@ -12,7 +12,9 @@ import torch
 
 from selectmoe.data import encode_examples, load_pool
 from selectmoe.errors import ConfigError, DataError, ModelError
-from selectmoe.scoring import ROUTER_DATA_KEYS, answer_alone_losses, file_sha256, score_dataset
+from selectmoe.hashing import file_sha256
+from selectmoe.router_data import ROUTER_DATA_KEYS
+from selectmoe.scoring import answer_alone_losses, score_dataset
 from selectmoe.warmup import FULL_RANK_TARGETS, WarmupSettings, load_warmed_model, run_warmup
 
 TRAINED = [f"model.layers.{i}.{suffix}" for i in range(2) for suffix in FULL_RANK_TARGETS]

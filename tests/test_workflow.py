@@ -80,6 +80,7 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "warmup": 1,
         "score": 4,
         "score_untrained": 4,
+        "cluster": 1,
         "select_routed": 8,
         "select_random": 2,
         "select_reference": 4,
@@ -95,7 +96,7 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "report_selections": 1,
         "report_noise": 1,
         "all": 1,
-        "total": 94,
+        "total": 95,
     }
 
 
@@ -123,6 +124,7 @@ def test_paper_dag_counts(workflow_dir: Path) -> None:
     assert counts["warmup"] == 4
     assert counts["score"] == 16
     assert counts["score_untrained"] == 4
+    assert counts["cluster"] == 4  # one k-means sweep per loss type
     assert counts["select_routed"] == 72
     assert counts["select_random"] == 3
     assert counts["select_full"] == 1
@@ -172,11 +174,12 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
     output = result.stdout + result.stderr
     assert _job_counts(output)["finetune"] == 684
     jobs = [job for job in _dry_run_jobs(output) if job["rule"] != "all"]
-    assert len(jobs) == 1031
+    assert len(jobs) == 1035
     paper = yaml.safe_load((workflow_dir / "config/paper.yaml").read_text())
     stage_of = {
         "evaluate_base": "evaluate",
         "select_routed": "select",
+        "cluster": "select",
         "score_untrained": "score",
     }
     commands = {}
@@ -393,8 +396,9 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         assert float(row["total_cpu_s"]) > 0 and float(row["peak_rss_mb"]) > 0
         assert float(row["mean"]) == pytest.approx(float(rows[key]["mean"]))
         routed = key[0] in ("selectmoe", "ifd")
-        # convert, warmup, 4 scores and the selection; pool methods select only; base evaluates
-        n_selection = 7 if routed else 0 if key[0] == "base" else 1
+        # convert, warmup, 4 scores, the loss type's clusters (selectmoe) and the selection;
+        # pool methods select only; base evaluates
+        n_selection = 8 if key[0] == "selectmoe" else 7 if routed else 0 if key[0] == "base" else 1
         expected_jobs = n_selection + (0 if key[0] == "base" else len(seeds)) + 1
         assert int(row["n_jobs"]) == expected_jobs, key
         assert (float(row["stored_mb"]) > 0) == (key[0] != "base")
@@ -457,32 +461,46 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         # them, nothing before
         (
             {"selection": {"clustering_params": {"k_step": 1}}},
-            {"select_routed": 2, "finetune": 4, "evaluate": 2, "summarize": 1, "diagnostics": 1},
+            {
+                "cluster": 2,
+                "select_routed": 2,
+                "finetune": 4,
+                "evaluate": 2,
+                "summarize": 1,
+                "diagnostics": 1,
+            },
             ["warmup", "score", "select_random", "select_reference", "select_full", "build_demo"],
         ),
         # one more percentage: only the new selections and what follows them
         (
             {"selection": {"percentages": [0.25, 0.5]}},
             {"select_routed": 4, "select_random": 1, "select_reference": 2, "finetune": 14},
-            ["warmup", "score", "select_full", "convert", "build_demo", "evaluate_base"],
+            ["warmup", "score", "cluster", "select_full", "convert", "build_demo", "evaluate_base"],
         ),
         # a warmup setting: both warmups, their router data and everything after
         (
             {"warmup": {"learning_rate": 0.002}},
-            {"warmup": 2, "score": 8, "select_routed": 4, "finetune": 8, "evaluate": 4},
+            {
+                "warmup": 2,
+                "score": 8,
+                "cluster": 2,
+                "select_routed": 4,
+                "finetune": 8,
+                "evaluate": 4,
+            },
             ["select_random", "select_full", "score_untrained", "build_demo", "evaluate_base"],
         ),
         # one more finetune seed: its finetunes, every evaluation of a selection, the summary
         (
             {"finetune": {"seeds": [1, 2, 3]}},
             {"finetune": 8, "evaluate": 8, "summarize": 1},
-            ["warmup", "score", "select_routed", "select_random", "evaluate_base"],
+            ["warmup", "score", "cluster", "select_routed", "select_random", "evaluate_base"],
         ),
         # an evaluation setting: every evaluation, no training
         (
             {"evaluation": {"seed": 43}},
             {"evaluate": 8, "evaluate_base": 1, "summarize": 1},
-            ["warmup", "score", "select_routed", "select_random", "finetune"],
+            ["warmup", "score", "cluster", "select_routed", "select_random", "finetune"],
         ),
     ],
 )

@@ -1,22 +1,21 @@
 """Glue: rules evaluate / evaluate_base -> selectmoe.launch.run_evaluation_stage."""
 
 from selectmoe.launch import run_evaluation_stage
-from selectmoe.provenance import job_provenance
-from selectmoe.runtime import run_job
+from selectmoe.runtime import run_rule
 
-adapters = list(snakemake.input.get("adapters", []))  # noqa: F821
-results = list(snakemake.output.results)  # noqa: F821
-run_job(
-    snakemake.log[0],  # noqa: F821
-    snakemake.threads,  # noqa: F821
-    lambda: run_evaluation_stage(
-        pretrained=snakemake.params.base_model,  # noqa: F821
+
+def main(job):
+    """The rule's work, given the Snakemake job object."""
+    adapters = list(job.input.get("adapters", []))
+    results = list(job.output.results)
+    return run_evaluation_stage(
+        pretrained=job.params.base_model,
         adapters=adapters or [None] * len(results),
         output_jsons=results,
-        samples_jsonls=list(snakemake.output.samples),  # noqa: F821
-        evaluation=dict(snakemake.params.evaluation),  # noqa: F821
-        num_processes=int(snakemake.resources.get("gpu", 0)),  # noqa: F821
-    ),
-    gpus=int(snakemake.resources.get("gpu", 0)),  # noqa: F821
-    provenance=job_provenance(snakemake),  # noqa: F821
-)
+        samples_jsonls=list(job.output.samples),
+        evaluation=dict(job.params.evaluation),
+        num_processes=int(job.resources.get("gpu", 0)),
+    )
+
+
+run_rule(snakemake, main)

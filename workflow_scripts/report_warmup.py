@@ -1,17 +1,17 @@
 """Glue: rule report_warmup -> selectmoe.report.plot_warmup_history."""
 
-from selectmoe.provenance import job_provenance
 from selectmoe.report import plot_warmup_history
-from selectmoe.runtime import run_job
+from selectmoe.runtime import run_rule
 
-run_job(
-    snakemake.log[0],  # noqa: F821
-    snakemake.threads,  # noqa: F821
-    lambda: plot_warmup_history(
-        snakemake.input.weights,  # noqa: F821
-        losses_png=snakemake.output.losses,  # noqa: F821
-        good_ratio_png=snakemake.output.good_ratio,  # noqa: F821
-        title=f"warmup, quality loss '{snakemake.wildcards.loss}'",  # noqa: F821
-    ),
-    provenance=job_provenance(snakemake),  # noqa: F821
-)
+
+def main(job):
+    """The rule's work, given the Snakemake job object."""
+    return plot_warmup_history(
+        job.input.weights,
+        losses_png=job.output.losses,
+        good_ratio_png=job.output.good_ratio,
+        title=f"warmup, quality loss '{job.wildcards.loss}'",
+    )
+
+
+run_rule(snakemake, main)

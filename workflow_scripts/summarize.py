@@ -1,18 +1,18 @@
 """Glue: rule summarize -> selectmoe.summary.summarize."""
 
-from selectmoe.provenance import job_provenance
-from selectmoe.runtime import run_job
+from selectmoe.runtime import run_rule
 from selectmoe.summary import SummarySettings, summarize
 
-run_job(
-    snakemake.log[0],  # noqa: F821
-    snakemake.threads,  # noqa: F821
-    lambda: summarize(
-        list(snakemake.params.points),  # noqa: F821
-        output_csv=snakemake.output.csv,  # noqa: F821
-        output_md=snakemake.output.md,  # noqa: F821
-        plot_path=snakemake.output.plot,  # noqa: F821
-        settings=SummarySettings(**snakemake.params.settings),  # noqa: F821
-    ),
-    provenance=job_provenance(snakemake),  # noqa: F821
-)
+
+def main(job):
+    """The rule's work, given the Snakemake job object."""
+    return summarize(
+        list(job.params.points),
+        output_csv=job.output.csv,
+        output_md=job.output.md,
+        plot_path=job.output.plot,
+        settings=SummarySettings(**job.params.settings),
+    )
+
+
+run_rule(snakemake, main)

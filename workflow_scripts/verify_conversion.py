@@ -1,16 +1,16 @@
 """Glue: rule verify_conversion -> selectmoe.conversion.verify_conversion."""
 
 from selectmoe.conversion import verify_conversion
-from selectmoe.provenance import job_provenance
-from selectmoe.runtime import run_job
+from selectmoe.runtime import run_rule
 
-run_job(
-    snakemake.log[0],  # noqa: F821
-    snakemake.threads,  # noqa: F821
-    lambda: verify_conversion(
-        snakemake.params.source,  # noqa: F821
-        snakemake.input.model,  # noqa: F821
-        output_json=snakemake.output.report,  # noqa: F821
-    ),
-    provenance=job_provenance(snakemake),  # noqa: F821
-)
+
+def main(job):
+    """The rule's work, given the Snakemake job object."""
+    return verify_conversion(
+        job.params.source,
+        job.input.model,
+        output_json=job.output.report,
+    )
+
+
+run_rule(snakemake, main)

@@ -1,0 +1,20 @@
+"""Glue: rule cluster -> selectmoe.clusters.run_clustering."""
+
+from selectmoe.clusters import run_clustering
+from selectmoe.runtime import run_rule
+
+
+def main(job):
+    """The rule's work, given the Snakemake job object."""
+    selection = job.params.selection
+    return run_clustering(
+        list(job.input.router_data),
+        job.output.clusters,
+        clustering_method=selection["clustering_method"],
+        clustering_params=dict(selection["clustering_params"]),
+        seed=selection["seed"],
+        debug_print=selection["debug_print"],
+    )
+
+
+run_rule(snakemake, main)

@@ -63,11 +63,11 @@ from selectmoe.data import (
     CHAT_TAGS,
     collate_encoded,
     encode_examples,
+    length_sorted_batches,
     load_pool,
     pad_token_id_of,
 )
 from selectmoe.scoring import answer_alone_losses, compute_example_statistics, compute_router_data
-from selectmoe.training import length_sorted_batches
 
 TOLERANCE = 1e-5
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selectmoe.config import build_settings
-from selectmoe.errors import ConfigError, SelectMoeError
+from selectmoe.errors import ConfigError, SelectMoeError, exit_status
 from selectmoe.methods import POOL_ONLY_METHODS, SELECTION_METHODS
 
 __all__ = ["main"]
@@ -52,7 +52,7 @@ def _parse_fewshot(text: str) -> int | dict[str, int]:
 
 
 def _print_json(obj: Any) -> None:
-    from selectmoe.training import distributed_info
+    from selectmoe.distributed import distributed_info
 
     if distributed_info().is_main:  # under accelerate launch only one process reports
         print(json.dumps(obj, indent=2, default=str))
@@ -410,15 +410,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
+
+    def run() -> None:
         from selectmoe.plugins import load_plugins_from_environment
 
         load_plugins_from_environment()  # also in every process of an accelerate launch
         args.func(args)
-    except SelectMoeError as error:
-        print(f"selectmoe: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

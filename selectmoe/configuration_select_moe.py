@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from huggingface_hub.dataclasses import strict
 from transformers import OlmoeConfig
 
-__all__ = ["LOSS_SCALINGS", "QUALITY_LOSS_PARAMETERS", "TRASH_EXPERT_MODES", "SelectMoeConfig"]
+__all__ = [
+    "LOSS_SCALINGS",
+    "QUALITY_LOSS_PARAMETERS",
+    "TRASH_EXPERT_MODES",
+    "QualityLossParameters",
+    "SelectMoeConfig",
+]
 
 TRASH_EXPERT_MODES: tuple[str, ...] = ("zero", "noise", "custom")
 LOSS_SCALINGS: tuple[str, ...] = ("separate", "original")
 """How the warmup's losses add up: SPEC §3's (``separate``) or the original code's."""
-QUALITY_LOSS_PARAMETERS: dict[str, float | bool] = {
-    "beta_target_mean": 0.5,
-    "beta_target_var": 0.05,
-    "w_mean": 1.0,
-    "w_var": 1.0,
-    "lambda_var": 0.1,
-    "sample_wise_averaging": True,
-}
-"""Parameters of the quality losses and their defaults (SPEC §3): the model config's, the
-warmup settings' and the report's curves all take them from here."""
+
+
+@dataclasses.dataclass
+class QualityLossParameters:
+    """Parameters of the quality losses and their defaults (SPEC §3): ``beta_target_mean``,
+    ``beta_target_var``, ``w_mean``, ``w_var`` (``beta_moment_matching``), ``lambda_var``
+    (``mean_variance_regularization``), ``sample_wise_averaging``. The warmup settings inherit
+    them; the model config and the report's curves take their defaults from here."""
+
+    beta_target_mean: float = 0.5
+    beta_target_var: float = 0.05
+    w_mean: float = 1.0
+    w_var: float = 1.0
+    lambda_var: float = 0.1
+    sample_wise_averaging: bool = True
+
+
+QUALITY_LOSS_PARAMETERS: dict[str, float | bool] = dataclasses.asdict(QualityLossParameters())
 
 
 @strict

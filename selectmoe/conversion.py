@@ -13,8 +13,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, OlmoeF
 from selectmoe.configuration_select_moe import SelectMoeConfig
 from selectmoe.errors import ModelError
 from selectmoe.io import atomic_output_dir, atomic_write_json
+from selectmoe.model_source import require_model_source
 from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
-from selectmoe.training import require_model_source
 
 __all__ = ["QUALITY_GATE_SUFFIX", "convert_olmoe", "verify_conversion"]
 

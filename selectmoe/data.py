@@ -38,6 +38,7 @@ __all__ = [
     "discover_pool_files",
     "encode_examples",
     "iter_jsonl_records",
+    "length_sorted_batches",
     "load_jsonl_examples",
     "load_pool",
     "pad_token_id_of",
@@ -526,6 +527,21 @@ def pad_token_id_of(tokenizer: Any) -> int:
     embedding and leaves the model's weights as they are.
     """
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def length_sorted_batches(
+    encoded: Sequence[EncodedExample], *, batch_size: int
+) -> list[list[EncodedExample]]:
+    """Batches of examples of similar length (longest first) to waste little on padding.
+
+    The sort is stable, so the batching is deterministic; callers restore file order through
+    ``EncodedExample.index``.
+    """
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+    return [
+        [encoded[i] for i in order[start : start + batch_size]]
+        for start in range(0, len(order), batch_size)
+    ]
 
 
 def collate_encoded(batch: Sequence[EncodedExample], *, pad_token_id: int) -> dict[str, Any]:

@@ -7,6 +7,10 @@ and exits with status 2 instead of showing a traceback.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "DataError",
@@ -15,6 +19,7 @@ __all__ = [
     "RouterDataError",
     "SelectMoeError",
     "SelectionError",
+    "exit_status",
 ]
 
 
@@ -44,3 +49,14 @@ class SelectionError(SelectMoeError):
 
 class EvaluationError(SelectMoeError):
     """An evaluation task or model cannot be found or run."""
+
+
+def exit_status(run: Callable[[], Any]) -> int:
+    """Call ``run``: 0 when it returns, 2 after printing ``selectmoe: error: ...`` (one line, to
+    stderr) when it raises a :class:`SelectMoeError`. Entry points return this as their status."""
+    try:
+        run()
+    except SelectMoeError as error:
+        print(f"selectmoe: error: {error}", file=sys.stderr)
+        return 2
+    return 0

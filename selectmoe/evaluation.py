@@ -168,7 +168,7 @@ def evaluate_adapters(
         (the message lists the available tasks with similar names), a tokenizer without a chat
         template when ``apply_chat_template`` is set, or lists of different lengths.
     """
-    from selectmoe.training import distributed_info
+    from selectmoe.distributed import distributed_info
 
     started = time.perf_counter()
     samples_list = list(samples_jsonls) if samples_jsonls is not None else [None] * len(adapters)
@@ -519,7 +519,7 @@ def _resolve_model_path(name: str | os.PathLike[str], *, role: str, marker: str)
         raise EvaluationError(f"{role} must be a directory path or Hub id, got {name!r}")
     if not _looks_local(name):
         if marker == "config.json":  # a model on the Hub (adapters have no config.json)
-            from selectmoe.training import require_model_source
+            from selectmoe.model_source import require_model_source
 
             try:
                 require_model_source(name, what=role)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from selectmoe.checkpoints import clear_checkpoints, run_fingerprint
 from selectmoe.data import (
     Example,
     encode_examples,
@@ -19,20 +20,17 @@ from selectmoe.data import (
     pad_token_id_of,
     parse_record,
 )
+from selectmoe.distributed import (
+    SHARDING_MODES,
+    distributed_info,
+    full_model_state,
+    resolve_device,
+)
 from selectmoe.errors import ConfigError, DataError
 from selectmoe.io import atomic_output_dir, atomic_write_json
 from selectmoe.losses import causal_lm_loss
-from selectmoe.training import (
-    SHARDING_MODES,
-    clear_checkpoints,
-    distributed_info,
-    full_model_state,
-    require_model_source,
-    resolve_device,
-    run_fingerprint,
-    seed_everything,
-    train_loop,
-)
+from selectmoe.model_source import require_model_source
+from selectmoe.training import Optimization, seed_everything, train_loop
 
 __all__ = ["FinetuneSettings", "load_selected_examples", "run_finetune"]
 
@@ -203,18 +201,20 @@ def run_finetune(
         encoded,
         parameters=model.parameters(),
         compute_loss=compute_loss,
-        learning_rate=settings.learning_rate,
-        epochs=settings.epochs,
-        micro_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
-        warmup_ratio=settings.warmup_ratio,
-        weight_decay=settings.weight_decay,
+        optimization=Optimization(
+            learning_rate=settings.learning_rate,
+            epochs=settings.epochs,
+            micro_batch_size=micro,
+            gradient_accumulation_steps=accumulation,
+            warmup_ratio=settings.warmup_ratio,
+            weight_decay=settings.weight_decay,
+            max_steps=settings.max_steps,
+            log_every=settings.log_every,
+        ),
         seed=settings.seed,
         pad_token_id=pad_id,
         device=device,
         autocast_dtype=torch.bfloat16 if use_bf16 else None,
-        log_every=settings.log_every,
-        max_steps=settings.max_steps,
         checkpoint_dir=checkpoint_dir if settings.checkpoint_every > 0 else None,
         checkpoint_every=settings.checkpoint_every,
         fingerprint=fingerprint,

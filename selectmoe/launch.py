@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from selectmoe.errors import SelectMoeError
+from selectmoe.errors import SelectMoeError, exit_status
 
 __all__ = [
     "DISTRIBUTED_STAGES",
@@ -295,13 +295,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
+
+    def run() -> None:
         load_plugins_from_environment()  # every process of a launch registers the plugins
-        run_job(json.loads(Path(arguments[0]).read_text(encoding="utf-8")))
-    except SelectMoeError as error:
-        print(f"selectmoe: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        path = Path(arguments[0])
+        if not path.is_file():
+            raise SelectMoeError(f"{path}: no such job description (written by run_distributed)")
+        run_job(json.loads(path.read_text(encoding="utf-8")))
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

@@ -31,14 +31,15 @@ from selectmoe.data import (
     Example,
     collate_encoded,
     encode_examples,
+    length_sorted_batches,
     load_pool,
     pad_token_id_of,
 )
+from selectmoe.distributed import resolve_device
 from selectmoe.errors import DataError, ModelError
 from selectmoe.hashing import file_sha256
 from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
 from selectmoe.router_data import save_router_data
-from selectmoe.training import length_sorted_batches, resolve_device
 from selectmoe.warmup import load_warmed_model
 
 __all__ = [

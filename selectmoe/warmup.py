@@ -38,8 +38,14 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from selectmoe.configuration_select_moe import LOSS_SCALINGS, QUALITY_LOSS_PARAMETERS
+from selectmoe.checkpoints import clear_checkpoints, run_fingerprint
+from selectmoe.configuration_select_moe import (
+    LOSS_SCALINGS,
+    QUALITY_LOSS_PARAMETERS,
+    QualityLossParameters,
+)
 from selectmoe.data import encode_examples, load_pool, pad_token_id_of, subset_examples
+from selectmoe.distributed import distributed_info, resolve_device
 from selectmoe.errors import ConfigError, ModelError
 from selectmoe.io import atomic_torch_save
 from selectmoe.losses import get_quality_loss
@@ -48,14 +54,7 @@ from selectmoe.modeling_select_moe import (
     check_trash_expert_mode,
     register_select_moe,
 )
-from selectmoe.training import (
-    clear_checkpoints,
-    distributed_info,
-    resolve_device,
-    run_fingerprint,
-    seed_everything,
-    train_loop,
-)
+from selectmoe.training import Optimization, seed_everything, train_loop
 
 __all__ = [
     "FULL_RANK_TARGETS",
@@ -88,8 +87,8 @@ MODEL_OVERRIDE_KEYS: tuple[str, ...] = (
 
 
 @dataclass
-class WarmupSettings:
-    """Stage-1 settings (SPEC §5 defaults)."""
+class WarmupSettings(QualityLossParameters):
+    """Stage-1 settings (SPEC §5 defaults); the quality losses' parameters are inherited."""
 
     peft_mode: str = "full_rank"
     lora_r: int = 8
@@ -106,12 +105,6 @@ class WarmupSettings:
     quality_loss_type: str = "sigmoid"
     quality_loss_weight: float = 0.01
     trash_expert_mode: str = "zero"
-    beta_target_mean: float = QUALITY_LOSS_PARAMETERS["beta_target_mean"]
-    beta_target_var: float = QUALITY_LOSS_PARAMETERS["beta_target_var"]
-    w_mean: float = QUALITY_LOSS_PARAMETERS["w_mean"]
-    w_var: float = QUALITY_LOSS_PARAMETERS["w_var"]
-    lambda_var: float = QUALITY_LOSS_PARAMETERS["lambda_var"]
-    sample_wise_averaging: bool = QUALITY_LOSS_PARAMETERS["sample_wise_averaging"]
     quality_loss_debug: bool = False
     enable_load_balancing: bool = False
     loss_scaling: str = "separate"
@@ -313,16 +306,18 @@ def run_warmup(
         encoded,
         parameters=model.parameters(),
         compute_loss=compute_loss,
-        learning_rate=settings.learning_rate,
-        epochs=settings.epochs,
-        micro_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        warmup_ratio=settings.warmup_ratio,
+        optimization=Optimization(
+            learning_rate=settings.learning_rate,
+            epochs=settings.epochs,
+            micro_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            warmup_ratio=settings.warmup_ratio,
+            max_steps=settings.max_steps,
+            log_every=settings.log_every,
+        ),
         seed=settings.seed,
         pad_token_id=pad_id,
         device=device,
-        log_every=settings.log_every,
-        max_steps=settings.max_steps,
         checkpoint_dir=checkpoint_dir if settings.checkpoint_every > 0 else None,
         checkpoint_every=settings.checkpoint_every,
         fingerprint=fingerprint,

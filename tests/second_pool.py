@@ -26,7 +26,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from selectmoe.demo import _GENERATORS, DATASETS, _build_world, _Conversation, _stream
+from selectmoe.demo.conversations import _GENERATORS, _Conversation
+from selectmoe.demo.world import DATASETS, _build_world, _stream
 
 NOISE_KINDS: tuple[str, ...] = ("off_topic", "repetition", "echo", "swapped_roles", "refusal")
 _REFUSALS = (

@@ -12,12 +12,13 @@ from sklearn.metrics import silhouette_samples as sk_silhouette_samples
 from sklearn.metrics import silhouette_score as sk_silhouette_score
 from sklearn.preprocessing import normalize
 
-from selectmoe import clustering
 from selectmoe.clustering import (
     ClusteringResult,
     KMeans,
+    auto_k,
     choose_k,
     get_clustering_method,
+    kmeans,
     list_clustering_methods,
     register_clustering_method,
     silhouette_samples,
@@ -247,7 +248,7 @@ def test_kmeans_reseeds_empty_clusters():
     unit = torch.from_numpy(normalize(x))
     # Two identical initial centres: the second gets no point at the first E-step.
     init = unit[[0, 0, 60, 120]].clone()
-    result = clustering._lloyd(unit, init, max_iter=100, tol=0.0)
+    result = kmeans._lloyd(unit, init, max_iter=100, tol=0.0)
     assert torch.bincount(result.labels, minlength=4).min() > 0
 
 
@@ -323,7 +324,7 @@ def test_choose_k_reuses_the_largest_seeding_exactly(six_directions):
 
 def test_choose_k_falls_back_to_best_silhouette_without_knee(six_directions, monkeypatch):
     x, _ = six_directions
-    monkeypatch.setattr(clustering, "_knee", lambda ks, inertias, sensitivity: None)
+    monkeypatch.setattr(auto_k, "_knee", lambda ks, inertias, sensitivity: None)
     sweep = choose_k(x, k_range=(2, 8), k_step=2, seed=0, compute_silhouette=False)
     assert sweep.method == "silhouette" and sweep.knee_k is None
     assert sweep.silhouettes is not None  # computed because it was needed
@@ -331,9 +332,9 @@ def test_choose_k_falls_back_to_best_silhouette_without_knee(six_directions, mon
 
 
 def test_knee_of_a_straight_line_is_none():
-    assert clustering._knee([1, 2, 3, 4, 5], [5.0, 4.0, 3.0, 2.0, 1.0], 1.0) is None
-    assert clustering._knee([1, 2], [2.0, 1.0], 1.0) is None
-    assert clustering._knee([1, 2, 3, 4, 5, 6], [100, 20, 10, 8, 7, 6.5], 1.0) == 2
+    assert auto_k._knee([1, 2, 3, 4, 5], [5.0, 4.0, 3.0, 2.0, 1.0], 1.0) is None
+    assert auto_k._knee([1, 2], [2.0, 1.0], 1.0) is None
+    assert auto_k._knee([1, 2, 3, 4, 5, 6], [100, 20, 10, 8, 7, 6.5], 1.0) == 2
 
 
 def test_choose_k_parallel_processes_give_the_serial_result(six_directions):
@@ -348,21 +349,21 @@ def test_choose_k_parallel_processes_give_the_serial_result(six_directions):
 
 
 def test_process_placement_and_k_split():
-    assert clustering._process_devices(5, ["cuda:0", "cuda:1"], "round_robin") == [
+    assert auto_k._process_devices(5, ["cuda:0", "cuda:1"], "round_robin") == [
         "cuda:0",
         "cuda:1",
         "cuda:0",
         "cuda:1",
         "cuda:0",
     ]
-    assert clustering._process_devices(5, ["cuda:0", "cuda:1"], "balanced") == [
+    assert auto_k._process_devices(5, ["cuda:0", "cuda:1"], "balanced") == [
         "cuda:0",
         "cuda:0",
         "cuda:0",
         "cuda:1",
         "cuda:1",
     ]
-    shares = clustering._split_ks(list(range(10, 101, 10)), 3)
+    shares = auto_k._split_ks(list(range(10, 101, 10)), 3)
     assert sorted(k for share in shares for k in share) == list(range(10, 101, 10))
     loads = [sum(share) for share in shares]
     assert max(loads) - min(loads) <= 20

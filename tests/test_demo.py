@@ -15,9 +15,18 @@ from typing import Any
 import pytest
 import yaml
 
-from selectmoe import demo
 from selectmoe.data import load_pool, render_chat
-from selectmoe.demo import DATASETS, EVAL_TASKS, NOISE_KINDS, build_demo
+from selectmoe.demo import (
+    DATASETS,
+    EVAL_TASKS,
+    NOISE_KINDS,
+    SPECIAL_TOKENS,
+    build_demo,
+    conversations,
+    models,
+    noise,
+)
+from selectmoe.demo import world as demo_world
 
 SMALL: dict[str, Any] = {
     "examples_per_dataset": 40,
@@ -138,7 +147,7 @@ def test_failed_build_leaves_previous_demo(
     def killed(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "_pretrain", killed)
+    monkeypatch.setattr(models, "_pretrain", killed)
     with pytest.raises(KeyboardInterrupt):
         build_demo(out_dir, **SMALL)
     assert [p.name for p in out_dir.iterdir()] == ["old.txt"]
@@ -227,8 +236,8 @@ def test_planted_share_and_label_coverage(small_demo: tuple[Path, dict[str, Any]
 
 
 def test_planted_kinds_at_default_size() -> None:
-    pool = demo._build_pool_dataset(
-        "flan_v2", demo._build_world(0), seed=0, n_examples=600, noise_fraction=0.3
+    pool = noise._build_pool_dataset(
+        "flan_v2", demo_world._build_world(0), seed=0, n_examples=600, noise_fraction=0.3
     )
     kinds = Counter(example.kind for example in pool)
     assert kinds["clean"] == 420
@@ -276,7 +285,7 @@ def test_labels_describe_the_examples(small_demo: tuple[Path, dict[str, Any]]) -
 
 def _fact_is_right(world: Any, sentence: str) -> bool:
     return any(
-        sentence == demo._fact_sentence(country, attribute, getattr(country, attribute))
+        sentence == conversations._fact_sentence(country, attribute, getattr(country, attribute))
         for country in world.countries
         for attribute in ("capital", "currency", "language", "animal")
     )
@@ -292,7 +301,7 @@ def _translation_is_right(world: Any, sentence: str) -> bool:
 
 def test_eval_docs_are_held_out_and_well_formed(small_demo: tuple[Path, dict[str, Any]]) -> None:
     out_dir, manifest = small_demo
-    world = demo._build_world(manifest["seed"])
+    world = demo_world._build_world(manifest["seed"])
     pool_users = {
         m["content"]
         for records in _pool(out_dir).values()
@@ -366,7 +375,7 @@ def test_tokenizer(small_demo: tuple[Path, dict[str, Any]]) -> None:
     out_dir, manifest = small_demo
     tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer")
     assert 1000 <= len(tokenizer) <= 2000
-    ids = {tag: tokenizer.encode(tag, add_special_tokens=False) for tag in demo.SPECIAL_TOKENS}
+    ids = {tag: tokenizer.encode(tag, add_special_tokens=False) for tag in SPECIAL_TOKENS}
     assert all(len(tag_ids) == 1 for tag_ids in ids.values()), ids
     assert [i[0] for i in ids.values()] == list(range(7))
     assert manifest["special_tokens"] == {tag: i[0] for tag, i in ids.items()}
@@ -443,8 +452,8 @@ def test_pretraining_teaches_the_format(tmp_path: Path) -> None:
 def test_the_target_reads_about_a_neighbouring_world() -> None:
     """Same cities, currencies, languages and animals, other owners and another lexicon: the
     target knows the words and formats but must learn the pool's facts from the pool."""
-    world = demo._build_world(0)
-    neighbour = demo._neighbour_world(world, 0)
+    world = demo_world._build_world(0)
+    neighbour = demo_world._neighbour_world(world, 0)
     assert [c.capital for c in neighbour.countries] == [c.capital for c in world.countries]
     assert [c.currency for c in neighbour.countries] == [c.currency for c in world.countries]
     assert not {c.name for c in neighbour.countries} & {c.name for c in world.countries}
@@ -452,7 +461,7 @@ def test_the_target_reads_about_a_neighbouring_world() -> None:
     assert not set(neighbour.lexicon.values()) & set(world.lexicon.values())
     assert neighbour.lexicon_language != world.lexicon_language
     country_names = {c.name for c in world.countries} | set(world.lexicon.values())
-    corpus = demo._pretraining_corpus(
+    corpus = models._pretraining_corpus(
         neighbour,
         seed=0,
         steps=1,
@@ -469,10 +478,10 @@ def test_pretraining_batches_have_the_requested_shape() -> None:
     import torch
 
     blocks = torch.arange(10 * 4).view(10, 4)
-    settings = demo._PretrainSettings(
+    settings = models._PretrainSettings(
         steps=7, batch_size=3, sequence_length=4, learning_rate=1e-3, seed=0
     )
-    batches = list(demo._batches(blocks, settings))
+    batches = list(models._batches(blocks, settings))
     assert [tuple(b.shape) for b in batches] == [(3, 4)] * 7
     # each pass over the corpus visits every block once (7 * 3 = 21 = 2 passes + 1 block)
     rows = torch.cat(batches)[:, 0] // 4

@@ -56,7 +56,7 @@ def tokenizer(request, tmp_path_factory) -> Any:
         return llama2_tokenizer(directory, legacy=request.param.endswith("legacy"))
     if request.param == "qwen2":
         return qwen2_tokenizer()
-    from selectmoe.demo import _train_tokenizer
+    from selectmoe.demo.models import _train_tokenizer
     from tests.tokenizer_kinds import CORPUS
 
     return _train_tokenizer(CORPUS * 20, vocab_size=400)

@@ -243,7 +243,7 @@ def test_finetune_resumes_with_dropout_exactly(
     uninterrupted run: with LoRA dropout this needs the saved random states."""
     from safetensors.torch import load_file
 
-    import selectmoe.training as training_module
+    import selectmoe.checkpoints as checkpoints_module
 
     records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()]
     data = _write_selection(tmp_path / "selected_data.jsonl", records)
@@ -253,7 +253,7 @@ def test_finetune_resumes_with_dropout_exactly(
     run_finetune(
         base_model=str(tiny_llama_dir), selected_data=data, output_dir=reference, settings=settings
     )
-    original_save = training_module._save_checkpoint
+    original_save = checkpoints_module.save_checkpoint
 
     def save_then_die(directory: Path, state: dict[str, Any], *, step: int, keep: int = 2):
         path = original_save(directory, state, step=step, keep=keep)
@@ -261,7 +261,7 @@ def test_finetune_resumes_with_dropout_exactly(
             raise KeyboardInterrupt("simulated kill")
         return path
 
-    monkeypatch.setattr(training_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoints_module, "save_checkpoint", save_then_die)
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         run_finetune(

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-import selectmoe.training as training_module
+import selectmoe.checkpoints as checkpoints_module
+from selectmoe.checkpoints import latest_checkpoint, run_fingerprint
+from selectmoe.distributed import local_share as _local_share
 from selectmoe.errors import ConfigError, ModelError
 from selectmoe.launch import launch_command, run_training_stage
-from selectmoe.training import _local_share, latest_checkpoint, run_fingerprint
 from selectmoe.warmup import WarmupSettings, apply_router_lora, load_warmed_model, run_warmup
 
 
@@ -80,7 +81,7 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(
 ) -> None:
     output = tmp_path / "full_rank_weights.pt"
     checkpoints = tmp_path / "ckpt"
-    original_save = training_module._save_checkpoint
+    original_save = checkpoints_module.save_checkpoint
     saves: list[int] = []
 
     def save_then_die(directory: Path, state: dict[str, Any], *, step: int, keep: int = 2):
@@ -90,7 +91,7 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(
             raise KeyboardInterrupt("simulated kill")
         return path
 
-    monkeypatch.setattr(training_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoints_module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_warmup(
             model_dir=tiny_converted_dir,
@@ -105,7 +106,7 @@ def test_resume_after_an_interrupt_equals_the_uninterrupted_run(
         "step_000000006.pt",
         "step_000000008.pt",
     ]  # only the newest two are kept
-    monkeypatch.setattr(training_module, "_save_checkpoint", original_save)
+    monkeypatch.setattr(checkpoints_module, "save_checkpoint", original_save)
 
     returned = run_warmup(
         model_dir=tiny_converted_dir,
@@ -136,11 +137,11 @@ def test_checkpoint_of_other_settings_is_not_resumed(
     checkpoints = tmp_path / "ckpt"
 
     def die_at_4(directory: Path, state: dict[str, Any], *, step: int, keep: int = 2):
-        training_module.atomic_torch_save(state, directory / f"step_{step:09d}.pt")
+        checkpoints_module.atomic_torch_save(state, directory / f"step_{step:09d}.pt")
         if step == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training_module, "_save_checkpoint", die_at_4)
+    monkeypatch.setattr(checkpoints_module, "save_checkpoint", die_at_4)
     with pytest.raises(KeyboardInterrupt):
         run_warmup(
             model_dir=tiny_converted_dir,
@@ -163,7 +164,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(
 
 
 def test_unreadable_checkpoint_falls_back_to_an_older_one(tmp_path: Path) -> None:
-    state = {"format": training_module.CHECKPOINT_FORMAT, "fingerprint": "abc", "step": 2}
+    state = {"format": checkpoints_module.CHECKPOINT_FORMAT, "fingerprint": "abc", "step": 2}
     torch.save(state, tmp_path / "step_000000002.pt")
     (tmp_path / "step_000000004.pt").write_bytes(b"truncated")
     found = latest_checkpoint(tmp_path, "abc")

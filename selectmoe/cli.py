@@ -149,16 +149,33 @@ def _cmd_score(args: argparse.Namespace) -> None:
     )
 
 
+def _router_files(directory: str) -> list[Path]:
+    files = sorted(Path(directory).glob("*_router_data.pt"))
+    if not files:
+        raise SelectMoeError(f"{directory}: no *_router_data.pt files; run the score stage")
+    return files
+
+
+def _cmd_cluster(args: argparse.Namespace) -> None:
+    from selectmoe.clusters import run_clustering
+
+    record = run_clustering(
+        _router_files(args.router_data),
+        args.output,
+        clustering_method=args.clustering_method,
+        clustering_params=_parse_overrides(args.set),
+        seed=args.seed,
+        debug_print=args.debug_print,
+    )
+    _print_json({k: v for k, v in record.items() if k != "labels"})
+
+
 def _cmd_select(args: argparse.Namespace) -> None:
     from selectmoe.selection import run_selection
 
     router_files: list[Path] = []
     if args.router_data is not None:
-        router_files = sorted(Path(args.router_data).glob("*_router_data.pt"))
-        if not router_files:
-            raise SelectMoeError(
-                f"{args.router_data}: no *_router_data.pt files; run the score stage"
-            )
+        router_files = _router_files(args.router_data)
     elif args.method not in POOL_ONLY_METHODS:
         raise SelectMoeError(
             f"method {args.method} needs --router-data (only {', '.join(POOL_ONLY_METHODS)} "
@@ -179,6 +196,7 @@ def _cmd_select(args: argparse.Namespace) -> None:
             seed=args.seed,
             debug_print=args.debug_print,
             labels_path=args.labels,
+            clusters_path=args.clusters,
         )
     )
 
@@ -319,6 +337,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=_cmd_score)
 
+    p = sub.add_parser("cluster", help="stage 2b: cluster the routing features of router data")
+    p.add_argument("--router-data", required=True, help="directory of *_router_data.pt")
+    p.add_argument("--output", required=True, help="clusters.json")
+    p.add_argument("--clustering-method", default="kmeans")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--debug-print", action="store_true")
+    p.add_argument("--set", action="append", default=[], help="clustering_params " + set_help)
+    p.set_defaults(func=_cmd_cluster)
+
     p = sub.add_parser("select", help="stage 2b: select data from router data")
     p.add_argument(
         "--router-data", help="directory of *_router_data.pt (not needed by pool-only methods)"
@@ -337,6 +364,7 @@ def _parser() -> argparse.ArgumentParser:
         help="quality labels of the pool (JSONL dataset/id/planted/kind): oracle, anti_oracle",
     )
     p.add_argument("--percentage", type=float, required=True, help="share of the pool, (0, 1]")
+    p.add_argument("--clusters", help="clusters.json of the cluster command (else cluster here)")
     p.add_argument("--clustering-method", default="kmeans")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--debug-print", action="store_true")

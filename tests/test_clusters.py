@@ -117,3 +117,29 @@ def test_clustering_settings_are_checked_before_any_work(tmp_path: Path, router_
     with pytest.raises(SelectionError, match="unknown clustering_method 'dbscan'"):
         run_clustering(router_files, output, clustering_method="dbscan")
     assert not output.exists()
+
+
+def test_the_command_line_clusters_once_and_selects_with_the_file(
+    tmp_path: Path, router_files, capsys
+):
+    from selectmoe.cli import main
+
+    payloads = [torch.load(p) for p in router_files]
+    pool = write_pool(tmp_path, payloads)
+    clusters = tmp_path / "clusters.json"
+    sets = ["--set", "k_range=[2, 8]", "--set", "k_step=1", "--set", "n_init=2"]
+    router_dir = str(router_files[0].parent)
+    assert main(["cluster", "--router-data", router_dir, "--output", str(clusters), *sets]) == 0
+    assert json.loads(capsys.readouterr().out)["k"] == json.loads(clusters.read_text())["k"]
+    common = ["select", "--router-data", router_dir, "--pool", *map(str, pool)]
+    common += ["--percentage", "0.25", "--method", "selectmoe", *sets]
+    assert main([*common, "--output", str(tmp_path / "a/selected_data.jsonl")]) == 0
+    given = ["--clusters", str(clusters), "--output", str(tmp_path / "b/selected_data.jsonl")]
+    assert main([*common, *given]) == 0
+    alone = (tmp_path / "a/selected_data.jsonl").read_bytes()
+    assert (tmp_path / "b/selected_data.jsonl").read_bytes() == alone
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert main(["cluster", "--router-data", str(empty), "--output", str(clusters)]) == 2
+    assert "no *_router_data.pt files; run the score stage" in capsys.readouterr().err

@@ -50,6 +50,18 @@ def test_shipped_configs_are_valid(schema: dict[str, Any], name: str) -> None:
     assert validate_config(loaded, schema) is None
 
 
+def test_the_small_scenario_is_valid_read_after_the_default(
+    schema: dict[str, Any], config: dict[str, Any]
+) -> None:
+    from tests.test_workflow import _deep_update
+
+    small = yaml.safe_load((REPO / "config" / "small.yaml").read_text(encoding="utf-8"))
+    merged = _deep_update(config, small)
+    assert validate_config(merged, schema) is None
+    assert merged["selection"]["loss_types"] == ["sigmoid", "beta_moment_matching"]
+    assert merged["finetune"]["lora_r"] == config["finetune"]["lora_r"]  # kept from the default
+
+
 @pytest.mark.parametrize("value", [0, -0.1, 1.5])
 def test_percentage_out_of_range(schema: dict[str, Any], config: dict[str, Any], value) -> None:
     config["selection"]["percentages"] = [0.1, value]

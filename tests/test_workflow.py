@@ -247,31 +247,8 @@ def test_bad_config_fails_at_start(workflow_dir: Path, change: dict, expected: s
     assert not (workflow_dir / "results").exists()
 
 
-SMALL_DEMO = {
-    "demo": {
-        "activate": True,
-        "seed": 0,
-        "params": {"examples_per_dataset": 60, "eval_docs_per_task": 20, "pretrain_steps": 30},
-    },
-    # checkpoints every few steps, so that a killed run has one to resume from; every step
-    # logged, so that the report's curves have points
-    "warmup": {
-        "subset_ratio": 0.5,
-        "max_sequence_length": 128,
-        "checkpoint_every": 2,
-        "log_every": 1,
-    },
-    "scoring": {"max_sequence_length": 128},
-    "selection": {
-        "loss_types": ["sigmoid", "beta_moment_matching"],
-        "percentages": [0.25],
-        "methods": ["selectmoe", "ifd", "random", "oracle", "anti_oracle"],
-        "full_baseline": True,
-        "clustering_params": {"auto_k": True, "k_range": [2, 6], "k_step": 2, "n_init": 1},
-    },
-    "finetune": {"seeds": [1, 2], "epochs": 1, "max_sequence_length": 128, "checkpoint_every": 2},
-    "summary": {"n_resamples": 1000},
-}
+# the small scenario a newcomer can run too (config/small.yaml, read after config/config.yaml)
+SMALL_DEMO = yaml.safe_load((REPO / "config" / "small.yaml").read_text(encoding="utf-8"))
 SMALL_SELECTIONS = [
     "selectmoe/sigmoid/p0.25",
     "selectmoe/beta_moment_matching/p0.25",

@@ -42,8 +42,9 @@ from results_md import replace_section
 from selectmoe import SelectMoeConfig, SelectMoeForCausalLM
 from selectmoe.data import EncodedExample, encode_examples, load_pool, pad_token_id_of
 from selectmoe.diagnostics import spearman
+from selectmoe.router_data import RouterData
 from selectmoe.scoring import compute_router_data
-from selectmoe.selection import RouterData, select_indices
+from selectmoe.selection import select_indices
 
 
 def _router(quality: torch.Tensor, probs: torch.Tensor) -> RouterData:

@@ -118,7 +118,7 @@ def run_clustering(
     dict
         The content of ``clusters.json``.
     """
-    from selectmoe.selection import load_router_data
+    from selectmoe.router_data import load_router_data
 
     start = time.perf_counter()
     router = load_router_data(router_data_paths)

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from selectmoe.errors import SelectMoeError
-from selectmoe.io import atomic_path, atomic_write_text
+from selectmoe.figures import new_figure, save_figure
+from selectmoe.io import atomic_write_text
 
 __all__ = ["STAGE_KINDS", "cost_ledger", "read_benchmark", "write_cost_ledger"]
 
@@ -203,12 +204,10 @@ def _to_markdown(ledger: pd.DataFrame) -> str:
 
 
 def _plot(ledger: pd.DataFrame, plot_path: str | os.PathLike[str]) -> None:
-    from matplotlib.figure import Figure
-
     gpu = bool((ledger["total_gpu_s"] > 0).any())
     cost = "total_gpu_s" if gpu else "total_cpu_s"
     targets = list(dict.fromkeys(ledger["target"]))
-    figure = Figure(figsize=(7.5, 4.8 * len(targets)), layout="constrained")
+    figure = new_figure(7.5, 4.8 * len(targets))
     axes = figure.subplots(len(targets), 1, squeeze=False)[:, 0]
     for axis, target in zip(axes, targets, strict=True):
         rows = ledger[ledger["target"] == target]
@@ -228,5 +227,4 @@ def _plot(ledger: pd.DataFrame, plot_path: str | os.PathLike[str]) -> None:
         axis.set_title(f"target: {target}: score against cost")
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize="small")
-    with atomic_path(plot_path) as tmp:
-        figure.savefig(tmp, format=Path(plot_path).suffix.lstrip(".") or "png", dpi=110)
+    save_figure(figure, plot_path, dpi=110)

@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from selectmoe.io import atomic_path, atomic_write_text
+from selectmoe.figures import new_figure, save_figure
+from selectmoe.io import atomic_write_text
 from selectmoe.labels import CLEAN, PoolLabels, align_labels
-from selectmoe.selection import load_router_data
+from selectmoe.router_data import load_router_data
 
 __all__ = [
     "auroc",
@@ -419,9 +420,7 @@ def planted_shares(
 
 def _plot_quality(table: pd.DataFrame, loss: str, path: Path) -> None:
     """AUROC per layer and per kind (warmed against untrained), and Spearman with length."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(13.0, 4.2), layout="constrained")
+    figure = new_figure(13.0, 4.2)
     axes = figure.subplots(1, 3)
     gates = list(dict.fromkeys(table["gate"]))
     width = 0.8 / len(gates)
@@ -455,8 +454,7 @@ def _plot_quality(table: pd.DataFrame, loss: str, path: Path) -> None:
         axis.axhline(0.5 if title.startswith("AUROC") else 0.0, color="black", linewidth=1)
         axis.legend(fontsize="small")
     figure.suptitle(f"quality score diagnostics, loss type {loss}")
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    save_figure(figure, path, dpi=100)
 
 
 def _markdown_table(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:

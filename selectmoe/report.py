@@ -33,11 +33,13 @@ import pandas as pd
 
 from selectmoe.configuration_select_moe import QUALITY_LOSS_PARAMETERS
 from selectmoe.errors import SelectMoeError
-from selectmoe.io import atomic_path, atomic_write_text
+from selectmoe.figures import new_figure, save_figure
+from selectmoe.io import atomic_write_text
 from selectmoe.methods import POOL_ONLY_METHODS  # their selection.json scores are placeholders
 
 __all__ = [
     "LOSS_PARAMETER_DEFAULTS",
+    "PLOT_FILES",
     "load_noise_labels",
     "load_selected_ids",
     "load_warmup_history",
@@ -49,32 +51,24 @@ __all__ = [
     "quality_loss_curves",
     "quality_score_stats",
     "selection_overview",
+    "write_plots",
 ]
 
 #: Parameters of the quality losses (SPEC §3 defaults), as :func:`quality_loss_curves` uses them.
 LOSS_PARAMETER_DEFAULTS: dict[str, Any] = dict(QUALITY_LOSS_PARAMETERS)
+#: The plots of a selection (:func:`write_plots`), by name.
+PLOT_FILES: dict[str, str] = {
+    "elbow": "elbow.png",
+    "silhouette": "silhouette.png",
+    "cluster_sizes": "cluster_sizes.png",
+    "score_distribution": "score_distribution.png",
+}
 _DPI = 100
 _LAYER_MEAN = "good_mean/layer_{}"
 _LAYER_SQUARE = "good_sq/layer_{}"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _new_figure(width: float, height: float) -> Any:
-    """A Figure on the Agg canvas with constrained layout."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_png(figure: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``figure`` as PNG to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=_DPI)
 
 
 def _write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
@@ -210,7 +204,7 @@ def plot_warmup_history(
     heading = title or (f"warmup, quality loss '{loss_type}'" if loss_type else "warmup")
     steps = frame["step"].to_numpy(dtype=float)
 
-    figure = _new_figure(11.0, 4.0)
+    figure = new_figure(11.0, 4.0)
     left, right = figure.subplots(1, 2)
     if "lm_loss" in frame:
         left.plot(steps, frame["lm_loss"], marker="o", markersize=3, label="LM loss")
@@ -231,9 +225,9 @@ def plot_warmup_history(
     for axis in (left, right):
         axis.grid(True, alpha=0.3)
     figure.suptitle(f"{heading}: loss per step")
-    _save_png(figure, losses_png)
+    save_figure(figure, losses_png)
 
-    figure = _new_figure(11.0, 4.0)
+    figure = new_figure(11.0, 4.0)
     left, right = figure.subplots(1, 2)
     n_layers = frame.attrs["n_layers"]
     if n_layers:
@@ -284,7 +278,7 @@ def plot_warmup_history(
     for axis in (left, right):
         axis.grid(True, alpha=0.3)
     figure.suptitle(f"{heading}: good ratio per layer")
-    _save_png(figure, good_ratio_png)
+    save_figure(figure, good_ratio_png)
     return frame
 
 
@@ -295,7 +289,7 @@ def _router_good(router_data_paths: Sequence[str | os.PathLike[str]]) -> tuple[n
     """``sigmoid(quality_score)`` ``[N, L]`` (float64) and the dataset of every row."""
     import torch
 
-    from selectmoe.selection import load_router_data
+    from selectmoe.router_data import load_router_data
 
     router = load_router_data(router_data_paths)
     good = torch.sigmoid(router.quality_score.to(torch.float64)).numpy()
@@ -389,7 +383,7 @@ def plot_quality_scores(
     n_panels = n_layers + 1
     n_cols = min(4, n_panels)
     n_rows = math.ceil(n_panels / n_cols)
-    figure = _new_figure(3.4 * n_cols, 2.7 * n_rows + 0.6)
+    figure = new_figure(3.4 * n_cols, 2.7 * n_rows + 0.6)
     axes = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
     for panel in range(n_panels):
         axis = axes[panel]
@@ -410,7 +404,7 @@ def plot_quality_scores(
     for axis in axes[n_panels:]:
         axis.axis("off")
     figure.suptitle(title or "Quality score per dataset and layer")
-    _save_png(figure, output_png)
+    save_figure(figure, output_png)
     if stats_csv is not None:
         _write_csv(stats, stats_csv)
     return stats
@@ -523,7 +517,7 @@ def plot_quality_losses(
     """
     curves = quality_loss_curves(loss_types, params=params, n_points=n_points)
     grid = curves["g"]
-    figure = _new_figure(11.0, 4.4)
+    figure = new_figure(11.0, 4.4)
     left, right = figure.subplots(1, 2, sharey=True)
     styles = ["-", "--", "-.", ":"]
     for index, name in enumerate(curves["uniform"]):
@@ -548,7 +542,7 @@ def plot_quality_losses(
         f"w_mean {p['w_mean']:g}, w_var {p['w_var']:g}, lambda_var {p['lambda_var']:g})",
         fontsize="medium",
     )
-    _save_png(figure, output_png)
+    save_figure(figure, output_png)
     return curves
 
 
@@ -694,7 +688,7 @@ def plot_noise_kept(
     kinds = [c.removeprefix("kept/") for c in table.columns if c.startswith("kept/")]
     names = table["selection"].tolist()
     positions = np.arange(len(names))
-    figure = _new_figure(11.0, 0.9 + 0.45 * len(names) + 1.5)
+    figure = new_figure(11.0, 0.9 + 0.45 * len(names) + 1.5)
     left, right = figure.subplots(1, 2, sharey=True)
     start = np.zeros(len(names))
     sizes = table["n_selected"].to_numpy(dtype=float)
@@ -740,7 +734,7 @@ def plot_noise_kept(
         axis.set_xlim(0.0, 1.0)
         axis.grid(True, axis="x", alpha=0.3)
     figure.suptitle("Planted low-quality examples kept by each selection (demo)", fontsize="medium")
-    _save_png(figure, output_png)
+    save_figure(figure, output_png)
     if output_csv is not None:
         _write_csv(table, output_csv)
     return table
@@ -819,3 +813,93 @@ def selection_overview(
     if output_csv is not None:
         _write_csv(frame, output_csv)
     return frame
+
+
+# --------------------------------------------------------------------- a selection's plots
+# Plots
+
+
+def _placeholder(figure: Any, text: str) -> None:
+    axes = figure.add_subplot()
+    axes.axis("off")
+    axes.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+
+
+def write_plots(
+    info: Mapping[str, Any],
+    *,
+    scores: np.ndarray,
+    datasets: Sequence[str],
+    plot_dir: str | os.PathLike[str],
+) -> dict[str, str]:
+    """Write the four PNGs of a selection into ``plot_dir`` (names in :data:`PLOT_FILES`).
+
+    Elbow curve with the chosen k, silhouette per k, cluster sizes (pool and selected), and the
+    score distribution per dataset. Methods without clusters get a one-line placeholder for the
+    cluster plots, so the set of files is always the same. Returns ``{plot: path}``.
+    """
+    directory = Path(plot_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+    ks, k = info.get("ks"), info.get("k")
+    no_clusters = f"method {info['method']!r} does not cluster"
+
+    figure = new_figure(constrained=False)
+    if ks:
+        axes = figure.add_subplot()
+        axes.plot(ks, info["inertias"], marker="o")
+        axes.axvline(k, color="tab:red", linestyle="--", label=f"k = {k} ({info['k_selection']})")
+        axes.set_xlabel("k")
+        axes.set_ylabel("inertia  (sum of 2(1 - cos))")
+        axes.set_title("Elbow curve")
+        axes.legend()
+    else:
+        _placeholder(figure, no_clusters)
+    save_figure(figure, directory / PLOT_FILES["elbow"])
+    written["elbow"] = str(directory / PLOT_FILES["elbow"])
+
+    figure = new_figure(constrained=False)
+    silhouettes = info.get("silhouettes")
+    if ks and silhouettes:
+        axes = figure.add_subplot()
+        axes.plot(ks, silhouettes, marker="o", color="tab:green")
+        axes.axvline(k, color="tab:red", linestyle="--", label=f"k = {k}")
+        axes.set_xlabel("k")
+        axes.set_ylabel("mean silhouette (cosine)")
+        axes.set_title("Silhouette per k")
+        axes.legend()
+    else:
+        _placeholder(figure, no_clusters if not ks else "silhouette not computed")
+    save_figure(figure, directory / PLOT_FILES["silhouette"])
+    written["silhouette"] = str(directory / PLOT_FILES["silhouette"])
+
+    figure = new_figure(max(6.4, 0.12 * (k or 0)), 4.0, constrained=False)
+    if info.get("cluster_sizes") is not None:
+        axes = figure.add_subplot()
+        positions = np.arange(len(info["cluster_sizes"]))
+        axes.bar(positions, info["cluster_sizes"], color="lightgray", label="pool")
+        axes.bar(positions, info["cluster_selected"], color="tab:blue", label="selected")
+        axes.set_xlabel("cluster")
+        axes.set_ylabel("samples")
+        axes.set_title(f"Cluster sizes (k = {k})")
+        axes.legend()
+    else:
+        _placeholder(figure, no_clusters)
+    save_figure(figure, directory / PLOT_FILES["cluster_sizes"])
+    written["cluster_sizes"] = str(directory / PLOT_FILES["cluster_sizes"])
+
+    figure = new_figure(constrained=False)
+    axes = figure.add_subplot()
+    names = list(dict.fromkeys(datasets))
+    dataset_array = np.asarray(datasets)
+    low, high = float(scores.min()), float(scores.max())
+    bins = np.linspace(low, high if high > low else low + 1e-6, 41)
+    for name in names:
+        axes.hist(scores[dataset_array == name], bins=bins, histtype="step", label=name)
+    axes.set_xlabel("score = mean_l sigmoid(quality_score)")
+    axes.set_ylabel("samples")
+    axes.set_title("Score distribution per dataset")
+    axes.legend()
+    save_figure(figure, directory / PLOT_FILES["score_distribution"])
+    written["score_distribution"] = str(directory / PLOT_FILES["score_distribution"])
+    return written

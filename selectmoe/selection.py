@@ -1,29 +1,23 @@
 """Stage 2b: select a share of the pool from its router data (SPEC §5).
 
-Each sample has a *score* (how good the quality gate finds it) and a *feature vector* (where the
-MoE routers send it):
-
-- score ``s_n = mean_l sigmoid(quality_score[n, l])``;
-- features ``f_n = moe_probs[n].reshape(L * E)``.
-
-Methods (``method``):
-
-- ``selectmoe``: cluster the features (``clustering_method``, spherical k-means by default, with k
-  chosen automatically), then :func:`round_robin` over the clusters by score;
-- ``random``: a seeded uniform sample;
-- ``quality_topk``: the best scores;
-- ``diversity``: the same clusters, but a random order within each cluster;
-- ``full``: everything;
-- ``oracle`` / ``anti_oracle``: reference selections for a pool with quality labels
-  (:mod:`selectmoe.labels`): clean examples first (the best any method could do at that size) or
-  planted ones first (the worst), in a seeded random order within each group. They use labels a
-  real pool does not have, and every table and plot marks them so.
+A method that reads the router data is a *score* (:mod:`selectmoe.scores`: what it ranks by) and
+an *allocation* (:mod:`selectmoe.allocation`: how it spends the budget), named in
+:mod:`selectmoe.methods`: ``selectmoe`` ranks by the MoE's answer loss and takes the best of
+every cluster of the routing features (``moe_probs[n].reshape(L * E)``) in turn; ``selectmoe_seed``
+does the same with the seed's gate score ``mean_l sigmoid(quality_score[n, l])``;
+``quality_topk``, ``diversity``, ``perplexity`` and ``ifd`` are references. The clusters come
+from :mod:`selectmoe.clusters` (computed once per loss type) or are computed here. The other
+methods select from the pool alone: ``random`` (a seeded uniform sample), ``full`` (everything),
+and ``oracle`` / ``anti_oracle``, reference selections for a pool with quality labels
+(:mod:`selectmoe.labels`): clean examples first (the best any method could do at that size) or
+planted ones first (the worst), in a seeded random order within each group. They use labels a
+real pool does not have, and every table and plot marks them so.
 
 The budget is global over the pooled router data of all datasets:
 ``n = round_half_up(selection_percentage * N)`` clipped to ``[1, N]``; the per-dataset counts that
 result are reported. :func:`run_selection` writes ``selected_data.jsonl`` (selection order),
-``selection.json`` and the plots, all atomically; the same inputs and seed give byte-identical
-``selected_data.jsonl``.
+``selection.json`` and the plots (:func:`selectmoe.report.write_plots`), all atomically; the same
+inputs and seed give byte-identical ``selected_data.jsonl``.
 """
 
 from __future__ import annotations
@@ -46,7 +40,7 @@ from selectmoe.allocation import CLUSTERED_ALLOCATIONS, allocate, round_robin
 from selectmoe.clustering import ClusteringResult
 from selectmoe.clusters import cluster_router, read_clusters
 from selectmoe.errors import RouterDataError, SelectionError
-from selectmoe.io import atomic_path, atomic_write_json, atomic_write_jsonl
+from selectmoe.io import atomic_write_json, atomic_write_jsonl
 from selectmoe.labels import PoolLabels, align_labels, describe
 from selectmoe.methods import (
     LABEL_METHODS,
@@ -55,6 +49,7 @@ from selectmoe.methods import (
     method_definitions,
     uses_clusters,
 )
+from selectmoe.report import PLOT_FILES, write_plots
 from selectmoe.router_data import (
     OPTIONAL_STATISTICS,
     ROUTER_DATA_KEYS,
@@ -86,12 +81,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PLOT_FILES: dict[str, str] = {
-    "elbow": "elbow.png",
-    "silhouette": "silhouette.png",
-    "cluster_sizes": "cluster_sizes.png",
-    "score_distribution": "score_distribution.png",
-}
 # Decimal places of the score written to selected_data.jsonl: far below any meaningful difference,
 # and it keeps the file byte-identical across machines whose float kernels differ in the last ulp.
 _SCORE_DECIMALS = 8
@@ -486,112 +475,6 @@ def _debug_print(
             f"{int((members & chosen).sum())}, score {s.min():.4f}..{s.max():.4f} "
             f"(mean {s.mean():.4f}), datasets: {mix_text}"
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------
-
-
-def _save_figure(figure: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-
-
-def _new_figure(width: float = 6.4, height: float = 4.0) -> Any:
-    # The object-oriented API with the Agg canvas: no pyplot, no global backend switch.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height))
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _placeholder(figure: Any, text: str) -> None:
-    axes = figure.add_subplot()
-    axes.axis("off")
-    axes.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
-
-
-def write_plots(
-    info: Mapping[str, Any],
-    *,
-    scores: np.ndarray,
-    datasets: Sequence[str],
-    plot_dir: str | os.PathLike[str],
-) -> dict[str, str]:
-    """Write the four PNGs of a selection into ``plot_dir`` (names in :data:`PLOT_FILES`).
-
-    Elbow curve with the chosen k, silhouette per k, cluster sizes (pool and selected), and the
-    score distribution per dataset. Methods without clusters get a one-line placeholder for the
-    cluster plots, so the set of files is always the same. Returns ``{plot: path}``.
-    """
-    directory = Path(plot_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    written: dict[str, str] = {}
-    ks, k = info.get("ks"), info.get("k")
-    no_clusters = f"method {info['method']!r} does not cluster"
-
-    figure = _new_figure()
-    if ks:
-        axes = figure.add_subplot()
-        axes.plot(ks, info["inertias"], marker="o")
-        axes.axvline(k, color="tab:red", linestyle="--", label=f"k = {k} ({info['k_selection']})")
-        axes.set_xlabel("k")
-        axes.set_ylabel("inertia  (sum of 2(1 - cos))")
-        axes.set_title("Elbow curve")
-        axes.legend()
-    else:
-        _placeholder(figure, no_clusters)
-    _save_figure(figure, directory / PLOT_FILES["elbow"])
-    written["elbow"] = str(directory / PLOT_FILES["elbow"])
-
-    figure = _new_figure()
-    silhouettes = info.get("silhouettes")
-    if ks and silhouettes:
-        axes = figure.add_subplot()
-        axes.plot(ks, silhouettes, marker="o", color="tab:green")
-        axes.axvline(k, color="tab:red", linestyle="--", label=f"k = {k}")
-        axes.set_xlabel("k")
-        axes.set_ylabel("mean silhouette (cosine)")
-        axes.set_title("Silhouette per k")
-        axes.legend()
-    else:
-        _placeholder(figure, no_clusters if not ks else "silhouette not computed")
-    _save_figure(figure, directory / PLOT_FILES["silhouette"])
-    written["silhouette"] = str(directory / PLOT_FILES["silhouette"])
-
-    figure = _new_figure(max(6.4, 0.12 * (k or 0)), 4.0)
-    if info.get("cluster_sizes") is not None:
-        axes = figure.add_subplot()
-        positions = np.arange(len(info["cluster_sizes"]))
-        axes.bar(positions, info["cluster_sizes"], color="lightgray", label="pool")
-        axes.bar(positions, info["cluster_selected"], color="tab:blue", label="selected")
-        axes.set_xlabel("cluster")
-        axes.set_ylabel("samples")
-        axes.set_title(f"Cluster sizes (k = {k})")
-        axes.legend()
-    else:
-        _placeholder(figure, no_clusters)
-    _save_figure(figure, directory / PLOT_FILES["cluster_sizes"])
-    written["cluster_sizes"] = str(directory / PLOT_FILES["cluster_sizes"])
-
-    figure = _new_figure()
-    axes = figure.add_subplot()
-    names = list(dict.fromkeys(datasets))
-    dataset_array = np.asarray(datasets)
-    low, high = float(scores.min()), float(scores.max())
-    bins = np.linspace(low, high if high > low else low + 1e-6, 41)
-    for name in names:
-        axes.hist(scores[dataset_array == name], bins=bins, histtype="step", label=name)
-    axes.set_xlabel("score = mean_l sigmoid(quality_score)")
-    axes.set_ylabel("samples")
-    axes.set_title("Score distribution per dataset")
-    axes.legend()
-    _save_figure(figure, directory / PLOT_FILES["score_distribution"])
-    written["score_distribution"] = str(directory / PLOT_FILES["score_distribution"])
-    return written
 
 
 # --------------------------------------------------------------------------------------------

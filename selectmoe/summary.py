@@ -37,7 +37,8 @@ import pandas as pd
 
 from selectmoe.errors import SelectMoeError
 from selectmoe.evaluation import load_results
-from selectmoe.io import atomic_path, atomic_write_text
+from selectmoe.figures import new_figure, save_figure
+from selectmoe.io import atomic_write_text
 from selectmoe.stats import bootstrap_means, format_p_value, paired_difference
 
 __all__ = ["METHOD_ORDER", "SummarySettings", "summarize"]
@@ -626,11 +627,8 @@ def _write_plot(
 ) -> None:
     """Per target: mean score with interval bars vs percentage, and the paired difference to the
     reference method with its interval (a zero line: bars crossing it show no difference)."""
-    # A bare Figure renders through the Agg canvas without pyplot: no display, no global state.
-    from matplotlib.figure import Figure
-
     targets = list(dict.fromkeys(frame["target"]))
-    figure = Figure(figsize=(12.0, 4.6 * len(targets)), layout="constrained")
+    figure = new_figure(12.0, 4.6 * len(targets))
     axes = figure.subplots(len(targets), 2, squeeze=False)
     level = f"{settings.confidence_level:.0%}"
     prefix = f"vs_{reference}"
@@ -706,7 +704,4 @@ def _write_plot(
                 ha="center",
                 transform=diff_axis.transAxes,
             )
-    plot_format = Path(plot_path).suffix.lstrip(".").lower()
-    # The temporary file has no meaningful suffix, so the format is passed explicitly.
-    with atomic_path(plot_path) as tmp:
-        figure.savefig(tmp, format=plot_format, dpi=110)
+    save_figure(figure, plot_path, dpi=110)

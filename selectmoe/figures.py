@@ -1,0 +1,30 @@
+"""Figures without pyplot: a bare matplotlib Figure on the Agg canvas (no display, no global
+state) and an atomic write. Every figure the package draws goes through these two helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from selectmoe.io import atomic_path
+
+__all__ = ["new_figure", "save_figure"]
+
+
+def new_figure(width: float = 6.4, height: float = 4.0, *, constrained: bool = True) -> Any:
+    """A ``width`` x ``height`` inch Figure on the Agg canvas (constrained layout by default)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained" if constrained else None)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> None:
+    """Write ``figure`` to ``path`` atomically, in the format of its suffix (PNG by default)."""
+    # the temporary file has no meaningful suffix, so the format is passed explicitly
+    file_format = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=file_format, dpi=dpi)

@@ -30,7 +30,13 @@ from selectmoe.errors import ConfigError, DataError
 from selectmoe.io import atomic_output_dir, atomic_write_json
 from selectmoe.losses import causal_lm_loss
 from selectmoe.model_source import require_model_source
-from selectmoe.training import Optimization, seed_everything, train_loop
+from selectmoe.training import (
+    Optimization,
+    accumulation_steps,
+    check_batch_sizes,
+    seed_everything,
+    train_loop,
+)
 
 __all__ = ["FinetuneSettings", "load_selected_examples", "run_finetune"]
 
@@ -77,16 +83,7 @@ class FinetuneSettings:
             raise ConfigError(
                 f"finetune.sharding is {self.sharding!r}; allowed: {', '.join(SHARDING_MODES)}"
             )
-        if self.effective_batch_size % self.per_device_batch_size:
-            raise ConfigError(
-                f"finetune.effective_batch_size ({self.effective_batch_size}) must be a multiple "
-                "of "
-                f"finetune.per_device_batch_size ({self.per_device_batch_size})"
-            )
-
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        return self.effective_batch_size // self.per_device_batch_size
+        check_batch_sizes(self.effective_batch_size, self.per_device_batch_size, section="finetune")
 
 
 def load_selected_examples(path: str | os.PathLike[str]) -> list[Example]:
@@ -169,12 +166,9 @@ def run_finetune(
         )
     micro = settings.per_device_batch_size
     per_step = micro * info.world_size  # examples per accumulation micro-step, all processes
-    if settings.effective_batch_size % per_step:
-        raise ConfigError(
-            f"finetune.effective_batch_size ({settings.effective_batch_size}) is not a multiple "
-            f"of per_device_batch_size x processes ({micro} x {info.world_size})"
-        )
-    accumulation = settings.effective_batch_size // per_step
+    accumulation = accumulation_steps(
+        settings.effective_batch_size, micro, section="finetune", world_size=info.world_size
+    )
     # a selection smaller than the effective batch would make a single step; shrink the
     # accumulation so that every epoch still takes at least one full step of real examples
     accumulation = max(1, min(accumulation, math.ceil(len(encoded) / per_step)))

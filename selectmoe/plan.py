@@ -102,7 +102,8 @@ SCHEMA_DEFAULTS: dict[str, dict[str, Any]] = {
         "lora_r": 8,
         "subset_ratio": 0.05,
         "epochs": 1,
-        "batch_size": 4,
+        "per_device_batch_size": 4,
+        "effective_batch_size": 4,
         "max_sequence_length": 2048,
     },
     "scoring": {
@@ -776,11 +777,12 @@ def warmup_plan(
     Facts of the code: the model is loaded and trained in float32 without autocast, the whole
     stack keeps its activations (no gradient checkpointing), AdamW over the routers and gates
     (or their LoRA adapters). Peak: weights + trainable state + saved activations of a
-    ``batch_size x max_sequence_length`` batch + the loss's logits.
+    ``per_device_batch_size x max_sequence_length`` batch + the loss's logits.
     """
     settings = _section(config, "warmup")
     shape = replace(shape, quality_gate=True)
-    batch, length = int(settings["batch_size"]), int(settings["max_sequence_length"])
+    batch = int(settings["per_device_batch_size"])
+    length = int(settings["max_sequence_length"])
     tokens_per_batch = batch * length
     if settings["peft_mode"] == "lora":
         rank = int(settings["lora_r"])

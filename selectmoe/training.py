@@ -47,11 +47,14 @@ from selectmoe.distributed import (
     restore_rng,
     shard_model,
 )
+from selectmoe.errors import ConfigError
 
 __all__ = [
     "Optimization",
     "TrainResult",
     "accumulation_step",
+    "accumulation_steps",
+    "check_batch_sizes",
     "linear_warmup_decay",
     "seed_everything",
     "train_loop",
@@ -82,6 +85,34 @@ class Optimization:
     max_grad_norm: float | None = 1.0
     max_steps: int | None = None
     log_every: int = 10
+
+
+def check_batch_sizes(effective: int, per_device: int, *, section: str) -> None:
+    """``effective_batch_size`` must be a whole number of ``per_device_batch_size`` batches."""
+    if effective % per_device:
+        raise ConfigError(
+            f"{section}.effective_batch_size ({effective}) must be a multiple of "
+            f"{section}.per_device_batch_size ({per_device})"
+        )
+
+
+def accumulation_steps(
+    effective: int, per_device: int, *, section: str, world_size: int | None = None
+) -> int:
+    """Micro-steps per optimizer step: ``effective / (per_device * processes)``.
+
+    The config names the batch once for warmup and finetune: ``per_device_batch_size`` (one
+    process's micro-batch) and ``effective_batch_size`` (the whole optimizer step, all processes
+    and accumulation micro-steps together).
+    """
+    processes = distributed_info().world_size if world_size is None else world_size
+    per_step = per_device * processes  # examples per accumulation micro-step, all processes
+    if effective % per_step:
+        raise ConfigError(
+            f"{section}.effective_batch_size ({effective}) is not a multiple "
+            f"of per_device_batch_size x processes ({per_device} x {processes})"
+        )
+    return effective // per_step
 
 
 def seed_everything(seed: int) -> None:

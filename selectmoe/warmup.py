@@ -54,7 +54,13 @@ from selectmoe.modeling_select_moe import (
     check_trash_expert_mode,
     register_select_moe,
 )
-from selectmoe.training import Optimization, seed_everything, train_loop
+from selectmoe.training import (
+    Optimization,
+    accumulation_steps,
+    check_batch_sizes,
+    seed_everything,
+    train_loop,
+)
 
 __all__ = [
     "FULL_RANK_TARGETS",
@@ -97,8 +103,8 @@ class WarmupSettings(QualityLossParameters):
     learning_rate: float = 1e-4
     subset_ratio: float = 0.05
     epochs: int = 1
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
+    effective_batch_size: int = 4
+    per_device_batch_size: int = 4
     warmup_ratio: float = 0.0
     max_sequence_length: int = 2048
     seed: int = 42
@@ -126,9 +132,10 @@ class WarmupSettings(QualityLossParameters):
             raise ConfigError(
                 f"warmup.loss_scaling is {self.loss_scaling!r}; allowed: {', '.join(LOSS_SCALINGS)}"
             )
-        for key in ("batch_size", "gradient_accumulation_steps", "epochs", "lora_r"):
+        for key in ("per_device_batch_size", "effective_batch_size", "epochs", "lora_r"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"warmup.{key} is {getattr(self, key)}; it must be >= 1")
+        check_batch_sizes(self.effective_batch_size, self.per_device_batch_size, section="warmup")
         if not 0 < self.subset_ratio <= 1:
             raise ConfigError(f"warmup.subset_ratio is {self.subset_ratio}; it must be in (0, 1]")
         if self.checkpoint_every < 0:
@@ -309,8 +316,10 @@ def run_warmup(
         optimization=Optimization(
             learning_rate=settings.learning_rate,
             epochs=settings.epochs,
-            micro_batch_size=settings.batch_size,
-            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            micro_batch_size=settings.per_device_batch_size,
+            gradient_accumulation_steps=accumulation_steps(
+                settings.effective_batch_size, settings.per_device_batch_size, section="warmup"
+            ),
             warmup_ratio=settings.warmup_ratio,
             max_steps=settings.max_steps,
             log_every=settings.log_every,

@@ -547,7 +547,7 @@ CONFIG_CASES = {
         lambda config: config["warmup"].__setitem__(
             "lerning_rate", config["warmup"].pop("learning_rate")
         ),
-        "config key warmup: unknown key(s) lerning_rate; allowed keys: batch_size, ",
+        "config key warmup: unknown key(s) lerning_rate; allowed keys: beta_target_mean, ",
     ),
     "unknown-top-level-key": (
         lambda config: config.__setitem__("selecton", {}),

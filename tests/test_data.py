@@ -428,7 +428,13 @@ def test_stages_use_the_same_encoding(
         model_dir=tiny_converted_dir,
         pool_files=[files["alpha"], files["beta"]],
         output_path=weights,
-        settings=WarmupSettings(subset_ratio=1.0, batch_size=4, device="cpu", log_every=100),
+        settings=WarmupSettings(
+            subset_ratio=1.0,
+            per_device_batch_size=4,
+            effective_batch_size=4,
+            device="cpu",
+            log_every=100,
+        ),
     )
     assert _rows(seen) == _encoded_rows(expected(pool, True))
 

@@ -429,7 +429,7 @@ def _gib(rows: list[dict[str, Any]], stage: str, model: str = "") -> float:
 def test_memory_grows_with_batch_and_length(paper: dict[str, Any]) -> None:
     base = plan_table(paper)
     for section, key in [
-        ("warmup", "batch_size"),
+        ("warmup", "per_device_batch_size"),
         ("warmup", "max_sequence_length"),
         ("scoring", "batch_size"),
         ("scoring", "max_sequence_length"),

@@ -236,7 +236,13 @@ def test_warmup_logs_gate_mean_and_spread_per_layer(
 
     pool_files = [tiny_pool["alpha"], tiny_pool["beta"]]
     settings = WarmupSettings(
-        subset_ratio=1.0, batch_size=16, max_steps=1, log_every=1, device="cpu", checkpoint_every=0
+        subset_ratio=1.0,
+        per_device_batch_size=16,
+        effective_batch_size=16,
+        max_steps=1,
+        log_every=1,
+        device="cpu",
+        checkpoint_every=0,
     )
     returned = run_warmup(
         model_dir=tiny_converted_dir,

@@ -24,7 +24,8 @@ from selectmoe.warmup import WarmupSettings, apply_router_lora, load_warmed_mode
 def _settings(**changes: Any) -> WarmupSettings:
     values: dict[str, Any] = {
         "subset_ratio": 1.0,
-        "batch_size": 2,
+        "per_device_batch_size": 2,
+        "effective_batch_size": 2,
         "learning_rate": 1e-2,
         "epochs": 3,
         "quality_loss_type": "mse",
@@ -203,7 +204,14 @@ def test_sigkill_during_training_then_rerun_finishes_with_the_same_weights(
         "--checkpoint-dir",
         os.fspath(checkpoints),
     ]
-    for key in ("subset_ratio", "batch_size", "learning_rate", "epochs", "quality_loss_type"):
+    for key in (
+        "subset_ratio",
+        "per_device_batch_size",
+        "effective_batch_size",
+        "learning_rate",
+        "epochs",
+        "quality_loss_type",
+    ):
         command += ["--set", f"{key}={getattr(settings, key)}"]
     command += [
         "--set",
@@ -411,7 +419,7 @@ def test_two_process_ddp_warmup_equals_one_process_with_the_same_global_batch(
     run_training_stage(
         "warmup",
         inputs={**inputs, "output_path": single},
-        settings={**settings, "batch_size": 4},
+        settings={**settings, "per_device_batch_size": 4, "effective_batch_size": 4},
         checkpoint_dir=tmp_path / "ckpt_single",
         num_processes=1,
     )
@@ -419,7 +427,7 @@ def test_two_process_ddp_warmup_equals_one_process_with_the_same_global_batch(
     run_training_stage(
         "warmup",
         inputs={**inputs, "output_path": ddp},
-        settings={**settings, "batch_size": 2},
+        settings={**settings, "per_device_batch_size": 2, "effective_batch_size": 4},
         checkpoint_dir=tmp_path / "ckpt_ddp",
         num_processes=2,
     )

@@ -25,7 +25,8 @@ NOT_STATISTICS = {"sample_ids", "dataset", "n_tokens", "metadata"}
 def _settings(**changes: Any) -> WarmupSettings:
     values: dict[str, Any] = {
         "subset_ratio": 1.0,
-        "batch_size": 4,
+        "per_device_batch_size": 4,
+        "effective_batch_size": 4,
         "learning_rate": 1e-2,
         "max_steps": 3,
         "quality_loss_type": "mse",

@@ -86,6 +86,23 @@ class Optimization:
     max_steps: int | None = None
     log_every: int = 10
 
+    @classmethod
+    def of(
+        cls, settings: Any, *, micro_batch_size: int, gradient_accumulation_steps: int
+    ) -> Optimization:
+        """The optimisation part of a stage's settings (``WarmupSettings``,
+        ``FinetuneSettings``): the same names, and no weight decay where they have none."""
+        return cls(
+            learning_rate=settings.learning_rate,
+            epochs=settings.epochs,
+            micro_batch_size=micro_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            warmup_ratio=settings.warmup_ratio,
+            weight_decay=getattr(settings, "weight_decay", 0.0),
+            max_steps=settings.max_steps,
+            log_every=settings.log_every,
+        )
+
 
 def check_batch_sizes(effective: int, per_device: int, *, section: str) -> None:
     """``effective_batch_size`` must be a whole number of ``per_device_batch_size`` batches."""
@@ -237,8 +254,8 @@ def train_loop(
     optimization : Optimization
         Learning rate, schedule, batch and accumulation, clipping, logging.
     checkpoint_dir, checkpoint_every, fingerprint
-        Save a checkpoint every ``checkpoint_every`` optimizer steps (0: never) and resume from
-        the newest one with the same ``fingerprint`` (see
+        Save a checkpoint every ``checkpoint_every`` optimizer steps and resume from the newest
+        one with the same ``fingerprint`` (0: neither) (see
         :func:`selectmoe.checkpoints.run_fingerprint`).
     sharding : {"ddp", "fsdp"}
         With several processes: replicate the model (DDP through accelerate) or shard it with
@@ -276,7 +293,9 @@ def train_loop(
     warmup_steps = math.ceil(opt.warmup_ratio * total_steps)
 
     # resume: the trainable tensors go back before any sharding (they are whole here)
-    checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    checkpoint_path = (
+        Path(checkpoint_dir) if checkpoint_dir is not None and checkpoint_every > 0 else None
+    )
     found = latest_checkpoint(checkpoint_path, fingerprint) if checkpoint_path else None
     state = TrainState()
     if found is not None:

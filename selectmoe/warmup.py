@@ -313,21 +313,17 @@ def run_warmup(
         encoded,
         parameters=model.parameters(),
         compute_loss=compute_loss,
-        optimization=Optimization(
-            learning_rate=settings.learning_rate,
-            epochs=settings.epochs,
+        optimization=Optimization.of(
+            settings,
             micro_batch_size=settings.per_device_batch_size,
             gradient_accumulation_steps=accumulation_steps(
                 settings.effective_batch_size, settings.per_device_batch_size, section="warmup"
             ),
-            warmup_ratio=settings.warmup_ratio,
-            max_steps=settings.max_steps,
-            log_every=settings.log_every,
         ),
         seed=settings.seed,
         pad_token_id=pad_id,
         device=device,
-        checkpoint_dir=checkpoint_dir if settings.checkpoint_every > 0 else None,
+        checkpoint_dir=checkpoint_dir,
         checkpoint_every=settings.checkpoint_every,
         fingerprint=fingerprint,
     )

@@ -118,30 +118,11 @@ class TextSource:
 
 def build_tokenizer(vocab_size: int, source: TextSource, seed: int):
     """A byte-level BPE (``vocab_size``) trained on the pseudo-word text, chat tags as specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from selectmoe.demo.models import train_byte_level_bpe
 
     rng = random.Random(seed)
     corpus = [source.text(rng.randint(8, 60), rng) for _ in range(3000)]
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        clean_up_tokenization_spaces=False,
-    )
+    tokenizer = train_byte_level_bpe(corpus, vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
     tokenizer.add_special_tokens({"additional_special_tokens": list(CHAT_TAGS.values())})
     return tokenizer
 

@@ -59,27 +59,10 @@ def _tiny_single_thread() -> Any:
 
 def build_tiny_tokenizer() -> Any:
     """A byte-level BPE tokenizer (vocab about 300) with the chat tags as special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from selectmoe.demo.models import train_byte_level_bpe
 
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        min_frequency=2,
-        special_tokens=TINY_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        clean_up_tokenization_spaces=False,
+    tokenizer = train_byte_level_bpe(
+        _CORPUS * 4, vocab_size=300, special_tokens=TINY_SPECIAL_TOKENS
     )
     tokenizer.add_special_tokens({"additional_special_tokens": TINY_CHAT_TAGS})
     return tokenizer

@@ -33,39 +33,61 @@ logger = logging.getLogger(__name__)
 # tokenizer and models
 
 
-def _train_tokenizer(texts: Sequence[str], *, vocab_size: int) -> Any:
-    """A byte-level BPE tokenizer that adds ``<s>`` in front like Llama's; returns a
-    ``transformers.PreTrainedTokenizerFast``."""
+def train_byte_level_bpe(
+    texts: Sequence[str],
+    *,
+    vocab_size: int,
+    special_tokens: Sequence[str],
+    bos_in_front: bool = False,
+    **tokenizer_options: Any,
+) -> Any:
+    """A byte-level BPE tokenizer trained on ``texts`` (every string, junk and ``"\n"`` included,
+    round-trips exactly), ``special_tokens`` first in id order (they include ``<s>``, ``</s>``,
+    ``<pad>``, ``<unk>``); ``bos_in_front`` puts ``<s>`` in front like Llama's. The demo's, the
+    tests' and the benchmarks' tokenizers are all made here. Returns a
+    ``transformers.PreTrainedTokenizerFast`` (``tokenizer_options`` go to its constructor)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
-    # byte level: every string (junk included, and "\n") is representable and decodes exactly
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
-    bos_id = backend.token_to_id(BOS_TOKEN)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A",
-        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B:1",
-        special_tokens=[(BOS_TOKEN, bos_id)],
-    )
+    if bos_in_front:
+        bos_id = backend.token_to_id(BOS_TOKEN)
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{BOS_TOKEN} $A",
+            pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B:1",
+            special_tokens=[(BOS_TOKEN, bos_id)],
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         unk_token=UNK_TOKEN,
+        clean_up_tokenization_spaces=False,
+        **tokenizer_options,
+    )
+
+
+def _train_tokenizer(texts: Sequence[str], *, vocab_size: int) -> Any:
+    """The demo's tokenizer: byte-level BPE with ``<s>`` in front like Llama's and the chat
+    tags as special tokens."""
+    return train_byte_level_bpe(
+        texts,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        bos_in_front=True,
         extra_special_tokens=[CHAT_TAGS["system"], CHAT_TAGS["user"], CHAT_TAGS["assistant"]],
         chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
         model_max_length=512,
     )
 

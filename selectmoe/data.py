@@ -37,12 +37,14 @@ __all__ = [
     "collate_encoded",
     "discover_pool_files",
     "encode_examples",
+    "iter_jsonl_objects",
     "iter_jsonl_records",
     "length_sorted_batches",
     "load_jsonl_examples",
     "load_pool",
     "pad_token_id_of",
     "parse_record",
+    "read_selected_keys",
     "render_chat",
     "subset_examples",
     "validate_data_files",
@@ -214,6 +216,43 @@ def iter_jsonl_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]
                 path_str, line_number, "invalid JSON (nested too deeply)", "fix the line"
             ) from None
         yield line_number, record
+
+
+def iter_jsonl_objects(path: str | os.PathLike[str], what: str) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank line of a JSONL file of ``what`` (e.g. "noise
+    labels"): :func:`iter_jsonl_records` that also requires the file and a JSON object per line.
+
+    Raises
+    ------
+    DataError
+        On a missing file, or a line that :func:`iter_jsonl_records` refuses or that is not an
+        object, naming the file and the line.
+    """
+    path_str = os.fspath(path)
+    if not os.path.isfile(path_str):
+        raise DataError(f"{what} not found: {path_str}")
+    for line_number, record in iter_jsonl_records(path_str):
+        if not isinstance(record, dict):
+            raise _fail(path_str, line_number, f"expected a JSON object in {what}", "fix the line")
+        yield line_number, record
+
+
+def read_selected_keys(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """The ``(dataset, id)`` of every line of a ``selected_data.jsonl``, in file order.
+
+    Raises
+    ------
+    DataError
+        On a missing file, invalid JSON or a line without ``dataset``/``id``.
+    """
+    keys = []
+    for number, record in iter_jsonl_objects(path, "selected data"):
+        if "dataset" not in record or "id" not in record:
+            raise _fail(
+                os.fspath(path), number, "a selected example needs 'dataset' and 'id'", "fix it"
+            )
+        keys.append((str(record["dataset"]), str(record["id"])))
+    return keys
 
 
 def load_jsonl_examples(

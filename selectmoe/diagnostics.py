@@ -21,7 +21,6 @@ selection of the same size keeps: the pool's share and the 95% range of a random
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from selectmoe.data import read_selected_keys
 from selectmoe.figures import new_figure, save_figure
 from selectmoe.io import atomic_write_text
 from selectmoe.labels import CLEAN, PoolLabels, align_labels
@@ -379,12 +379,7 @@ def planted_shares(
     alpha = 1.0 - confidence
     rows = []
     for name, path in selections.items():
-        keys = []
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    record = json.loads(line)
-                    keys.append((record["dataset"], record["id"]))
+        keys = read_selected_keys(path)
         missing = [key for key in keys if key not in planted]
         if missing:
             raise ValueError(f"{path}: {len(missing)} selected examples are not in the pool")

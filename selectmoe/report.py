@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from selectmoe.configuration_select_moe import QUALITY_LOSS_PARAMETERS
+from selectmoe.data import iter_jsonl_objects, read_selected_keys
 from selectmoe.errors import SelectMoeError
 from selectmoe.figures import new_figure, save_figure
 from selectmoe.io import atomic_write_text
@@ -73,24 +74,6 @@ _LAYER_SQUARE = "good_sq/layer_{}"
 
 def _write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
-
-
-def _jsonl_records(path: str | os.PathLike[str], what: str) -> Iterator[tuple[int, dict]]:
-    """``(line number, object)`` of every non-empty line of a JSONL file."""
-    file = Path(path)
-    if not file.is_file():
-        raise SelectMoeError(f"{what} not found: {file}")
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise SelectMoeError(f"{file}:{number}: invalid JSON in {what}: {error}") from None
-            if not isinstance(record, dict):
-                raise SelectMoeError(f"{file}:{number}: expected a JSON object in {what}")
-            yield number, record
 
 
 def _layer_colors(n_layers: int) -> list[Any]:
@@ -562,7 +545,7 @@ def load_noise_labels(path: str | os.PathLike[str]) -> dict[tuple[str, str], str
         duplicate ``(dataset, id)`` or an empty file.
     """
     labels: dict[tuple[str, str], str] = {}
-    for number, record in _jsonl_records(path, "noise labels"):
+    for number, record in iter_jsonl_objects(path, "noise labels"):
         if not all(key in record for key in ("dataset", "id", "planted")):
             raise SelectMoeError(
                 f"{path}:{number}: a noise label needs 'dataset', 'id' and 'planted'"
@@ -577,19 +560,9 @@ def load_noise_labels(path: str | os.PathLike[str]) -> dict[tuple[str, str], str
 
 
 def load_selected_ids(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """The ``(dataset, id)`` of every line of a ``selected_data.jsonl``, in file order.
-
-    Raises
-    ------
-    SelectMoeError
-        On a missing file, invalid JSON or a line without ``dataset``/``id``.
-    """
-    ids = []
-    for number, record in _jsonl_records(path, "selected data"):
-        if "dataset" not in record or "id" not in record:
-            raise SelectMoeError(f"{path}:{number}: a selected example needs 'dataset' and 'id'")
-        ids.append((str(record["dataset"]), str(record["id"])))
-    return ids
+    """The ``(dataset, id)`` of every line of a ``selected_data.jsonl``, in file order
+    (:func:`selectmoe.data.read_selected_keys`)."""
+    return read_selected_keys(path)
 
 
 def noise_kept(

@@ -479,3 +479,19 @@ def test_stages_use_the_same_encoding(
     # assistant-only labels: no user text is labelled in finetuning
     first_answer = sft[0].input_ids.index(tiny_tokenizer.convert_tokens_to_ids("<|assistant|>"))
     assert all(label == I for label in sft[0].labels[:first_answer])
+
+
+def test_selected_keys_are_read_in_order_with_clear_errors(tmp_path: Path) -> None:
+    from selectmoe.data import read_selected_keys
+
+    path = tmp_path / "selected_data.jsonl"
+    path.write_text('{"dataset": "a", "id": "2"}\n\n{"dataset": "b", "id": 1}\n')
+    assert read_selected_keys(path) == [("a", "2"), ("b", "1")]
+    with pytest.raises(DataError, match="selected data not found: "):
+        read_selected_keys(tmp_path / "missing.jsonl")
+    path.write_text('{"dataset": "a"}\n')
+    with pytest.raises(DataError, match=r"selected_data.jsonl:1: a selected example needs"):
+        read_selected_keys(path)
+    path.write_text("[1, 2]\n")
+    with pytest.raises(DataError, match=r":1: expected a JSON object in selected data"):
+        read_selected_keys(path)

@@ -36,7 +36,7 @@ from selectmoe.data import iter_jsonl_objects, read_selected_keys
 from selectmoe.errors import SelectMoeError
 from selectmoe.figures import new_figure, save_figure
 from selectmoe.io import atomic_write_text
-from selectmoe.methods import POOL_ONLY_METHODS  # their selection.json scores are placeholders
+from selectmoe.methods import POOL_ONLY_METHODS
 
 __all__ = [
     "LOSS_PARAMETER_DEFAULTS",
@@ -775,6 +775,7 @@ def selection_overview(
             "k_selection": info.get("k_selection"),
             "silhouette": _silhouette_at_k(info),
         }
+        # pool-only methods score nothing (older selection.json files hold placeholder scores)
         scored = info.get("method") not in POOL_ONLY_METHODS
         for column, key in (("score_mean", "score"), ("selected_score_mean", "selected_score")):
             row[column] = (info.get(key) or {}).get("mean") if scored else None
@@ -789,7 +790,6 @@ def selection_overview(
 
 
 # --------------------------------------------------------------------- a selection's plots
-# Plots
 
 
 def _placeholder(figure: Any, text: str) -> None:
@@ -862,17 +862,20 @@ def write_plots(
     written["cluster_sizes"] = str(directory / PLOT_FILES["cluster_sizes"])
 
     figure = new_figure(constrained=False)
-    axes = figure.add_subplot()
-    names = list(dict.fromkeys(datasets))
-    dataset_array = np.asarray(datasets)
-    low, high = float(scores.min()), float(scores.max())
-    bins = np.linspace(low, high if high > low else low + 1e-6, 41)
-    for name in names:
-        axes.hist(scores[dataset_array == name], bins=bins, histtype="step", label=name)
-    axes.set_xlabel("score = mean_l sigmoid(quality_score)")
-    axes.set_ylabel("samples")
-    axes.set_title("Score distribution per dataset")
-    axes.legend()
+    if np.isfinite(scores).any():
+        axes = figure.add_subplot()
+        names = list(dict.fromkeys(datasets))
+        dataset_array = np.asarray(datasets)
+        low, high = float(np.nanmin(scores)), float(np.nanmax(scores))
+        bins = np.linspace(low, high if high > low else low + 1e-6, 41)
+        for name in names:
+            axes.hist(scores[dataset_array == name], bins=bins, histtype="step", label=name)
+        axes.set_xlabel(f"score: {info.get('score_definition') or 'the method score'}")
+        axes.set_ylabel("samples")
+        axes.set_title("Score distribution per dataset")
+        axes.legend()
+    else:
+        _placeholder(figure, f"method {info['method']!r} scores nothing")
     save_figure(figure, directory / PLOT_FILES["score_distribution"])
     written["score_distribution"] = str(directory / PLOT_FILES["score_distribution"])
     return written

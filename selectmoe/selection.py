@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from selectmoe.allocation import CLUSTERED_ALLOCATIONS, allocate, round_robin
 from selectmoe.clustering import ClusteringResult
@@ -177,7 +176,7 @@ def _check_method(method: str) -> None:
 
 
 def select_indices(
-    router: RouterData,
+    router: RouterData | PoolExamples,
     *,
     method: str,
     selection_percentage: float,
@@ -193,8 +192,9 @@ def select_indices(
 
     Parameters
     ----------
-    router : RouterData
-        Pooled router data of all datasets.
+    router : RouterData or PoolExamples
+        Pooled router data of all datasets, or the pool's examples alone (enough for
+        ``random``, ``full``, ``oracle`` and ``anti_oracle``).
     method : {"selectmoe", "random", "quality_topk", "diversity", "full"}
         Selection method.
     selection_percentage : float
@@ -250,11 +250,14 @@ def select_indices(
     score_name = definition["score"] if definition else "gate"
     score_params = dict(definition.get("score_params") or {}) if definition else {}
     # the method's own score (the seed's gate score for the pool-only and plugged-in methods)
-    scores = (
-        compute_score(router, score_name, params=score_params, seed=int(seed))
-        if definition or method not in POOL_ONLY_METHODS
-        else router.scores
-    )
+    if definition or method not in POOL_ONLY_METHODS:
+        if not isinstance(router, RouterData):
+            raise SelectionError(f"method {method!r} needs router data, not the pool alone")
+        scores = compute_score(router, score_name, params=score_params, seed=int(seed))
+    elif isinstance(router, RouterData):
+        scores = router.scores
+    else:  # the pool alone: nothing is scored
+        scores = np.full(router.n_samples, np.nan)
 
     start = time.perf_counter()
     if not clustered:
@@ -322,7 +325,11 @@ def select_indices(
         clustering_method=clustering_method if clustering is not None else None,
         seed=int(seed),
         timings=timings,
-        score_definition=describe_score(score_name, score_params),
+        score_definition=(
+            describe_score(score_name, score_params)
+            if definition or method not in POOL_ONLY_METHODS
+            else "none (selects without a score)"
+        ),
     )
     if definition:
         info["allocation"] = {
@@ -340,7 +347,7 @@ def select_indices(
 
 
 def _summary(values: np.ndarray) -> dict[str, float | None]:
-    if values.size == 0:
+    if values.size == 0 or np.isnan(values).all():
         return {"min": None, "mean": None, "max": None}
     return {
         "min": float(values.min()),
@@ -482,21 +489,40 @@ def _debug_print(
 # --------------------------------------------------------------------------------------------
 
 
-def _pool_placeholder_router(pool_paths: Sequence[str | os.PathLike[str]]) -> RouterData:
-    """Router data with the pool's ids and no information, for the pool-only methods."""
-    from selectmoe.data import load_pool
+@dataclasses.dataclass(frozen=True)
+class PoolExamples:
+    """The examples of a pool without router data: what ``random``, ``full``, ``oracle`` and
+    ``anti_oracle`` select from (they read no score and no routing).
 
-    pool = load_pool(pool_paths)
-    n_samples = len(pool)
-    return RouterData(
-        quality_score=torch.zeros(n_samples, 1),
-        moe_probs=torch.ones(n_samples, 1, 1),
-        sample_ids=[example.id for example in pool],
-        datasets=[example.dataset for example in pool],
-        files=[os.fspath(p) for p in pool_paths],
-        file_offsets=[0, n_samples],
-        metadata=[{"source": "pool only: no router data"}],
-    )
+    Attributes
+    ----------
+    sample_ids, datasets : list of str, length N
+    files : list of str
+        The pool files, in order.
+    """
+
+    sample_ids: list[str]
+    datasets: list[str]
+    files: list[str]
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.sample_ids)
+
+    def file_of(self, row: int) -> str:
+        """The pool files (a pool example's file is not tracked)."""
+        return ", ".join(self.files)
+
+    @classmethod
+    def of_pool(cls, pool_paths: Sequence[str | os.PathLike[str]]) -> PoolExamples:
+        from selectmoe.data import load_pool
+
+        pool = load_pool(pool_paths)
+        return cls(
+            sample_ids=[example.id for example in pool],
+            datasets=[example.dataset for example in pool],
+            files=[os.fspath(p) for p in pool_paths],
+        )
 
 
 def run_selection(
@@ -575,7 +601,7 @@ def run_selection(
     elif method in POOL_ONLY_METHODS:
         # random and full need no scores: select straight from the pool, so that these
         # baselines do not depend on any warmup (and on its quality-loss type)
-        router = _pool_placeholder_router(pool_paths)
+        router = PoolExamples.of_pool(pool_paths)
     else:
         raise RouterDataError(
             f"method {method!r} needs router data; pass the *_router_data.pt files "

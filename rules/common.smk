@@ -171,9 +171,31 @@ def clustering_settings():
     return {key: SELECTION.get(key, {}) for key in keys}
 
 
+# The paths of the files that several rules share (one place each); a wildcard is passed as
+# "{name}" (or "{{name}}" inside expand).
+def warmup_weights(loss):
+    """The warmed gates and routers of a loss type (rule warmup)."""
+    return f"{RESULTS}/warmup/{loss}/full_rank_weights.pt"
+
+
+def router_data(loss, dataset):
+    """A dataset's router data under a loss type's warmup, or ``untrained`` (rules score*)."""
+    return f"{RESULTS}/router_data/{loss}/{dataset}_router_data.pt"
+
+
 def clusters_path(loss):
     """The clusters of a loss type's router data (rule cluster)."""
     return f"{RESULTS}/clusters/{loss}/clusters.json"
+
+
+def selection_file(selection, name):
+    """``selected_data.jsonl``, ``selection.json`` or ``plots`` of a {selection} (rules select*)."""
+    return f"{RESULTS}/selection/{selection}/{name}"
+
+
+def provenance(path):
+    """The provenance record beside a job's first output."""
+    return f"{path}.provenance.json"
 
 
 def selection_settings(method=None):
@@ -265,7 +287,7 @@ def summary_points():
                     "results": seed_results(target, selection, "results"),
                     "samples": seed_results(target, selection, "samples"),
                     "provenance": f"{eval_dir(target, selection)}/evaluate.provenance.json",
-                    "selection_json": f"{RESULTS}/selection/{selection}/selection.json",
+                    "selection_json": selection_file(selection, "selection.json"),
                 }
             )
     return points
@@ -293,10 +315,10 @@ def cost_points():
             jobs = []
             if loss is not None:
                 jobs.append(job("selection", "convert", "convert", [converted_dir()]))
-                weights = f"{RESULTS}/warmup/{loss}/full_rank_weights.pt"
+                weights = warmup_weights(loss)
                 jobs.append(job("selection", f"warmup/{loss}", "warmup", [weights]))
                 for dataset in DATASETS:
-                    data = f"{RESULTS}/router_data/{loss}/{dataset}_router_data.pt"
+                    data = router_data(loss, dataset)
                     jobs.append(
                         job("selection", f"score/{loss}/{dataset}", "score", [data])
                     )

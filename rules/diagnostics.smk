@@ -6,17 +6,14 @@
 rule diagnostics:
     input:
         warmed=[
-            f"{RESULTS}/router_data/{loss}/{dataset}_router_data.pt"
+            router_data(loss, dataset)
             for loss in report_losses()
             for dataset in DATASETS
         ],
-        untrained=[
-            f"{RESULTS}/router_data/untrained/{dataset}_router_data.pt"
-            for dataset in DATASETS
-        ],
+        untrained=[router_data("untrained", dataset) for dataset in DATASETS],
         labels=get_labels_file() or [],
         selections=(
-            [f"{RESULTS}/selection/{s}/selected_data.jsonl" for s in selection_paths()]
+            [selection_file(s, "selected_data.jsonl") for s in selection_paths()]
             if has_labels()
             else []
         ),

@@ -2,7 +2,7 @@ rule finetune:
     """LoRA on the target with one selection, once per finetune seed."""
     input:
         get_target_input,
-        selected=f"{RESULTS}/selection/{{selection}}/selected_data.jsonl",
+        selected=selection_file("{selection}", "selected_data.jsonl"),
     output:
         adapter=directory(
             f"{RESULTS}/finetune/{{target}}/{{selection}}/seed{{seed}}/adapter"

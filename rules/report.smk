@@ -5,7 +5,7 @@
 rule report_warmup:
     """Warmup training curves from the history in full_rank_weights.pt."""
     input:
-        weights=f"{RESULTS}/warmup/{{loss}}/full_rank_weights.pt",
+        weights=warmup_weights("{loss}"),
     output:
         losses=report(
             f"{REPORT_DIR}/warmup/{{loss}}/losses.png",
@@ -37,7 +37,7 @@ rule report_quality_scores:
     """Per-layer quality score of every dataset, from the router data of one loss type."""
     input:
         router_data=expand(
-            f"{RESULTS}/router_data/{{{{loss}}}}/{{dataset}}_router_data.pt",
+            router_data("{{loss}}", "{dataset}"),
             dataset=DATASETS,
         ),
     output:
@@ -102,13 +102,13 @@ rule report_quality_losses:
 rule report_selections:
     """One row per selection; carries the selections' plots into the report."""
     input:
-        info=[f"{RESULTS}/selection/{s}/selection.json" for s in selection_paths()],
+        info=[selection_file(s, "selection.json") for s in selection_paths()],
         # The selections' plot directories (outputs of rules/select.smk), flagged for the report:
         # the four plots of the methods that cluster, the score distribution of the others that
         # read the router data; random and full have no scores or clusters to show.
         plots=[
             report(
-                f"{RESULTS}/selection/{s}/plots",
+                selection_file(s, "plots"),
                 patterns=(
                     ["{plot}.png"]
                     if methods.uses_clusters(
@@ -153,8 +153,7 @@ if is_demo():
         input:
             labels=demo_outputs()["noise_labels"],
             selected=[
-                f"{RESULTS}/selection/{s}/selected_data.jsonl"
-                for s in selection_paths()
+                selection_file(s, "selected_data.jsonl") for s in selection_paths()
             ],
         output:
             plot=report(

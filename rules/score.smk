@@ -1,11 +1,11 @@
 rule score:
     input:
         model=converted_dir(),
-        weights=f"{RESULTS}/warmup/{{loss}}/full_rank_weights.pt",
+        weights=warmup_weights("{loss}"),
         pool=lambda wildcards: get_pool_files(wildcards.dataset),
     output:
-        router_data=f"{RESULTS}/router_data/{{loss}}/{{dataset}}_router_data.pt",
-        provenance=f"{RESULTS}/router_data/{{loss}}/{{dataset}}_router_data.pt.provenance.json",
+        router_data=router_data("{loss}", "{dataset}"),
+        provenance=provenance(router_data("{loss}", "{dataset}")),
     log:
         f"{RESULTS}/logs/score/{{loss}}/{{dataset}}.log",
     benchmark:
@@ -29,8 +29,8 @@ rule score_untrained:
         model=converted_dir(),
         pool=lambda wildcards: get_pool_files(wildcards.dataset),
     output:
-        router_data=f"{RESULTS}/router_data/untrained/{{dataset}}_router_data.pt",
-        provenance=f"{RESULTS}/router_data/untrained/{{dataset}}_router_data.pt.provenance.json",
+        router_data=router_data("untrained", "{dataset}"),
+        provenance=provenance(router_data("untrained", "{dataset}")),
     log:
         f"{RESULTS}/logs/score/untrained/{{dataset}}.log",
     benchmark:

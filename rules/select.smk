@@ -3,12 +3,12 @@ rule cluster:
     selection (methods and percentages)."""
     input:
         router_data=expand(
-            f"{RESULTS}/router_data/{{{{loss}}}}/{{dataset}}_router_data.pt",
+            router_data("{{loss}}", "{dataset}"),
             dataset=DATASETS,
         ),
     output:
         clusters=clusters_path("{loss}"),
-        provenance=f"{clusters_path('{loss}')}.provenance.json",
+        provenance=provenance(clusters_path("{loss}")),
     log:
         f"{RESULTS}/logs/cluster/{{loss}}.log",
     benchmark:
@@ -30,7 +30,7 @@ rule select_routed:
     clusters)."""
     input:
         router_data=expand(
-            f"{RESULTS}/router_data/{{{{loss}}}}/{{dataset}}_router_data.pt",
+            router_data("{{loss}}", "{dataset}"),
             dataset=DATASETS,
         ),
         clusters=lambda wildcards: (
@@ -42,10 +42,12 @@ rule select_routed:
         ),
         pool=get_all_pool_files,
     output:
-        selected=f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/selected_data.jsonl",
-        provenance=f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/selected_data.jsonl.provenance.json",
-        info=f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/selection.json",
-        plots=directory(f"{RESULTS}/selection/{{method}}/{{loss}}/p{{pct}}/plots"),
+        selected=selection_file("{method}/{loss}/p{pct}", "selected_data.jsonl"),
+        provenance=provenance(
+            selection_file("{method}/{loss}/p{pct}", "selected_data.jsonl")
+        ),
+        info=selection_file("{method}/{loss}/p{pct}", "selection.json"),
+        plots=directory(selection_file("{method}/{loss}/p{pct}", "plots")),
     log:
         f"{RESULTS}/logs/select/{{method}}/{{loss}}/p{{pct}}.log",
     benchmark:
@@ -66,10 +68,10 @@ rule select_random:
     input:
         pool=get_all_pool_files,
     output:
-        selected=f"{RESULTS}/selection/random/p{{pct}}/selected_data.jsonl",
-        provenance=f"{RESULTS}/selection/random/p{{pct}}/selected_data.jsonl.provenance.json",
-        info=f"{RESULTS}/selection/random/p{{pct}}/selection.json",
-        plots=directory(f"{RESULTS}/selection/random/p{{pct}}/plots"),
+        selected=selection_file("random/p{pct}", "selected_data.jsonl"),
+        provenance=provenance(selection_file("random/p{pct}", "selected_data.jsonl")),
+        info=selection_file("random/p{pct}", "selection.json"),
+        plots=directory(selection_file("random/p{pct}", "plots")),
     log:
         f"{RESULTS}/logs/select/random/p{{pct}}.log",
     benchmark:
@@ -91,10 +93,12 @@ rule select_reference:
         pool=get_all_pool_files,
         labels=get_labels_file() or [],
     output:
-        selected=f"{RESULTS}/selection/{{reference}}/p{{pct}}/selected_data.jsonl",
-        provenance=f"{RESULTS}/selection/{{reference}}/p{{pct}}/selected_data.jsonl.provenance.json",
-        info=f"{RESULTS}/selection/{{reference}}/p{{pct}}/selection.json",
-        plots=directory(f"{RESULTS}/selection/{{reference}}/p{{pct}}/plots"),
+        selected=selection_file("{reference}/p{pct}", "selected_data.jsonl"),
+        provenance=provenance(
+            selection_file("{reference}/p{pct}", "selected_data.jsonl")
+        ),
+        info=selection_file("{reference}/p{pct}", "selection.json"),
+        plots=directory(selection_file("{reference}/p{pct}", "plots")),
     log:
         f"{RESULTS}/logs/select/{{reference}}/p{{pct}}.log",
     benchmark:
@@ -115,10 +119,10 @@ rule select_full:
     input:
         pool=get_all_pool_files,
     output:
-        selected=f"{RESULTS}/selection/full/selected_data.jsonl",
-        provenance=f"{RESULTS}/selection/full/selected_data.jsonl.provenance.json",
-        info=f"{RESULTS}/selection/full/selection.json",
-        plots=directory(f"{RESULTS}/selection/full/plots"),
+        selected=selection_file("full", "selected_data.jsonl"),
+        provenance=provenance(selection_file("full", "selected_data.jsonl")),
+        info=selection_file("full", "selection.json"),
+        plots=directory(selection_file("full", "plots")),
     log:
         f"{RESULTS}/logs/select/full.log",
     benchmark:

@@ -3,8 +3,8 @@ rule warmup:
         model=converted_dir(),
         pool=get_all_pool_files,
     output:
-        weights=f"{RESULTS}/warmup/{{loss}}/full_rank_weights.pt",
-        provenance=f"{RESULTS}/warmup/{{loss}}/full_rank_weights.pt.provenance.json",
+        weights=warmup_weights("{loss}"),
+        provenance=provenance(warmup_weights("{loss}")),
     log:
         f"{RESULTS}/logs/warmup/{{loss}}.log",
     benchmark:

@@ -10,6 +10,7 @@ two; the data order is not saved but replayed from the seed up to the saved step
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ __all__ = [
     "latest_checkpoint",
     "run_fingerprint",
     "save_checkpoint",
+    "settings_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,19 @@ def run_fingerprint(**parts: Any) -> str:
     Checkpoints carry it; a run only resumes from checkpoints with its own fingerprint.
     """
     return text_sha256(json.dumps(parts, sort_keys=True, default=str))[:16]
+
+
+#: Settings that do not change what is trained: a run resumes across changes of these.
+NOT_IN_FINGERPRINT: tuple[str, ...] = ("log_every", "device", "checkpoint_every")
+
+
+def settings_fingerprint(stage: str, settings: Any, *, examples: list, **parts: Any) -> str:
+    """:func:`run_fingerprint` of a stage's settings dataclass (less :data:`NOT_IN_FINGERPRINT`),
+    the ``(dataset, id)`` of its examples and ``parts`` (model, world size)."""
+    semantic = {
+        k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_FINGERPRINT
+    }
+    return run_fingerprint(stage=stage, settings=semantic, examples=examples, **parts)
 
 
 def latest_checkpoint(

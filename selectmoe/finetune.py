@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selectmoe.checkpoints import clear_checkpoints, run_fingerprint
+from selectmoe.checkpoints import clear_checkpoints, settings_fingerprint
 from selectmoe.data import (
     Example,
     encode_examples,
@@ -178,28 +178,23 @@ def run_finetune(
         loss = causal_lm_loss(logits, batch["labels"], sample_wise=settings.sample_wise_averaging)
         return loss, {}
 
-    fingerprint = run_fingerprint(
-        stage="finetune",
-        settings={
-            k: v
-            for k, v in asdict(settings).items()
-            if k not in ("log_every", "device", "checkpoint_every")
-        },
-        base_model=base_model,
+    fingerprint = settings_fingerprint(
+        "finetune",
+        settings,
         examples=[(e.dataset, e.id) for e in examples],
+        base_model=base_model,
         world_size=info.world_size,
     )
-    pad_id = pad_token_id_of(tokenizer)
     result = train_loop(
         model,
         encoded,
         parameters=model.parameters(),
         compute_loss=compute_loss,
+        pad_token_id=pad_token_id_of(tokenizer),
         optimization=Optimization.of(
             settings, micro_batch_size=micro, gradient_accumulation_steps=accumulation
         ),
         seed=settings.seed,
-        pad_token_id=pad_id,
         device=device,
         autocast_dtype=torch.bfloat16 if use_bf16 else None,
         checkpoint_dir=checkpoint_dir,

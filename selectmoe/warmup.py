@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from selectmoe.checkpoints import clear_checkpoints, run_fingerprint
+from selectmoe.checkpoints import clear_checkpoints, settings_fingerprint
 from selectmoe.configuration_select_moe import (
     LOSS_SCALINGS,
     QUALITY_LOSS_PARAMETERS,
@@ -77,8 +77,6 @@ logger = logging.getLogger(__name__)
 FULL_RANK_TARGETS: tuple[str, ...] = ("quality_gate.weight", "mlp.gate.weight")
 PEFT_MODES: tuple[str, ...] = ("full_rank", "lora")
 QUALITY_GATE_TARGET = "quality_gate.weight"
-# settings that do not change what is trained: a run resumes across changes of these
-_NOT_IN_FINGERPRINT = ("log_every", "device", "checkpoint_every")
 # settings that are model-config fields: applied to the model before training and saved with the
 # weights so that scoring runs the model exactly as it was trained
 MODEL_OVERRIDE_KEYS: tuple[str, ...] = (
@@ -299,20 +297,19 @@ def run_warmup(
         }
         return output.loss, metrics
 
-    semantic_settings = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_FINGERPRINT}
-    fingerprint = run_fingerprint(
-        stage="warmup",
-        settings=semantic_settings,
-        model_dir=os.path.abspath(model_dir),
+    fingerprint = settings_fingerprint(
+        "warmup",
+        settings,
         examples=[(e.dataset, e.id) for e in examples],
+        model_dir=os.path.abspath(model_dir),
         world_size=info.world_size,
     )
-    pad_id = pad_token_id_of(tokenizer)
     result = train_loop(
         model,
         encoded,
         parameters=model.parameters(),
         compute_loss=compute_loss,
+        pad_token_id=pad_token_id_of(tokenizer),
         optimization=Optimization.of(
             settings,
             micro_batch_size=settings.per_device_batch_size,
@@ -321,7 +318,6 @@ def run_warmup(
             ),
         ),
         seed=settings.seed,
-        pad_token_id=pad_id,
         device=device,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=settings.checkpoint_every,

@@ -238,6 +238,11 @@ def selection_paths():
     return [selection.path for selection in sweep.sweep_selections(SELECTION)]
 
 
+def adapter_dir(target, selection, seed):
+    """The LoRA adapter of a target finetuned on a {selection} with one seed (rule finetune)."""
+    return f"{RESULTS}/finetune/{target}/{selection}/seed{seed}/adapter"
+
+
 def eval_dir(target, selection):
     """Where the evaluations of a target (with an adapter of ``selection``, or ``base``) go."""
     return f"{RESULTS}/eval/{target}/{selection}"
@@ -331,7 +336,7 @@ def cost_points():
             jobs.append(job("selection", f"select/{selection}", "select", [chosen]))
             for seed in SEEDS:
                 run = f"{target}/{selection}/seed{seed}"
-                adapter = f"{RESULTS}/finetune/{run}/adapter"
+                adapter = adapter_dir(target, selection, seed)
                 jobs.append(job("training", f"finetune/{run}", "finetune", [adapter]))
             jobs.append(job("evaluation", f"evaluate/{target}/{selection}", "evaluate"))
             point = {

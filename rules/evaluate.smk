@@ -5,19 +5,12 @@ rule evaluate:
         get_target_input,
         get_eval_inputs,
         adapters=lambda wildcards: [
-            f"{RESULTS}/finetune/{wildcards.target}/{wildcards.selection}/seed{seed}/adapter"
-            for seed in SEEDS
+            adapter_dir(wildcards.target, wildcards.selection, seed) for seed in SEEDS
         ],
     output:
-        results=[
-            f"{RESULTS}/eval/{{target}}/{{selection}}/seed{seed}/results.json"
-            for seed in SEEDS
-        ],
-        samples=[
-            f"{RESULTS}/eval/{{target}}/{{selection}}/seed{seed}/samples.jsonl"
-            for seed in SEEDS
-        ],
-        provenance=f"{RESULTS}/eval/{{target}}/{{selection}}/evaluate.provenance.json",
+        results=seed_results("{target}", "{selection}", "results"),
+        samples=seed_results("{target}", "{selection}", "samples"),
+        provenance=f"{eval_dir('{target}', '{selection}')}/evaluate.provenance.json",
     log:
         f"{RESULTS}/logs/evaluate/{{target}}/{{selection}}.log",
     benchmark:
@@ -42,9 +35,9 @@ use rule evaluate as evaluate_base with:
         get_target_input,
         get_eval_inputs,
     output:
-        results=[f"{RESULTS}/eval/{{target}}/base/results.json"],
-        samples=[f"{RESULTS}/eval/{{target}}/base/samples.jsonl"],
-        provenance=f"{RESULTS}/eval/{{target}}/base/results.json.provenance.json",
+        results=[f"{eval_dir('{target}', 'base')}/results.json"],
+        samples=[f"{eval_dir('{target}', 'base')}/samples.jsonl"],
+        provenance=provenance(f"{eval_dir('{target}', 'base')}/results.json"),
     log:
         f"{RESULTS}/logs/evaluate/{{target}}/base.log",
     benchmark:

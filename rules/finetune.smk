@@ -4,10 +4,8 @@ rule finetune:
         get_target_input,
         selected=selection_file("{selection}", "selected_data.jsonl"),
     output:
-        adapter=directory(
-            f"{RESULTS}/finetune/{{target}}/{{selection}}/seed{{seed}}/adapter"
-        ),
-        provenance=f"{RESULTS}/finetune/{{target}}/{{selection}}/seed{{seed}}/adapter.provenance.json",
+        adapter=directory(adapter_dir("{target}", "{selection}", "{seed}")),
+        provenance=provenance(adapter_dir("{target}", "{selection}", "{seed}")),
     log:
         f"{RESULTS}/logs/finetune/{{target}}/{{selection}}/seed{{seed}}.log",
     benchmark:

@@ -72,6 +72,8 @@ wildcard_constraints:
     target="[A-Za-z0-9_.-]+",
     method="|".join(ROUTER_METHODS),
     reference="|".join(LABEL_METHODS),
+    targeted="|".join(methods.TARGETED_METHODS),
+    part="|".join(map(re.escape, [*DATASETS, "queries"])),
     selection=sweep.selection_pattern(ROUTER_METHODS, LOSSES),
 
 
@@ -196,6 +198,53 @@ def selection_file(selection, name):
 def provenance(path):
     """The provenance record beside a job's first output."""
     return f"{path}.provenance.json"
+
+
+# The targeted methods (rds, less): their model, query set and features files.
+TARGETED = config.get("targeted", {})
+QUERIES = (
+    "queries"  # the {part} of the query set's features, beside the pool's datasets
+)
+
+
+def get_targeted_model():
+    """targeted.model, else the first target's model (the targeted methods select for it)."""
+    return TARGETED.get("model") or get_target_model(TARGETS[0])
+
+
+def get_targeted_model_input(wildcards=None):
+    """Input dependency on the targeted model only when it is the demo's target."""
+    return get_target_input(wildcards) if not TARGETED.get("model") else []
+
+
+def get_queries_file():
+    """The query set: targeted.queries.file, the demo's, or LESS's (rule fetch_queries)."""
+    own = TARGETED.get("queries", {}).get("file")
+    if own:
+        return own
+    return f"{DEMO_DIR}/queries.jsonl" if is_demo() else f"{RESULTS}/data/queries.jsonl"
+
+
+def targeted_part_data(wildcards):
+    """The examples of a {part}: a pool dataset's file, or the query set."""
+    if wildcards.part == QUERIES:
+        return [get_queries_file()]
+    return get_pool_files(wildcards.part)
+
+
+def targeted_features(method, part):
+    """The features of a pool dataset or of the query set (rules represent, less_gradients)."""
+    return f"{RESULTS}/targeted/{method}/{part}_features.pt"
+
+
+def less_warmup_dir():
+    """LESS's warmup checkpoints (rule less_warmup)."""
+    return f"{RESULTS}/targeted/less/warmup"
+
+
+def less_settings():
+    """targeted.less with the selection seed (the warmup's random share and its training)."""
+    return {**TARGETED.get("less", {}), "seed": SELECTION["seed"]}
 
 
 def selection_settings(method=None):

@@ -46,3 +46,28 @@ if not is_demo():
             },
         script:
             "../workflow_scripts/fetch_pool.py"
+
+
+# The query sets of the targeted methods for a real pool: LESS's dev / few-shot sets of
+# targeted.queries.tasks, from the pool's archive (a user's own file, targeted.queries.file, is
+# read as it is). Without network it fails at once, naming the file to put in place.
+if not is_demo() and not TARGETED.get("queries", {}).get("file"):
+
+    rule fetch_queries:
+        output:
+            queries=get_queries_file(),
+            provenance=provenance(get_queries_file()),
+        log:
+            f"{RESULTS}/logs/fetch_queries.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/fetch_queries.tsv"
+        localrule: True
+        conda:
+            "../envs/selectmoe.yaml"
+        threads: 1
+        params:
+            tasks=TARGETED.get("queries", {}).get("tasks", ["mmlu", "bbh", "tydiqa"]),
+            # where the archive comes from does not change the queries (see fetch_pool)
+            fetch=lambda wildcards, output: config["data"]["fetch"],
+        script:
+            "../workflow_scripts/fetch_queries.py"

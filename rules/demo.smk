@@ -12,6 +12,7 @@ if is_demo():
             base_model=directory(demo_outputs()["base_model"]),
             tokenizer=directory(f"{DEMO_DIR}/tokenizer"),
             tasks=directory(demo_outputs()["tasks"]),
+            queries=f"{DEMO_DIR}/queries.jsonl",
         log:
             f"{RESULTS}/logs/build_demo.log",
         benchmark:

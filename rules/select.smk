@@ -136,3 +136,34 @@ rule select_full:
         selection=selection_settings(),
     script:
         "../workflow_scripts/select.py"
+
+
+rule select_targeted:
+    """rds / less: the pool examples most similar to the query set (targeted methods)."""
+    input:
+        features=expand(
+            targeted_features("{{targeted}}", "{dataset}"),
+            dataset=DATASETS,
+        ),
+        queries=targeted_features("{targeted}", QUERIES),
+        pool=get_all_pool_files,
+    output:
+        selected=selection_file("{targeted}/p{pct}", "selected_data.jsonl"),
+        provenance=provenance(
+            selection_file("{targeted}/p{pct}", "selected_data.jsonl")
+        ),
+        info=selection_file("{targeted}/p{pct}", "selection.json"),
+        plots=directory(selection_file("{targeted}/p{pct}", "plots")),
+    log:
+        f"{RESULTS}/logs/select/{{targeted}}/p{{pct}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/select/{{targeted}}/p{{pct}}.tsv"
+    conda:
+        "../envs/selectmoe.yaml"
+    threads: 1
+    params:
+        method=lambda wildcards: wildcards.targeted,
+        percentage=lambda wildcards: float(wildcards.pct),
+        selection=selection_settings(),
+    script:
+        "../workflow_scripts/select.py"

@@ -34,6 +34,7 @@ __all__ = [
     "LESS_EXPECTED_LINES",
     "LESS_REPO_ID",
     "LESS_TRAIN_DIR",
+    "download_less_archive",
     "fetch_less_pool",
     "hub_dataset_url",
 ]
@@ -373,3 +374,33 @@ def fetch_less_pool(
         "datasets": files,
         "total_lines": sum(entry["lines"] for entry in files.values()),
     }
+
+
+def download_less_archive(
+    hint: str,
+    *,
+    repo_id: str = LESS_REPO_ID,
+    filename: str = LESS_ARCHIVE,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Download ``filename`` of the Hub dataset ``repo_id`` (or take the cached copy).
+
+    The download and its one-line errors are :func:`fetch_less_pool`'s, except that each error
+    ends with ``hint`` (what to put in place by hand, e.g. "download less-data.zip from ... and
+    pass it as ..."; it follows "; " or ", or ") instead of the pool files' hint.
+
+    Raises
+    ------
+    DataError
+        The Hub cannot be reached (or ``HF_HUB_OFFLINE`` is set) and the file is not cached, the
+        repository or file does not exist, or the download failed.
+    """
+    nothing: dict[str, Path] = {}
+    pool_hint = _manual_hint(nothing, repo_id, filename)
+    try:
+        return _download(repo_id, filename, cache_dir, nothing)
+    except DataError as error:
+        message = str(error)
+        if message.endswith(pool_hint):
+            message = message[: -len(pool_hint)] + hint
+        raise DataError(message) from None

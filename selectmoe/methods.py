@@ -5,8 +5,11 @@ A method that reads the router data is a *score* (:mod:`selectmoe.scores`) and a
 (:mod:`selectmoe.allocation`) with their parameters; a config adds or replaces definitions with
 ``selection.method_definitions`` (``{name: {score, score_params, allocation,
 allocation_params}}``), so that a method is a name in the config, not code in the rules. The
-other methods select from the pool alone (``random``, ``full``) or read the pool's quality labels
-(``oracle``, ``anti_oracle``: references).
+other methods select from the pool alone (``random``, ``full``), read the pool's quality labels
+(``oracle``, ``anti_oracle``: references), or are *targeted* (``rds``, ``less``): they select the
+pool examples most similar to a few held-out examples of the evaluation tasks (the query sets),
+from the target model's representations (RDS+) or LoRA gradients (LESS), so they know the tasks
+that the untargeted methods do not.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from typing import Any
 __all__ = [
     "BUILTIN_DEFINITIONS",
     "LABEL_METHODS",
+    "LOSS_FREE_METHODS",
     "POOL_ONLY_METHODS",
     "ROUTER_METHODS",
     "SEED_METHOD",
     "SELECTION_METHODS",
+    "TARGETED_METHODS",
     "method_definitions",
     "uses_clusters",
     "uses_score",
@@ -48,10 +53,21 @@ BUILTIN_DEFINITIONS: dict[str, dict[str, Any]] = {
 ROUTER_METHODS: tuple[str, ...] = tuple(BUILTIN_DEFINITIONS)
 #: Reference methods that read the pool's quality labels (no real method may).
 LABEL_METHODS: tuple[str, ...] = ("oracle", "anti_oracle")
+#: Targeted methods: they select for the evaluation tasks' query examples, from the target
+#: model's pooled hidden states (``rds``, RDS+) or its projected LoRA gradients (``less``, LESS).
+TARGETED_METHODS: tuple[str, ...] = ("rds", "less")
 #: Every built-in selection method.
-SELECTION_METHODS: tuple[str, ...] = (*ROUTER_METHODS, "random", "full", *LABEL_METHODS)
+SELECTION_METHODS: tuple[str, ...] = (
+    *ROUTER_METHODS,
+    "random",
+    "full",
+    *LABEL_METHODS,
+    *TARGETED_METHODS,
+)
 #: Methods that select from the pool alone (no router data needed).
 POOL_ONLY_METHODS: tuple[str, ...] = ("random", "full", *LABEL_METHODS)
+#: Methods whose selection does not depend on the quality-loss type (no {loss} in their path).
+LOSS_FREE_METHODS: tuple[str, ...] = (*POOL_ONLY_METHODS, *TARGETED_METHODS)
 
 _DEFINITION_KEYS = {"score", "score_params", "allocation", "allocation_params"}
 
@@ -69,7 +85,7 @@ def method_definitions(
     """
     definitions = {name: dict(value) for name, value in BUILTIN_DEFINITIONS.items()}
     for name, definition in (extra or {}).items():
-        if name in POOL_ONLY_METHODS or name == SEED_METHOD:
+        if name in LOSS_FREE_METHODS or name == SEED_METHOD:
             raise ValueError(f"method {name!r} cannot be redefined; choose another name")
         unknown = sorted(set(definition) - _DEFINITION_KEYS)
         missing = sorted({"score", "allocation"} - set(definition))

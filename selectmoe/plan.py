@@ -30,6 +30,13 @@ Time per job (seconds)
     checkpointing adds one more forward. Token counts come from the pool size, an assumed mean
     example length and the config's ratios, epochs and selection percentages. Token generation
     in evaluation is bound by memory bandwidth and is timed as one read of the weights per step.
+
+Targeted methods (rows only when ``selection.methods`` has them)
+    ``rds``: *represent*, one inference pass of the targeted model (``targeted.model`` or the
+    first target's) over every pool dataset and the query set. ``less``: *less_warmup*, LoRA
+    training as in finetuning on ``targeted.less.warmup_share`` of the pool, and
+    *less_gradients*, per-example LoRA gradients at each epoch's checkpoint, randomly projected
+    to ``projection_dim`` (``2 P d`` float32 FLOPs per example for ``P`` LoRA parameters).
 """
 
 from __future__ import annotations
@@ -45,20 +52,27 @@ from typing import Any
 
 from selectmoe.allocation import CLUSTERED_ALLOCATIONS
 from selectmoe.errors import ConfigError, ModelError
-from selectmoe.methods import method_definitions, uses_score
+from selectmoe.methods import TARGETED_METHODS, method_definitions, uses_score
 from selectmoe.sweep import FULL, sweep_selections
 
 __all__ = [
     "BUILTIN_SHAPES",
     "LESS_POOL_SIZES",
+    "TARGETED_DEFAULTS",
     "Assumptions",
+    "LoraTraining",
     "ModelShape",
     "StagePlan",
     "evaluate_plan",
     "finetune_plan",
     "format_plan_markdown",
+    "less_gradients_plan",
+    "less_warmup_plan",
     "load_config",
+    "lora_pass",
+    "lora_training",
     "plan_table",
+    "represent_plan",
     "score_plan",
     "select_plan",
     "shape_for_model",
@@ -125,6 +139,25 @@ SCHEMA_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # finetune.target_modules when a config leaves it out (selectmoe.finetune.FinetuneSettings)
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# the targeted methods' settings the plan reads (targeted.rds, targeted.less), with the defaults
+# of config/schema.yaml (tests/test_plan.py checks them against the schema)
+TARGETED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rds": {"batch_size": 16, "max_sequence_length": 2048, "dtype": "float32"},
+    "less": {
+        "warmup_share": 0.05,
+        "epochs": 4,
+        "lora_r": 128,
+        "lora_dropout": 0.1,
+        "target_modules": list(DEFAULT_LORA_TARGETS),
+        "per_device_batch_size": 1,
+        "max_sequence_length": 2048,
+        "bf16": True,
+        "projection_dim": 8192,
+        "batch_size": 8,
+    },
+}
+# LESS's random projection draws its Rademacher matrix [P, d] blockwise: rows per block
+PROJECTION_BLOCK_ROWS = 65_536
 
 
 # --------------------------------------------------------------------------------------- shapes
@@ -496,6 +529,9 @@ class Assumptions:
         the same tables' completion lengths (FLAN-v2 ~31, CoT ~53, Dolly ~91, OASST1 ~212 per
         turn) weighted by the pool counts; the score stage's ``n_answer_tokens / n_tokens``
         replaces it. It sizes the LM head of the scoring pass and its answer-alone pass (IFD).
+    Query sets of the targeted methods (rds, less)
+        ``query_examples`` 375: LESS's query sets, 285 MMLU + 81 BBH + 9 TydiQA examples;
+        ``query_example_tokens`` 512 mean tokens per query example (few-shot prompts).
     Evaluation (the paper's six tasks, lm-eval defaults)
         ``eval_prefill_tokens`` 21 M tokens through the forward pass (mmlu ~6.7 M, hellaswag
         ~4.4 M, bbh CoT 3-shot ~6.5 M, tydiqa ~3 M, arc ~0.7 M); ``eval_generated_tokens`` 1.1 M
@@ -524,6 +560,8 @@ class Assumptions:
     mean_example_tokens: float = 350.0
     length_sigma: float = 0.7
     answer_token_share: float = 0.3
+    query_examples: int = 375
+    query_example_tokens: float = 512.0
     eval_prefill_tokens: float = 21e6
     eval_generated_tokens: float = 1.1e6
     eval_sequence_length: int = 2048
@@ -983,44 +1021,98 @@ def _n_seeds(config: Mapping[str, Any]) -> int:
     return len(config["finetune"].get("seeds", [None]))
 
 
-def finetune_plan(
-    config: Mapping[str, Any], target: str, shape: ModelShape, assumptions: Assumptions
-) -> StagePlan:
-    """Stage 3 (``selectmoe.finetune.run_finetune``) for one target.
+@dataclass(frozen=True)
+class LoraTraining:
+    """One LoRA training step on a dense model: its memory and its FLOPs per token.
 
-    Facts of the code: with ``bf16`` (on a bf16-capable GPU) the frozen base is loaded in
-    bfloat16 and the step runs under bf16 autocast; otherwise everything is float32. The LoRA
-    adapters train in float32 with AdamW. ``gradient_checkpointing`` keeps only each layer's
-    input and recomputes the layer in the backward pass (one more forward).
+    Shared by the finetune stage and the LESS warmup (``settings`` is a ``finetune``-like
+    section: lora_r, lora_dropout, target_modules, per_device_batch_size, max_sequence_length,
+    bf16, epochs and optionally gradient_checkpointing).
+
+    Attributes
+    ----------
+    memory : dict
+        Bytes per part of one GPU, allocator overhead included.
+    flops_per_token : float
+        Forward and backward FLOPs per real token, padding of random batches included.
+    lora : int
+        Trainable (adapter) parameters.
     """
-    settings = _finetune_settings(config, target)
+
+    memory: dict[str, float]
+    flops_per_token: float
+    lora: int
+    bf16: bool
+    epochs: int
+    max_sequence_length: int
+
+    @property
+    def dtype(self) -> str:
+        """The dtype whose peak times the step."""
+        return "bfloat16" if self.bf16 else "float32"
+
+    def seconds(self, examples: float, assumptions: Assumptions) -> float:
+        """Time of ``epochs`` epochs over ``examples`` examples."""
+        tokens = _tokens(examples, self.max_sequence_length, assumptions)
+        return assumptions.seconds(self.flops_per_token * tokens * self.epochs, self.dtype)
+
+
+def lora_pass(
+    shape: ModelShape, settings: Mapping[str, Any], *, batch: int, dropout: bool
+) -> tuple[int, float, float]:
+    """LoRA parameters, saved activation bytes per token (all layers) and forward + backward
+    FLOPs per token of a LoRA model in ``settings`` (``bf16``, ``lora_r``, ``target_modules``,
+    ``max_sequence_length``, optional ``gradient_checkpointing``), batches of ``batch``."""
     bf16 = bool(settings["bf16"])
-    base_bytes = DTYPE_BYTES["bfloat16"] if bf16 else FP32
     rank = int(settings["lora_r"])
     modules = list(settings["target_modules"])
-    batch, length = int(settings["per_device_batch_size"]), int(settings["max_sequence_length"])
-    tokens_per_batch = batch * length
+    length = int(settings["max_sequence_length"])
     lora = shape.lora_params(rank, modules)
     per_layer = lora_saved_bytes_per_token(
         shape,
         rank=rank,
         modules=modules,
-        dropout=float(settings["lora_dropout"]) > 0,
+        dropout=dropout,
         autocast_bf16=bf16,
         mask_length=length if batch > 1 else 0,
     )
-    checkpointing = bool(settings["gradient_checkpointing"])
+    checkpointing = bool(settings.get("gradient_checkpointing", False))
     if checkpointing:
+        base_bytes = DTYPE_BYTES["bfloat16"] if bf16 else FP32
         saved = shape.num_layers * layer_input_bytes_per_token(shape, residual_bytes=base_bytes)
         saved += per_layer  # the layer being recomputed
     else:
         saved = shape.num_layers * per_layer
+    n_matmul = shape.matmul_params_per_token() + lora
+    passes = 3 if checkpointing else 2  # forward(s) + activation gradients, in units of 2 N
+    return lora, saved, 2 * n_matmul * passes + 2 * lora
+
+
+def lora_training(
+    shape: ModelShape,
+    settings: Mapping[str, Any],
+    assumptions: Assumptions,
+    *,
+    shards: int = 1,
+) -> LoraTraining:
+    """Memory and FLOPs of LoRA training (``selectmoe.finetune``'s step) on a dense model.
+
+    Facts of the code: with ``bf16`` (on a bf16-capable GPU) the frozen base is loaded in
+    bfloat16 and the step runs under bf16 autocast; otherwise everything is float32. The LoRA
+    adapters train in float32 with AdamW. ``gradient_checkpointing`` keeps only each layer's
+    input and recomputes the layer in the backward pass (one more forward). With ``shards`` > 1
+    (FSDP2) every GPU keeps 1/N of every weight, adapter and optimizer state, and gathers a
+    decoder layer whole just before it runs, the next one prefetched: two layers.
+    """
+    bf16 = bool(settings["bf16"])
+    base_bytes = DTYPE_BYTES["bfloat16"] if bf16 else FP32
+    batch, length = int(settings["per_device_batch_size"]), int(settings["max_sequence_length"])
+    tokens_per_batch = batch * length
+    lora, saved, flops_per_token = lora_pass(
+        shape, settings, batch=batch, dropout=float(settings["lora_dropout"]) > 0
+    )
     # under autocast the float32 adapters are cast to bf16 once per step and the copies cached
     autocast_copies = DTYPE_BYTES["bfloat16"] * lora if bf16 else 0
-    gpus = int(config.get("resources", {}).get("gpus", {}).get("finetune", 1) or 1)
-    # FSDP2 keeps 1/N of every weight (and of the adapters and their optimizer states) per GPU;
-    # a decoder layer is gathered whole just before it runs, the next one prefetched: two layers
-    shards = gpus if settings.get("sharding", "ddp") == "fsdp" and gpus > 1 else 1
     layer_params = (shape.total_params - shape.embedding_params - shape.lm_head_params) / max(
         1, shape.num_layers
     )
@@ -1033,31 +1125,41 @@ def finetune_plan(
     if shards > 1:
         memory["gathered layers"] = 2 * base_bytes * layer_params
     memory.update(assumptions.with_overhead(sum(memory.values())))
+    return LoraTraining(
+        memory=memory,
+        flops_per_token=flops_per_token * assumptions.padding_factor(batch),
+        lora=lora,
+        bf16=bf16,
+        epochs=int(settings["epochs"]),
+        max_sequence_length=length,
+    )
 
-    n_matmul = shape.matmul_params_per_token() + lora
-    passes = 3 if checkpointing else 2  # forward(s) + activation gradients, in units of 2 N
-    flops_per_token = 2 * n_matmul * passes + 2 * lora
-    padding = assumptions.padding_factor(batch)
+
+def finetune_plan(
+    config: Mapping[str, Any], target: str, shape: ModelShape, assumptions: Assumptions
+) -> StagePlan:
+    """Stage 3 (``selectmoe.finetune.run_finetune``) for one target: :func:`lora_training` on
+    every selection, ``finetune.seeds`` times."""
+    settings = _finetune_settings(config, target)
+    gpus = int(config.get("resources", {}).get("gpus", {}).get("finetune", 1) or 1)
+    shards = gpus if settings.get("sharding", "ddp") == "fsdp" and gpus > 1 else 1
+    training = lora_training(shape, settings, assumptions, shards=shards)
     pool = sum(_pool(config, assumptions).values())
     fractions, selections = _selections(config)
     seeds = _n_seeds(config)
     jobs = {label: count * seeds for label, count in selections.items()}
     time_s = {
-        label: assumptions.seconds(
-            flops_per_token
-            * _tokens(round(pool * fraction), length, assumptions)
-            * int(settings["epochs"])
-            * padding,
-            "bfloat16" if bf16 else "float32",
-        )
+        label: training.seconds(round(pool * fraction), assumptions)
         for label, fraction in fractions.items()
     }
+    batch, length = int(settings["per_device_batch_size"]), training.max_sequence_length
     notes = [
-        f"LoRA r={rank} on {', '.join(modules)}: {lora:,} parameters",
-        f"{int(settings['epochs'])} epochs, batch {batch} x {length}",
+        f"LoRA r={int(settings['lora_r'])} on {', '.join(settings['target_modules'])}: "
+        f"{training.lora:,} parameters",
+        f"{training.epochs} epochs, batch {batch} x {length}",
         f"{seeds} finetune seed(s) per selection",
     ]
-    if checkpointing:
+    if settings.get("gradient_checkpointing"):
         notes.append("gradient checkpointing on")
     if shards > 1:
         notes.append(f"FSDP over {shards} GPUs: memory per GPU")
@@ -1065,8 +1167,8 @@ def finetune_plan(
         stage="finetune",
         model=shape.name,
         jobs=sum(jobs.values()),
-        precision="bf16 weights + bf16 autocast" if bf16 else "float32",
-        memory=memory,
+        precision="bf16 weights + bf16 autocast" if training.bf16 else "float32",
+        memory=training.memory,
         time_s=time_s,
         total_gpu_hours=sum(time_s[label] * jobs[label] for label in time_s) / HOUR,
         notes=notes,
@@ -1145,6 +1247,176 @@ def evaluate_plan(
     )
 
 
+# --------------------------------------------------------------------------- targeted methods
+
+
+def _targeted_settings(config: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """``targeted.{method}`` with the schema defaults filled in."""
+    values = dict(TARGETED_DEFAULTS[method])
+    values.update((config.get("targeted") or {}).get(method) or {})
+    return values
+
+
+def _targeted_source(config: Mapping[str, Any]) -> str:
+    """The model the targeted methods select with: ``targeted.model`` or the first target's."""
+    source = (config.get("targeted") or {}).get("model")
+    if source:
+        return str(source)
+    return str(next(iter(config["targets"].values()))["model"])
+
+
+def _targeted_jobs(
+    config: Mapping[str, Any], assumptions: Assumptions, length: int
+) -> dict[str, tuple[float, float]]:
+    """``(examples, real tokens)`` of each job: one per pool dataset, one for the query set."""
+    jobs = {
+        dataset: (float(n), _tokens(n, length, assumptions))
+        for dataset, n in _pool(config, assumptions).items()
+    }
+    queries = float(assumptions.query_examples)
+    jobs["queries"] = (queries, queries * min(assumptions.query_example_tokens, length))
+    return jobs
+
+
+def represent_plan(
+    config: Mapping[str, Any], shape: ModelShape, assumptions: Assumptions
+) -> StagePlan:
+    """RDS+'s representations (method ``rds``): one inference pass of the targeted model.
+
+    One job per pool dataset and one for the query set. ``torch.no_grad``, weights in
+    ``targeted.rds.dtype``, length-sorted batches of ``rds.batch_size`` padded to at most
+    ``rds.max_sequence_length`` (no padding counted), the model body only (no LM head): its final
+    hidden states, mean-pooled to ``[hidden]`` per example. Memory: the weights (the whole model
+    counted), the live activations of one batch (no KV cache: ``use_cache=False`` taken, as
+    scoring does) and SDPA's padding mask. Time: ``2 x`` the body's matmul parameters per token.
+    """
+    settings = _targeted_settings(config, "rds")
+    dtype = str(settings["dtype"])
+    if dtype not in DTYPE_BYTES:
+        raise ConfigError(f"targeted.rds.dtype is {dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
+    width = DTYPE_BYTES[dtype]
+    batch, length = int(settings["batch_size"]), int(settings["max_sequence_length"])
+    tokens_per_batch = batch * length
+    memory = {
+        "weights": width * shape.total_params,
+        "activations": tokens_per_batch
+        * dense_inference_bytes_per_token(
+            shape, dtype_bytes=width, padded=batch > 1, kv_cache=False
+        ),
+        "attention_mask": (MASK_BYTES + width) * batch * length * length,
+    }
+    memory.update(assumptions.with_overhead(sum(memory.values())))
+    per_token = 2 * shape.matmul_params_per_token(lm_head=False)
+    time_s = {
+        label: assumptions.seconds(per_token * tokens, dtype)
+        for label, (_, tokens) in _targeted_jobs(config, assumptions, length).items()
+    }
+    return StagePlan(
+        stage="represent",
+        model=shape.name,
+        jobs=len(time_s),
+        precision=dtype,
+        memory=memory,
+        time_s=time_s,
+        total_gpu_hours=sum(time_s.values()) / HOUR,
+        notes=[
+            "one job per dataset and one for the queries",
+            f"length-sorted batches of {batch}: padding taken as none; no LM head",
+            f"{assumptions.query_examples} query examples of "
+            f"{assumptions.query_example_tokens:g} tokens",
+        ],
+    )
+
+
+def less_warmup_plan(
+    config: Mapping[str, Any], shape: ModelShape, assumptions: Assumptions
+) -> StagePlan:
+    """LESS's warmup (method ``less``): :func:`lora_training` of the targeted model with the
+    ``targeted.less`` settings on ``warmup_share`` of every pool dataset, for ``epochs`` epochs
+    (one checkpoint per epoch). One job."""
+    settings = _targeted_settings(config, "less")
+    training = lora_training(shape, settings, assumptions)
+    examples = sum(
+        round(n * float(settings["warmup_share"])) for n in _pool(config, assumptions).values()
+    )
+    seconds = training.seconds(examples, assumptions)
+    batch = int(settings["per_device_batch_size"])
+    return StagePlan(
+        stage="less_warmup",
+        model=shape.name,
+        jobs=1,
+        precision="bf16 weights + bf16 autocast" if training.bf16 else "float32",
+        memory=training.memory,
+        time_s={"": seconds},
+        total_gpu_hours=seconds / HOUR,
+        notes=[
+            f"LoRA r={int(settings['lora_r'])} on {', '.join(settings['target_modules'])}: "
+            f"{training.lora:,} parameters",
+            f"{examples:,} examples ({float(settings['warmup_share']):g} of the pool) x "
+            f"{training.epochs} epochs, batch {batch} x {training.max_sequence_length}",
+            f"{training.epochs} checkpoints",
+        ],
+    )
+
+
+def less_gradients_plan(
+    config: Mapping[str, Any], shape: ModelShape, assumptions: Assumptions
+) -> StagePlan:
+    """LESS's projected gradients (method ``less``) at each of the ``epochs`` checkpoints.
+
+    One job per pool dataset and one for the query set. Per checkpoint every example goes
+    through a forward and backward pass of the LoRA model (base in bf16 under autocast with
+    ``less.bf16``, float32 adapters, dropout off); ``torch.func.vmap`` over ``less.batch_size``
+    examples gives their per-example LoRA gradients, float32 vectors of ``P`` values, which a
+    Rademacher matrix ``[P, d]`` projects to ``d = projection_dim``: ``2 P d`` float32 FLOPs per
+    example, the matrix drawn in blocks of 65,536 rows. Memory: weights, adapters (and their bf16
+    autocast copies), the batch's per-example gradients, its saved activations and loss logits,
+    and one projection block. Batches are taken in random order (padded like finetuning's).
+    """
+    settings = _targeted_settings(config, "less")
+    bf16 = bool(settings["bf16"])
+    base_bytes = DTYPE_BYTES["bfloat16"] if bf16 else FP32
+    batch, length = int(settings["batch_size"]), int(settings["max_sequence_length"])
+    dim, epochs = int(settings["projection_dim"]), int(settings["epochs"])
+    lora, saved, flops_per_token = lora_pass(shape, settings, batch=batch, dropout=False)
+    tokens_per_batch = batch * length
+    memory = {
+        "weights": base_bytes * shape.total_params,
+        "adapters": FP32 * lora + (DTYPE_BYTES["bfloat16"] * lora if bf16 else 0),
+        "gradients": batch * FP32 * lora,
+        "activations": tokens_per_batch * saved,
+        "logits": tokens_per_batch * shape.vocab_size * LOSS_LOGITS_BYTES,
+        "projection": PROJECTION_BLOCK_ROWS * dim * FP32,
+    }
+    memory.update(assumptions.with_overhead(sum(memory.values())))
+    padding = assumptions.padding_factor(batch)
+    dtype = "bfloat16" if bf16 else "float32"
+    time_s = {
+        label: epochs
+        * (
+            assumptions.seconds(flops_per_token * tokens * padding, dtype)
+            + assumptions.seconds(2 * lora * dim * examples, "float32")
+        )
+        for label, (examples, tokens) in _targeted_jobs(config, assumptions, length).items()
+    }
+    return StagePlan(
+        stage="less_gradients",
+        model=shape.name,
+        jobs=len(time_s),
+        precision=("bf16 weights + bf16 autocast" if bf16 else "float32") + ", float32 projection",
+        memory=memory,
+        time_s=time_s,
+        total_gpu_hours=sum(time_s.values()) / HOUR,
+        notes=[
+            "one job per dataset and one for the queries",
+            f"{epochs} checkpoints x (forward + backward, batch {batch} x {length} padded "
+            f"x{padding:.2f}, + projection)",
+            f"LoRA r={int(settings['lora_r'])}: {lora:,} parameters projected to {dim:,} "
+            f"dimensions",
+        ],
+    )
+
+
 # ------------------------------------------------------------------------------------- table
 
 
@@ -1195,7 +1467,8 @@ def plan_table(
     Returns
     -------
     list of dict
-        Rows in stage order (warmup, score, select, then finetune and evaluate per target), as
+        Rows in stage order (warmup, score; represent with the method ``rds``, less_warmup and
+        less_gradients with ``less``; select, then finetune and evaluate per target), as
         :meth:`StagePlan.to_row` makes them.
 
     Raises
@@ -1223,6 +1496,17 @@ def plan_table(
             score_plan(config, selector, assumptions),
             select_plan(config, selector, assumptions),
         ]
+        methods = set(config["selection"]["methods"])
+        if methods & set(TARGETED_METHODS):
+            source = _targeted_source(config)
+            targeted = lookup(source)
+            if targeted.is_moe:
+                raise ModelError(f"targeted.model {source}: the plan models dense targets only")
+            if "rds" in methods:
+                plans.append(represent_plan(config, targeted, assumptions))
+            if "less" in methods:
+                plans.append(less_warmup_plan(config, targeted, assumptions))
+                plans.append(less_gradients_plan(config, targeted, assumptions))
         for target, entry in config["targets"].items():
             shape = lookup(str(entry["model"]))
             if shape.is_moe:
@@ -1233,7 +1517,16 @@ def plan_table(
         raise ConfigError(
             f"config key {error.args[0]!r} is missing; see config/paper.yaml"
         ) from None
-    order = {"warmup": 0, "score": 1, "select": 2, "finetune": 3, "evaluate": 4}
+    order = {
+        "warmup": 0,
+        "score": 1,
+        "represent": 2,
+        "less_warmup": 3,
+        "less_gradients": 4,
+        "select": 5,
+        "finetune": 6,
+        "evaluate": 7,
+    }
     plans.sort(key=lambda p: order[p.stage])  # stable: targets keep their config order
     rows = [plan.to_row(assumptions.gpu_memory_gib) for plan in plans]
     settings = {k: v for k, v in asdict(assumptions).items() if k != "pool_sizes"}
@@ -1272,7 +1565,7 @@ def format_plan_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         times = row["time_per_job_h"]
         if list(times) == [""]:
             per_job = _hours(times[""])
-        elif row["stage"] == "score":
+        elif row["stage"] in ("score", "represent", "less_gradients"):
             per_job = f"{_hours(min(times.values()))} – {_hours(max(times.values()))}"
         else:
             per_job = ", ".join(f"{label}: {_hours(h)}" for label, h in times.items())

@@ -45,6 +45,7 @@ from selectmoe.methods import (
     LABEL_METHODS,
     POOL_ONLY_METHODS,
     SELECTION_METHODS,
+    TARGETED_METHODS,
     method_definitions,
     uses_clusters,
 )
@@ -58,6 +59,7 @@ from selectmoe.router_data import (
 )
 from selectmoe.scores import compute_score
 from selectmoe.scores import describe as describe_score
+from selectmoe.targeted import TargetedFeatures, load_features, select_targeted
 
 __all__ = [
     "LABEL_METHODS",
@@ -176,7 +178,7 @@ def _check_method(method: str) -> None:
 
 
 def select_indices(
-    router: RouterData | PoolExamples,
+    router: RouterData | PoolExamples | TargetedFeatures,
     *,
     method: str,
     selection_percentage: float,
@@ -187,6 +189,7 @@ def select_indices(
     quality_labels: PoolLabels | None = None,
     definitions_extra: Mapping[str, Mapping[str, Any]] | None = None,
     clustering: ClusteringResult | None = None,
+    queries: TargetedFeatures | None = None,
 ) -> SelectionResult:
     """Choose samples of the router data by one of the methods (module docstring).
 
@@ -220,6 +223,9 @@ def select_indices(
         The clusters of these router rows, computed once for every clustered selection
         (:mod:`selectmoe.clusters`); without it a clustered method clusters here, with
         ``clustering_method``, ``clustering_params`` and ``seed``.
+    queries : TargetedFeatures, optional
+        The query examples' features; with ``router`` the pool's features (of the same kind),
+        required by the targeted methods ``rds`` and ``less`` (:mod:`selectmoe.targeted`).
 
     Returns
     -------
@@ -249,8 +255,16 @@ def select_indices(
     clustered = bool(definition) and definition["allocation"] in CLUSTERED_ALLOCATIONS
     score_name = definition["score"] if definition else "gate"
     score_params = dict(definition.get("score_params") or {}) if definition else {}
+    targeted_info: dict[str, Any] = {}
     # the method's own score (the seed's gate score for the pool-only and plugged-in methods)
-    if definition or method not in POOL_ONLY_METHODS:
+    if method in TARGETED_METHODS:
+        if not isinstance(router, TargetedFeatures) or queries is None:
+            raise SelectionError(
+                f"method {method!r} needs the pool's and the queries' features (rules "
+                "represent / less_gradients), not router data"
+            )
+        targeted_indices, scores, targeted_info = select_targeted(method, router, queries, n)
+    elif definition or method not in POOL_ONLY_METHODS:
         if not isinstance(router, RouterData):
             raise SelectionError(f"method {method!r} needs router data, not the pool alone")
         scores = compute_score(router, score_name, params=score_params, seed=int(seed))
@@ -290,6 +304,8 @@ def select_indices(
             params=definition.get("allocation_params") or {},
             seed=int(seed),
         )
+    elif method in TARGETED_METHODS:
+        indices = targeted_indices
     elif method == "random":
         indices = rng.permutation(n_samples)[:n].astype(np.int64)
     elif method in LABEL_METHODS:
@@ -326,11 +342,14 @@ def select_indices(
         seed=int(seed),
         timings=timings,
         score_definition=(
-            describe_score(score_name, score_params)
+            _TARGETED_SCORES[method]
+            if method in TARGETED_METHODS
+            else describe_score(score_name, score_params)
             if definition or method not in POOL_ONLY_METHODS
             else "none (selects without a score)"
         ),
     )
+    info.update(targeted_info)
     if definition:
         info["allocation"] = {
             "name": definition["allocation"],
@@ -344,6 +363,14 @@ def select_indices(
     if debug_print:
         _debug_print(info, router, scores, labels, indices)
     return SelectionResult(indices=indices, scores=scores, labels=labels, info=info)
+
+
+_TARGETED_SCORES = {
+    "rds": "RDS+: max over tasks of the max cosine of the target's position-weighted mean-pooled "
+    "final hidden states to the task's query examples; tasks take turns (round robin)",
+    "less": "LESS: max over query subtasks of the mean checkpoint-weighted cosine of projected "
+    "LoRA gradients (Adam-normalised for the pool); top n",
+}
 
 
 def _summary(values: np.ndarray) -> dict[str, float | None]:
@@ -541,6 +568,7 @@ def run_selection(
     labels_path: str | os.PathLike[str] | None = None,
     method_definitions: Mapping[str, Mapping[str, Any]] | None = None,
     clusters_path: str | os.PathLike[str] | None = None,
+    queries_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Select from router data and write ``selected_data.jsonl``, ``selection.json`` and plots.
 
@@ -571,6 +599,9 @@ def run_selection(
     clusters_path : path, optional
         ``clusters.json`` of this router data (:func:`selectmoe.clusters.run_clustering`), read
         by a clustered method instead of clustering again.
+    queries_path : path, optional
+        The query examples' features file; the targeted methods (``rds``, ``less``) read it with
+        ``router_data_paths`` holding the pool's features files.
 
     Returns
     -------
@@ -596,7 +627,16 @@ def run_selection(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    if router_data_paths:
+    queries = None
+    if method in TARGETED_METHODS:
+        if not router_data_paths or queries_path is None:
+            raise RouterDataError(
+                f"method {method!r} needs the pool's features files and the queries' features "
+                "file (rules represent / less_gradients)"
+            )
+        router = load_features(router_data_paths)
+        queries = load_features([queries_path])
+    elif router_data_paths:
         router = load_router_data(router_data_paths)
     elif method in POOL_ONLY_METHODS:
         # random and full need no scores: select straight from the pool, so that these
@@ -656,6 +696,7 @@ def run_selection(
         quality_labels=quality_labels,
         definitions_extra=method_definitions,
         clustering=clustering,
+        queries=queries,
     )
     timings.update(result.info["timings"])
 

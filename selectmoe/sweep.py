@@ -3,7 +3,8 @@ wildcard, the rules' file names and the summary alike.
 
 A selection's path is ``{method}/{loss}/p{percentage}`` for a method that reads the router data
 (it depends on the quality-loss type), ``{method}/p{percentage}`` for one that selects from the
-pool alone (``random``, ``oracle``, ``anti_oracle``), and ``full`` for the whole pool.
+pool alone (``random``, ``oracle``, ``anti_oracle``) or for the query sets (``rds``, ``less``),
+and ``full`` for the whole pool.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from selectmoe.methods import POOL_ONLY_METHODS
+from selectmoe.methods import LOSS_FREE_METHODS
 
 __all__ = ["FULL", "Selection", "selection_pattern", "sweep_selections"]
 
@@ -57,7 +58,7 @@ class Selection:
 
 
 def _pool_methods() -> list[str]:
-    return [m for m in POOL_ONLY_METHODS if m != FULL]
+    return [m for m in LOSS_FREE_METHODS if m != FULL]
 
 
 def sweep_selections(selection: Mapping[str, Any]) -> list[Selection]:

@@ -146,6 +146,10 @@ def linear_warmup_decay(step: int, *, total_steps: int, warmup_steps: int) -> fl
     return max(0.0, (total_steps - step) / remaining)
 
 
+#: ``(epoch, mean_learning_rate, trainable_named, optimizer) -> None``: see :func:`train_loop`.
+EpochEndFn = Callable[[int, float, list[tuple[str, torch.nn.Parameter]], Any], None]
+
+
 class TrainResult(dict):
     """History and derived numbers of a run (a dict so that it serialises as it is)."""
 
@@ -242,6 +246,7 @@ def train_loop(
     checkpoint_every: int = 0,
     fingerprint: str = "",
     sharding: str = "ddp",
+    on_epoch_end: EpochEndFn | None = None,
 ) -> TrainResult:
     """Train ``parameters`` of ``model`` on ``encoded`` (see the module docstring).
 
@@ -357,10 +362,12 @@ def train_loop(
         if state.step >= total_steps:
             break
         batches = _epoch_batches(encoded, micro_batch_size=global_micro, rng=rng)
+        trained_in_epoch = False
         for group_start in range(0, len(batches), opt.gradient_accumulation_steps):
             steps_drawn += 1
             if steps_drawn <= state.step:  # trained before the checkpoint: replay the order only
                 continue
+            trained_in_epoch = True
             group = batches[group_start : group_start + opt.gradient_accumulation_steps]
             multiplier = linear_warmup_decay(
                 state.step, total_steps=total_steps, warmup_steps=warmup_steps
@@ -420,6 +427,15 @@ def train_loop(
                 )
             if state.step >= total_steps:
                 break
+        if on_epoch_end is not None and trained_in_epoch:
+            first = epoch * steps_per_epoch
+            steps = range(first, min(first + steps_per_epoch, total_steps))
+            multipliers = [
+                linear_warmup_decay(s, total_steps=total_steps, warmup_steps=warmup_steps)
+                for s in steps
+            ]
+            mean_lr = opt.learning_rate * sum(multipliers) / max(1, len(multipliers))
+            on_epoch_end(epoch, mean_lr, trainable_named, optimizer)
     model.eval()
     return TrainResult(
         history=state.history,

@@ -29,13 +29,17 @@ from selectmoe.errors import ConfigError, ModelError
 from selectmoe.plan import (
     BUILTIN_SHAPES,
     GIB,
+    HOUR,
     SCHEMA_DEFAULTS,
     SCORING_CHUNK_TOKENS,
+    TARGETED_DEFAULTS,
     Assumptions,
     ModelShape,
+    less_gradients_plan,
     lora_saved_bytes_per_token,
     moe_warmup_saved_bytes_per_token,
     plan_table,
+    represent_plan,
     shape_for_model,
     shape_from_config,
 )
@@ -622,3 +626,173 @@ def test_fsdp_finetune_memory_is_per_gpu(paper: dict[str, Any]) -> None:
         2 * 2 * 202.4e6 / GIB, rel=0.01
     )
     assert "gathered layers" not in replicated["memory_gib"]
+
+
+# ---------------------------------------------------------------------------- targeted methods
+
+TARGETED = ["rds", "less"]
+TARGETED_STAGES = ["represent", "less_warmup", "less_gradients"]
+
+
+@pytest.fixture
+def targeted(paper: dict[str, Any]) -> dict[str, Any]:
+    """The paper config with the targeted methods rds and less in the sweep."""
+    methods = paper["selection"]["methods"]
+    paper["selection"]["methods"] = methods + [m for m in TARGETED if m not in methods]
+    return paper
+
+
+def test_targeted_rows_and_jobs(targeted: dict[str, Any]) -> None:
+    rows = plan_table(targeted)
+    stages = [r["stage"] for r in rows]
+    assert (
+        stages
+        == ["warmup", "score", *TARGETED_STAGES, "select"] + ["finetune"] * 3 + ["evaluate"] * 3
+    )
+    # the targeted model is the first target's
+    assert {_row(rows, stage)["model"] for stage in TARGETED_STAGES} == {LLAMA}
+    # one job per pool dataset (4) and one for the query set
+    assert _row(rows, "represent")["jobs"] == 5
+    assert _row(rows, "less_warmup")["jobs"] == 1
+    assert _row(rows, "less_gradients")["jobs"] == 5
+    assert set(_row(rows, "less_gradients")["time_per_job_h"]) == {
+        "cot",
+        "dolly",
+        "flan_v2",
+        "oasst1",
+        "queries",
+    }
+    # rds and less select once per percentage, like random: 76 + 2 x 3 selections
+    assert _row(rows, "finetune", LLAMA)["jobs"] == 82 * 3
+    assert _row(rows, "evaluate", LLAMA)["jobs"] == 83
+    notes = _row(rows, "less_gradients")["notes"]
+    assert "one job per dataset and one for the queries" in notes
+    assert any("4 checkpoints" in n for n in notes)
+    assert any("8,192 dimensions" in n and "134,217,728 parameters" in n for n in notes)
+    for row in rows:
+        if row["stage"] in TARGETED_STAGES:
+            assert row["total_gpu_hours"] > 0 and row["device"] == "gpu"
+
+
+def test_no_targeted_rows_without_the_methods(paper: dict[str, Any]) -> None:
+    paper["selection"]["methods"] = [m for m in paper["selection"]["methods"] if m not in TARGETED]
+    assert not {r["stage"] for r in plan_table(paper)} & set(TARGETED_STAGES)
+    rds_only = copy.deepcopy(paper)
+    rds_only["selection"]["methods"].append("rds")
+    assert [r["stage"] for r in plan_table(rds_only) if r["stage"] in TARGETED_STAGES] == [
+        "represent"
+    ]
+    paper["selection"]["methods"].append("less")
+    assert [r["stage"] for r in plan_table(paper) if r["stage"] in TARGETED_STAGES] == [
+        "less_warmup",
+        "less_gradients",
+    ]
+
+
+def test_represent_memory_and_time(targeted: dict[str, Any]) -> None:
+    rows = plan_table(targeted)
+    represent, finetune = _row(rows, "represent"), _row(rows, "finetune", LLAMA)
+    # float32 weights (the paper's rds dtype) are twice finetuning's bf16 base; no logits
+    assert represent["memory_gib"]["weights"] == pytest.approx(
+        2 * finetune["memory_gib"]["weights"], abs=0.01
+    )
+    assert "logits" not in represent["memory_gib"]
+    assert represent["precision"] == "float32"
+    # in bfloat16 one inference batch takes less than a LoRA training step
+    targeted["targeted"] = {"rds": {"dtype": "bfloat16"}}
+    bf16 = _row(plan_table(targeted), "represent")
+    assert bf16["gpu_memory_gib"] < finetune["gpu_memory_gib"] < represent["gpu_memory_gib"]
+    # time: 2 x the body's matmul parameters per token, linear in the pool
+    del targeted["targeted"]
+    shape = BUILTIN_SHAPES[LLAMA]
+    base = represent_plan(targeted, shape, Assumptions())
+    doubled = Assumptions(pool_sizes={k: 2 * v for k, v in Assumptions().pool_sizes.items()})
+    twice = represent_plan(targeted, shape, doubled)
+    for dataset in targeted["data"]["datasets"]:
+        assert twice.time_s[dataset] == pytest.approx(2 * base.time_s[dataset], rel=1e-3)
+    assert twice.time_s["queries"] == base.time_s["queries"]
+    queries = base.time_s["queries"] / HOUR
+    assert twice.total_gpu_hours - queries == pytest.approx(
+        2 * (base.total_gpu_hours - queries), rel=1e-3
+    )
+    assumptions = Assumptions()
+    flops = 2 * shape.matmul_params_per_token(lm_head=False) * 100_000 * 350
+    assert base.time_s["cot"] == pytest.approx(assumptions.seconds(flops, "float32"), rel=1e-9)
+
+
+def test_less_warmup_shares_finetune_s_model(targeted: dict[str, Any]) -> None:
+    """The paper's targeted.less equals its finetune section: same memory per job, and 4 epochs
+    on 5% of the pool take the time of the 5% selection's finetuning."""
+    rows = plan_table(targeted)
+    warmup, finetune = _row(rows, "less_warmup"), _row(rows, "finetune", LLAMA)
+    assert warmup["memory_gib"] == finetune["memory_gib"]
+    assert warmup["time_per_job_h"][""] == pytest.approx(finetune["time_per_job_h"]["5%"], rel=0.01)
+    targeted["targeted"] = {"less": {"warmup_share": 0.1, "lora_r": 256}}
+    changed = _row(plan_table(targeted), "less_warmup")
+    assert changed["time_per_job_h"][""] > 2 * warmup["time_per_job_h"][""]
+    assert changed["memory_gib"]["trainable"] == pytest.approx(
+        2 * warmup["memory_gib"]["trainable"], rel=0.01
+    )
+
+
+def test_less_gradients_time_is_proportional_to_epochs(targeted: dict[str, Any]) -> None:
+    four = _row(plan_table(targeted), "less_gradients")
+    targeted["targeted"] = {"less": {"epochs": 2}}
+    two = _row(plan_table(targeted), "less_gradients")
+    assert four["total_gpu_hours"] == pytest.approx(2 * two["total_gpu_hours"], rel=0.01)
+    assert two["memory_gib"] == four["memory_gib"]
+    assert any("2 checkpoints" in n for n in two["notes"])
+
+
+def test_less_gradients_memory_counts_gradients_and_projection(targeted: dict[str, Any]) -> None:
+    shape, assumptions = BUILTIN_SHAPES[LLAMA], Assumptions()
+    base = less_gradients_plan(targeted, shape, assumptions)
+    lora = shape.lora_params(128, LORA_TARGETS)
+    assert base.memory["gradients"] == 8 * 4 * lora  # batch_size float32 gradient vectors
+    assert base.memory["projection"] == 65536 * 8192 * 4
+    targeted["targeted"] = {"less": {"projection_dim": 16384}}
+    wide = less_gradients_plan(targeted, shape, assumptions)
+    assert wide.memory["projection"] - base.memory["projection"] == 65536 * 8192 * 4
+    assert wide.memory_bytes - base.memory_bytes == pytest.approx(
+        65536 * 8192 * 4 * (1 + assumptions.fragmentation)
+    )
+    # the projection's 2 P d FLOPs per example, in float32, grow with d
+    for label, seconds in base.time_s.items():
+        assert wide.time_s[label] > seconds
+    # a larger per-example-gradient batch holds more gradients and activations
+    targeted["targeted"] = {"less": {"batch_size": 16}}
+    bigger = less_gradients_plan(targeted, shape, assumptions)
+    assert bigger.memory["gradients"] == 2 * base.memory["gradients"]
+    assert bigger.memory["activations"] == pytest.approx(2 * base.memory["activations"])
+
+
+def test_targeted_model_override(targeted: dict[str, Any]) -> None:
+    targeted["targeted"] = {"model": QWEN25}
+    rows = plan_table(targeted)
+    assert {_row(rows, stage)["model"] for stage in TARGETED_STAGES} == {QWEN25}
+    targeted["targeted"] = {"model": OLMOE}
+    with pytest.raises(ModelError, match="dense targets only"):
+        plan_table(targeted)
+    targeted["targeted"] = {"rds": {"dtype": "int8"}}
+    with pytest.raises(ConfigError, match=r"targeted\.rds\.dtype"):
+        plan_table(targeted)
+
+
+def test_targeted_defaults_are_the_schema_s() -> None:
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
+    sections = schema["properties"]["targeted"]["properties"]
+    for method, values in TARGETED_DEFAULTS.items():
+        properties = sections[method]["properties"]
+        for key, value in values.items():
+            assert properties[key]["default"] == value, (method, key)
+
+
+def test_cli_prints_the_targeted_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))
+    config["selection"]["methods"] = [*config["selection"]["methods"], *TARGETED]
+    path = tmp_path / "targeted.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["plan", "--configfile", str(path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()[2:]
+    stages = [line.split(" | ")[0].strip("| ") for line in lines]
+    assert stages[2:6] == [*TARGETED_STAGES, "select"]

@@ -1,5 +1,5 @@
-"""Glue: rules select_routed / select_random / select_reference / select_full ->
-selectmoe.selection.run_selection."""
+"""Glue: rules select_routed / select_random / select_reference / select_full /
+select_targeted -> selectmoe.selection.run_selection."""
 
 from selectmoe.runtime import run_rule
 from selectmoe.selection import run_selection
@@ -9,7 +9,8 @@ def main(job):
     """The rule's work, given the Snakemake job object."""
     selection = job.params.selection
     return run_selection(
-        list(job.input.get("router_data", [])),
+        # the router data, or the targeted methods' features of the pool datasets
+        list(job.input.get("router_data") or job.input.get("features") or []),
         list(job.input.pool),
         output_jsonl=job.output.selected,
         output_json=job.output.info,
@@ -23,6 +24,7 @@ def main(job):
         labels_path=job.input.get("labels") or None,
         method_definitions=selection.get("method_definitions") or {},
         clusters_path=job.input.get("clusters") or None,
+        queries_path=job.input.get("queries") or None,
     )
 
 

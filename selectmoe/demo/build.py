@@ -26,6 +26,7 @@ from selectmoe.demo.noise import (
 from selectmoe.demo.tasks import (
     _eval_docs,
     _task_yaml,
+    query_examples,
 )
 from selectmoe.demo.world import (
     DATASETS,
@@ -83,6 +84,7 @@ def build_demo(
     examples_per_dataset: int = 600,
     noise_fraction: float = 0.3,
     eval_docs_per_task: int = 120,
+    query_docs_per_task: int = 10,
     pretrain_steps: int = 300,
     target_pretrain_steps: int | None = None,
     pretrain_batch_size: int = 16,
@@ -114,6 +116,9 @@ def build_demo(
         the source of near duplicates).
     eval_docs_per_task : int, default 120
         Documents in each task of :data:`EVAL_TASKS` (at most 1000).
+    query_docs_per_task : int, default 10
+        Held-out examples of each task for the targeted methods (``queries.jsonl``), disjoint
+        from the test documents and the pool.
     pretrain_steps : int, default 300
         Optimizer steps of the base (OLMoE) model's pretraining; 0 leaves it at random init.
     target_pretrain_steps : int, optional
@@ -161,6 +166,7 @@ def build_demo(
     _check_int("seed", seed, minimum=0)
     _check_int("examples_per_dataset", examples_per_dataset, minimum=1)
     _check_int("eval_docs_per_task", eval_docs_per_task, minimum=1, maximum=1000)
+    _check_int("query_docs_per_task", query_docs_per_task, minimum=1, maximum=1000)
     _check_int("pretrain_steps", pretrain_steps, minimum=0)
     if target_pretrain_steps is None:
         target_pretrain_steps = pretrain_steps
@@ -186,6 +192,7 @@ def build_demo(
         "examples_per_dataset": examples_per_dataset,
         "noise_fraction": noise_fraction,
         "eval_docs_per_task": eval_docs_per_task,
+        "query_docs_per_task": query_docs_per_task,
         "pretrain_steps": pretrain_steps,
         "target_pretrain_steps": target_pretrain_steps,
         "pretrain_batch_size": pretrain_batch_size,
@@ -311,6 +318,17 @@ def _build_into(tmp: Path, final: Path, parameters: dict[str, Any]) -> dict[str,
         (tmp / "tasks" / f"{task}.yaml").write_text(
             _task_yaml(task, final / "tasks" / f"{task}.jsonl"), encoding="utf-8"
         )
+
+    # -- query sets of the targeted methods: other questions of the same tasks
+    _write_jsonl(
+        tmp / "queries.jsonl",
+        query_examples(
+            world,
+            seed=seed,
+            n_per_task=parameters["query_docs_per_task"],
+            exclude=pool_questions | eval_questions,
+        ),
+    )
 
     # -- clean pretraining corpora: same generators, another stream, no evaluation question; the
     # base model (the selector) reads about the pool's world, the target about its neighbour

@@ -37,10 +37,18 @@ logger = logging.getLogger(__name__)
 
 
 def _eval_docs(
-    task: str, world: _World, *, seed: int, n_docs: int, pool_questions: set[str]
+    task: str,
+    world: _World,
+    *,
+    seed: int,
+    n_docs: int,
+    pool_questions: set[str],
+    stream: str = "eval",
 ) -> list[dict[str, Any]]:
-    """``n_docs`` multiple-choice docs ``{"id", "question", "choices" (4), "answer" (index)}``."""
-    rng = _stream(seed, f"eval/{task}")
+    """``n_docs`` multiple-choice docs ``{"id", "question", "choices" (4), "answer" (index)}``,
+    none of whose questions is in ``pool_questions`` (the query sets pass the test questions
+    too, and their own ``stream``)."""
+    rng = _stream(seed, f"{stream}/{task}")
     docs: list[dict[str, Any]] = []
     seen: set[str] = set()
     max_attempts = 200 * n_docs
@@ -110,6 +118,41 @@ def _eval_docs(
             f"{task} questions could be generated; use a smaller eval_docs_per_task"
         )
     return docs
+
+
+def query_examples(
+    world: _World, *, seed: int, n_per_task: int, exclude: set[str]
+) -> list[dict[str, Any]]:
+    """The demo's query sets: per task of :data:`EVAL_TASKS`, ``n_per_task`` held-out questions
+    with their correct answer, from the task's generator on a stream of their own, none of them a
+    test question or in the pool (``exclude``).
+
+    Returns
+    -------
+    list of dict
+        Query records ``{"dataset", "id", "task", "subtask", "messages"}``
+        (:mod:`selectmoe.queries`): the question as the user turn, the correct choice as the
+        assistant's, as the evaluation prompts them.
+    """
+    records = []
+    for task in EVAL_TASKS:
+        docs = _eval_docs(
+            task, world, seed=seed, n_docs=n_per_task, pool_questions=exclude, stream="query"
+        )
+        records += [
+            {
+                "dataset": task,
+                "id": f"{task}/query{i}",
+                "task": task,
+                "subtask": task,
+                "messages": [
+                    {"role": "user", "content": doc["question"]},
+                    {"role": "assistant", "content": doc["choices"][doc["answer"]]},
+                ],
+            }
+            for i, doc in enumerate(docs)
+        ]
+    return records
 
 
 def _task_yaml(task: str, data_file: Path) -> str:

@@ -1,0 +1,19 @@
+"""Glue: rule less_gradients -> selectmoe.less.run_less_gradients."""
+
+from selectmoe.less import LessSettings, run_less_gradients
+from selectmoe.runtime import run_rule
+
+
+def main(job):
+    """The rule's work, given the Snakemake job object."""
+    return run_less_gradients(
+        base_model=job.params.model,
+        warmup_dir=job.input.warmup,
+        data_path=job.input.data[0],
+        output=job.output.features,
+        settings=LessSettings(**job.params.settings),
+        queries=job.params.queries,
+    )
+
+
+run_rule(snakemake, main)

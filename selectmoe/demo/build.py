@@ -84,7 +84,7 @@ def build_demo(
     examples_per_dataset: int = 600,
     noise_fraction: float = 0.3,
     eval_docs_per_task: int = 120,
-    query_docs_per_task: int = 10,
+    query_docs_per_task: int = 5,
     pretrain_steps: int = 300,
     target_pretrain_steps: int | None = None,
     pretrain_batch_size: int = 16,
@@ -116,7 +116,7 @@ def build_demo(
         the source of near duplicates).
     eval_docs_per_task : int, default 120
         Documents in each task of :data:`EVAL_TASKS` (at most 1000).
-    query_docs_per_task : int, default 10
+    query_docs_per_task : int, default 5
         Held-out examples of each task for the targeted methods (``queries.jsonl``), disjoint
         from the test documents and the pool.
     pretrain_steps : int, default 300

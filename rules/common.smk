@@ -202,9 +202,9 @@ def provenance(path):
 
 # The targeted methods (rds, less): their model, query set and features files.
 TARGETED = config.get("targeted", {})
-QUERIES = (
-    "queries"  # the {part} of the query set's features, beside the pool's datasets
-)
+# the {part} of the query set's features, beside the pool's datasets
+QUERIES = "queries"
+TARGETED_IN_SWEEP = [m for m in methods.TARGETED_METHODS if m in METHODS]
 
 
 def get_targeted_model():
@@ -375,6 +375,25 @@ def cost_points():
                     data = router_data(loss, dataset)
                     jobs.append(
                         job("selection", f"score/{loss}/{dataset}", "score", [data])
+                    )
+            if method == "rds":
+                for part in [*DATASETS, QUERIES]:
+                    features = targeted_features("rds", part)
+                    jobs.append(
+                        job("selection", f"represent/{part}", "represent", [features])
+                    )
+            if method == "less":
+                warmup = less_warmup_dir()
+                jobs.append(job("selection", "less_warmup", "less_warmup", [warmup]))
+                for part in [*DATASETS, QUERIES]:
+                    features = targeted_features("less", part)
+                    jobs.append(
+                        job(
+                            "selection",
+                            f"less_gradients/{part}",
+                            "less_gradients",
+                            [features],
+                        )
                     )
             if loss is not None and methods.uses_clusters(
                 method, SELECTION.get("method_definitions", {})

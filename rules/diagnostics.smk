@@ -18,6 +18,15 @@ rule diagnostics:
             else []
         ),
         pool=get_all_pool_files,
+        targeted=(
+            [
+                targeted_features(method, part)
+                for method in TARGETED_IN_SWEEP
+                for part in [*DATASETS, QUERIES]
+            ]
+            if has_labels()
+            else []
+        ),
     output:
         tables=[
             report(
@@ -78,5 +87,14 @@ rule diagnostics:
         selections=selection_paths() if has_labels() else [],
         methods=METHODS,
         definitions=DEFINITIONS,
+        # per targeted method the file name that ends its query features
+        targeted=(
+            {
+                method: os.path.basename(targeted_features(method, QUERIES))
+                for method in TARGETED_IN_SWEEP
+            }
+            if has_labels()
+            else {}
+        ),
     script:
         "../workflow_scripts/diagnostics.py"

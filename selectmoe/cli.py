@@ -16,7 +16,7 @@ from typing import Any
 
 from selectmoe.config import build_settings
 from selectmoe.errors import ConfigError, SelectMoeError, exit_status
-from selectmoe.methods import POOL_ONLY_METHODS, SELECTION_METHODS
+from selectmoe.methods import POOL_ONLY_METHODS, SELECTION_METHODS, TARGETED_METHODS
 
 __all__ = ["main"]
 
@@ -170,11 +170,71 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
     _print_json({k: v for k, v in record.items() if k != "labels"})
 
 
+def _cmd_represent(args: argparse.Namespace) -> None:
+    from selectmoe.representations import RepresentationSettings, run_representations
+
+    settings = build_settings(
+        RepresentationSettings, _settings_values(args), section="targeted.rds"
+    )
+    _print_json(
+        run_representations(
+            model_source=args.model,
+            data_path=args.data,
+            output=args.output,
+            settings=settings,
+            queries=args.queries,
+        )
+    )
+
+
+def _cmd_less_warmup(args: argparse.Namespace) -> None:
+    from selectmoe.less import LessSettings, run_less_warmup
+
+    settings = build_settings(LessSettings, _settings_values(args), section="targeted.less")
+    log = run_less_warmup(
+        base_model=args.model, pool_paths=args.pool, output_dir=args.output, settings=settings
+    )
+    _print_json({k: v for k, v in log.items() if k not in ("history", "examples")})
+
+
+def _cmd_less_gradients(args: argparse.Namespace) -> None:
+    from selectmoe.less import LessSettings, run_less_gradients
+
+    settings = build_settings(LessSettings, _settings_values(args), section="targeted.less")
+    _print_json(
+        run_less_gradients(
+            base_model=args.model,
+            warmup_dir=args.warmup,
+            data_path=args.data,
+            output=args.output,
+            settings=settings,
+            queries=args.queries,
+        )
+    )
+
+
+def _targeted_files(directory: str) -> list[Path]:
+    files = sorted(p for p in Path(directory).glob("*_features.pt") if p.name != _QUERY_FEATURES)
+    if not files:
+        raise SelectMoeError(f"{directory}: no *_features.pt files; run represent / less-gradients")
+    return files
+
+
+_QUERY_FEATURES = "queries_features.pt"
+
+
 def _cmd_select(args: argparse.Namespace) -> None:
     from selectmoe.selection import run_selection
 
     router_files: list[Path] = []
-    if args.router_data is not None:
+    if args.method in TARGETED_METHODS:
+        if args.features is None:
+            raise SelectMoeError(
+                f"method {args.method} needs --features (the directory of the pool's "
+                "*_features.pt and queries_features.pt)"
+            )
+        router_files = _targeted_files(args.features)
+    elif args.router_data is not None:
         router_files = _router_files(args.router_data)
     elif args.method not in POOL_ONLY_METHODS:
         raise SelectMoeError(
@@ -197,6 +257,9 @@ def _cmd_select(args: argparse.Namespace) -> None:
             debug_print=args.debug_print,
             labels_path=args.labels,
             clusters_path=args.clusters,
+            queries_path=(
+                Path(args.features) / _QUERY_FEATURES if args.method in TARGETED_METHODS else None
+            ),
         )
     )
 
@@ -337,6 +400,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=_cmd_score)
 
+    p = sub.add_parser("represent", help="rds: pooled hidden states of a dataset or the queries")
+    p.add_argument("--model", required=True, help="the targeted model (the target's base)")
+    p.add_argument("--data", required=True, help="a pool dataset's JSONL file, or the queries'")
+    p.add_argument("--queries", action="store_true", help="--data is a query file")
+    p.add_argument("--output", required=True, help="{dataset}_features.pt")
+    p.add_argument("--settings", help=settings_help)
+    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.set_defaults(func=_cmd_represent)
+
+    p = sub.add_parser("less-warmup", help="less: LoRA warmup with one checkpoint per epoch")
+    p.add_argument("--model", required=True, help="the targeted model (the target's base)")
+    p.add_argument("--pool", nargs="+", required=True, help="pool JSONL files")
+    p.add_argument("--output", required=True, help="directory of checkpoint-{epoch}.pt")
+    p.add_argument("--settings", help=settings_help)
+    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.set_defaults(func=_cmd_less_warmup)
+
+    p = sub.add_parser("less-gradients", help="less: projected per-example LoRA gradients")
+    p.add_argument("--model", required=True, help="the targeted model (the target's base)")
+    p.add_argument("--warmup", required=True, help="the less-warmup directory")
+    p.add_argument("--data", required=True, help="a pool dataset's JSONL file, or the queries'")
+    p.add_argument("--queries", action="store_true", help="--data is a query file (plain grads)")
+    p.add_argument("--output", required=True, help="{dataset}_features.pt")
+    p.add_argument("--settings", help=settings_help)
+    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.set_defaults(func=_cmd_less_gradients)
+
     p = sub.add_parser("cluster", help="stage 2b: cluster the routing features of router data")
     p.add_argument("--router-data", required=True, help="directory of *_router_data.pt")
     p.add_argument("--output", required=True, help="clusters.json")
@@ -349,6 +439,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="stage 2b: select data from router data")
     p.add_argument(
         "--router-data", help="directory of *_router_data.pt (not needed by pool-only methods)"
+    )
+    p.add_argument(
+        "--features",
+        help="rds / less: directory of the pool's {dataset}_features.pt and queries_features.pt",
     )
     p.add_argument("--pool", nargs="+", required=True)
     p.add_argument("--output", required=True, help="selected_data.jsonl")

@@ -37,6 +37,7 @@ from selectmoe.figures import new_figure, save_figure
 from selectmoe.io import atomic_write_text
 from selectmoe.labels import CLEAN, PoolLabels, align_labels
 from selectmoe.router_data import load_router_data
+from selectmoe.targeted import load_features, select_targeted
 
 __all__ = [
     "auroc",
@@ -177,13 +178,18 @@ def method_score_table(
     labels_path: str | os.PathLike[str],
     n_resamples: int = 1000,
     seed: int = 0,
+    targeted: Mapping[str, tuple[Sequence[str | os.PathLike[str]], str | os.PathLike[str]]]
+    | None = None,
 ) -> pd.DataFrame:
     """How well the score of each method ranks clean examples above planted ones.
 
     One row per method that reads the router data: its score (:mod:`selectmoe.scores`), AUROC
     with a 95% bootstrap interval, the paired difference to the seed's gate score
     (``selectmoe_seed``'s) with its interval, Spearman with length, and AUROC per planted kind.
-    Examples a score cannot rank (no answer tokens, say) rank lowest.
+    Examples a score cannot rank (no answer tokens, say) rank lowest. ``targeted``: per targeted
+    method (``rds``, ``less``) its pool features files and its query features file; its row
+    ranks by its similarity to the query set (:mod:`selectmoe.targeted`), a score that is not
+    about quality at all.
     """
     from selectmoe.methods import SEED_METHOD
     from selectmoe.scores import compute_score, describe
@@ -204,6 +210,13 @@ def method_score_table(
             score = -score
         values[method] = np.where(np.isfinite(score), score, -np.inf)
         described[method] = describe(definition["score"], definition.get("score_params"))
+    for method, (pool_paths, query_path) in (targeted or {}).items():
+        pool = load_features(pool_paths)
+        _, score, _ = select_targeted(method, pool, load_features([query_path]), 1)
+        row_of = {key: i for i, key in enumerate(zip(pool.datasets, pool.sample_ids, strict=True))}
+        values[method] = np.asarray([score[row_of[key]] for key in keys], dtype=np.float64)
+        described[method] = f"{method}: similarity to the query set (targeted)"
+        chosen.append(method)
     intervals = auroc_intervals(
         values, clean, reference=SEED_METHOD, n_resamples=n_resamples, seed=seed
     )
@@ -476,6 +489,8 @@ def write_diagnostics(
     pool_files: Sequence[str | os.PathLike[str]] | None = None,
     methods: Sequence[str] = (),
     definitions: Mapping[str, Mapping[str, Any]] | None = None,
+    targeted: Mapping[str, tuple[Sequence[str | os.PathLike[str]], str | os.PathLike[str]]]
+    | None = None,
 ) -> dict[str, Any]:
     """Write ``quality_{loss}.csv`` / ``.png`` per loss type, with labels ``method_scores.csv``
     and ``planted_share.csv``, and ``diagnostics.md`` (the overview) into ``output_dir``.
@@ -496,6 +511,8 @@ def write_diagnostics(
     methods, definitions : optional
         The sweep's methods and the method definitions (:mod:`selectmoe.methods`): with labels,
         the AUROC of every router method's score per loss type (:func:`method_score_table`).
+    targeted : mapping, optional
+        Per targeted method its pool and query features files (rows in ``method_scores.csv``).
 
     Returns
     -------
@@ -540,6 +557,7 @@ def write_diagnostics(
                 methods=methods,
                 definitions=definitions or method_definitions(),
                 labels_path=labels_path,
+                targeted=targeted,
             )
             frames.append(table.assign(loss=loss))
         scores = pd.concat(frames, ignore_index=True)
@@ -549,7 +567,8 @@ def write_diagnostics(
         md += [
             "## The score each method ranks by",
             "",
-            "AUROC of each router method's score (clean above planted) with its 95% bootstrap "
+            "AUROC of each method's score (clean above planted; for the targeted methods, their "
+            "similarity to the query set) with its 95% bootstrap "
             "interval over examples, and the paired difference to the seed's gate score "
             "(`selectmoe_seed`) on the same resamples: an interval that excludes 0 is a "
             "difference these examples support.",

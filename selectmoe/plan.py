@@ -156,8 +156,6 @@ TARGETED_DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 8,
     },
 }
-# LESS's random projection draws its Rademacher matrix [P, d] blockwise: rows per block
-PROJECTION_BLOCK_ROWS = 65_536
 
 
 # --------------------------------------------------------------------------------------- shapes
@@ -1371,8 +1369,10 @@ def less_gradients_plan(
     Rademacher matrix ``[P, d]`` projects to ``d = projection_dim``: ``2 P d`` float32 FLOPs per
     example, the matrix drawn in blocks of 65,536 rows. Memory: weights, adapters (and their bf16
     autocast copies), the batch's per-example gradients, its saved activations and loss logits,
-    and one projection block. Batches are taken in random order (padded like finetuning's).
+    and one projection block. Batches are sorted by length (no padding counted).
     """
+    from selectmoe.gradients import PROJECTION_BLOCK_ROWS
+
     settings = _targeted_settings(config, "less")
     bf16 = bool(settings["bf16"])
     base_bytes = DTYPE_BYTES["bfloat16"] if bf16 else FP32
@@ -1383,18 +1383,19 @@ def less_gradients_plan(
     memory = {
         "weights": base_bytes * shape.total_params,
         "adapters": FP32 * lora + (DTYPE_BYTES["bfloat16"] * lora if bf16 else 0),
-        "gradients": batch * FP32 * lora,
+        # vmap's per-example gradients, their concatenation, and for pool examples the two
+        # temporaries of the Adam-normalised direction
+        "gradients": 4 * batch * FP32 * lora,
         "activations": tokens_per_batch * saved,
         "logits": tokens_per_batch * shape.vocab_size * LOSS_LOGITS_BYTES,
         "projection": PROJECTION_BLOCK_ROWS * dim * FP32,
     }
     memory.update(assumptions.with_overhead(sum(memory.values())))
-    padding = assumptions.padding_factor(batch)
     dtype = "bfloat16" if bf16 else "float32"
-    time_s = {
+    time_s = {  # batches sorted by length: little padding
         label: epochs
         * (
-            assumptions.seconds(flops_per_token * tokens * padding, dtype)
+            assumptions.seconds(flops_per_token * tokens, dtype)
             + assumptions.seconds(2 * lora * dim * examples, "float32")
         )
         for label, (examples, tokens) in _targeted_jobs(config, assumptions, length).items()
@@ -1409,8 +1410,8 @@ def less_gradients_plan(
         total_gpu_hours=sum(time_s.values()) / HOUR,
         notes=[
             "one job per dataset and one for the queries",
-            f"{epochs} checkpoints x (forward + backward, batch {batch} x {length} padded "
-            f"x{padding:.2f}, + projection)",
+            f"{epochs} checkpoints x (forward + backward, batch {batch} x {length} sorted by "
+            "length, + projection)",
             f"LoRA r={int(settings['lora_r'])}: {lora:,} parameters projected to {dim:,} "
             f"dimensions",
         ],

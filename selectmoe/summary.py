@@ -39,6 +39,7 @@ from selectmoe.errors import SelectMoeError
 from selectmoe.evaluation import load_results
 from selectmoe.figures import new_figure, save_figure
 from selectmoe.io import atomic_write_text
+from selectmoe.methods import TARGETED_METHODS
 from selectmoe.stats import bootstrap_means, format_p_value, paired_difference
 
 __all__ = ["METHOD_ORDER", "SummarySettings", "summarize"]
@@ -54,6 +55,11 @@ _PLOT_FORMATS = frozenset({"png", "pdf", "svg"})
 LABELS_NOTE = (
     "‡ reads the pool's quality labels, which a real pool does not have: a reference for what "
     "the best and worst selection of that size would give, not a method."
+)
+TARGETED_NOTE = (
+    "† targeted: selects the pool examples most similar to a few held-out examples of the "
+    "evaluation tasks (the query sets; never the test questions), which the untargeted methods "
+    "do not see."
 )
 
 
@@ -551,7 +557,9 @@ def _verdict(low: float, high: float) -> str:
 
 
 def _method_label(method: str, uses_labels: bool) -> str:
-    return f"{method} ‡" if uses_labels else method
+    if uses_labels:
+        return f"{method} ‡"
+    return f"{method} †" if method in TARGETED_METHODS else method
 
 
 def _interval_text(value: float, low: float, high: float, *, signed: bool = False) -> str:
@@ -611,6 +619,8 @@ def _to_markdown(
     ]
     if frame["uses_labels"].any():
         notes += ["", LABELS_NOTE]
+    if frame["method"].isin(TARGETED_METHODS).any():
+        notes += ["", TARGETED_NOTE]
     return "\n".join(lines + notes) + "\n"
 
 
@@ -659,6 +669,8 @@ def _write_plot(
             style = {"linestyle": "--", "alpha": 0.7} if uses_labels else {}
             if uses_labels:
                 label += " ‡ uses labels"
+            elif method in TARGETED_METHODS:
+                label += " † targeted"
             x = 100 * group["percentage"] + offset  # small offsets keep the bars apart
             score_axis.errorbar(
                 x,

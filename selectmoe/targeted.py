@@ -33,7 +33,7 @@ The scores follow the authors' definitions:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 FEATURES_FORMAT = "selectmoe.targeted_features"
+#: Pool rows scored at a time (a chunk of 8,192-dimensional float64 features is 0.5 GiB).
+SCORE_CHUNK_ROWS = 8192
 _VERSION = 1
 _KINDS = ("representations", "gradients")
 
@@ -62,9 +64,14 @@ _KINDS = ("representations", "gradients")
 class TargetedFeatures:
     """Features of pool or query examples (see the module docstring for the file).
 
+    The files are read memory-mapped and never concatenated: the scores run over
+    :data:`SCORE_CHUNK_ROWS` rows at a time, so a pool's gradient features (270,679 examples x 4
+    checkpoints x 8,192 dimensions are 35 GB in float32) need not fit in memory.
+
     Attributes
     ----------
-    features : torch.Tensor of shape (C, N, d), float32
+    parts : list of torch.Tensor of shape (C, N_i, d), float32
+        One per file, in order (N = sum N_i).
     checkpoint_weights : torch.Tensor of shape (C,), float64
     sample_ids, datasets : list of str, length N
     tasks, subtasks : list of str (length N) or None
@@ -74,7 +81,7 @@ class TargetedFeatures:
     signature : str
     """
 
-    features: torch.Tensor
+    parts: list[torch.Tensor]
     checkpoint_weights: torch.Tensor
     sample_ids: list[str]
     datasets: list[str]
@@ -87,6 +94,26 @@ class TargetedFeatures:
     @property
     def n_samples(self) -> int:
         return len(self.sample_ids)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, N, d)``."""
+        c, _, d = self.parts[0].shape
+        return c, self.n_samples, d
+
+    @property
+    def features(self) -> torch.Tensor:
+        """All features ``[C, N, d]`` in memory (for small data and tests)."""
+        return torch.cat(self.parts, dim=1)
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(first row, features [C, m, d])`` of at most :data:`SCORE_CHUNK_ROWS` rows."""
+        offset = 0
+        for part in self.parts:
+            for start in range(0, part.shape[1], SCORE_CHUNK_ROWS):
+                chunk = part[:, start : start + SCORE_CHUNK_ROWS]
+                yield offset + start, chunk
+            offset += part.shape[1]
 
     def file_of(self, row: int) -> str:
         """The file a row came from (files are concatenated in order)."""
@@ -141,7 +168,7 @@ def _load_one(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise RouterDataError(f"{path}: features file not found; run its stage first")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
         raise RouterDataError(f"{path}: not a readable features file ({error})") from None
     if not isinstance(data, dict) or data.get("format") != FEATURES_FORMAT:
@@ -155,12 +182,14 @@ def _load_one(path: str) -> dict[str, Any]:
         raise RouterDataError(
             f"{path}: features of shape {tuple(features.shape)} do not match {n} sample ids"
         )
-    if not torch.isfinite(features).all():
-        row = int((~torch.isfinite(features)).any(dim=2).any(dim=0).nonzero()[0, 0])
-        raise RouterDataError(
-            f"{path}: non-finite features for sample {data['sample_ids'][row]!r}; recompute them "
-            "(a float16 overflow? use float32)"
-        )
+    for start in range(0, n, SCORE_CHUNK_ROWS):
+        chunk = features[:, start : start + SCORE_CHUNK_ROWS]
+        if not torch.isfinite(chunk).all():
+            row = start + int((~torch.isfinite(chunk)).any(dim=2).any(dim=0).nonzero()[0, 0])
+            raise RouterDataError(
+                f"{path}: non-finite features for sample {data['sample_ids'][row]!r}; recompute "
+                "them (a float16 overflow? use float32)"
+            )
     return data
 
 
@@ -198,7 +227,7 @@ def load_features(paths: Sequence[str | os.PathLike[str]]) -> TargetedFeatures:
         return [value for _, data in loaded for value in data[key]]
 
     return TargetedFeatures(
-        features=torch.cat([data["features"] for _, data in loaded], dim=1),
+        parts=[data["features"] for _, data in loaded],
         checkpoint_weights=torch.tensor(first["checkpoint_weights"], dtype=torch.float64),
         sample_ids=[s for _, data in loaded for s in data["sample_ids"]],
         datasets=[s for _, data in loaded for s in data["datasets"]],
@@ -243,17 +272,31 @@ def rds_round_robin(
     info : dict
         Per task the examples it took.
     """
-    similarity = _unit(pool) @ _unit(queries).T  # [N, Q]
     names, group = _groups(tasks)
-    per_task = torch.stack(
-        [similarity[:, group == g].max(dim=1).values for g in range(len(names))], dim=1
-    )  # [N, T]
+    per_task = _rds_task_scores(pool, _unit(queries), group, len(names))
+    return _round_robin(per_task, names, n)
+
+
+def _rds_task_scores(
+    pool: torch.Tensor, unit_queries: torch.Tensor, group: torch.Tensor, n_groups: int
+) -> torch.Tensor:
+    """Per pool row and task the highest cosine to the task's queries: ``[m, T]`` float64."""
+    similarity = _unit(pool) @ unit_queries.T  # [m, Q]
+    return torch.stack(
+        [similarity[:, group == g].max(dim=1).values for g in range(n_groups)], dim=1
+    )
+
+
+def _round_robin(
+    per_task: torch.Tensor, names: Sequence[str], n: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The tasks take turns, each taking its most similar example (see :func:`rds_round_robin`)."""
     # each task's ranking: most similar first, ties by pool order (a stable sort)
     rankings = [torch.sort(-per_task[:, t], stable=True).indices.numpy() for t in range(len(names))]
     position = [0] * len(names)
-    taken = np.zeros(pool.shape[0], dtype=bool)
     order: list[int] = []
     took = dict.fromkeys(names, 0)
+    taken = np.zeros(per_task.shape[0], dtype=bool)
     # As the authors' round robin: a task whose next example was already taken by another task
     # spends its turn on it (nothing new is added); the loop ends when n distinct are taken.
     while len(order) < n:
@@ -295,8 +338,11 @@ def less_scores(
     """
     weights = checkpoint_weights.to(torch.float64)
     weights = weights / weights.sum()
-    influence = torch.einsum("c,cnd,cqd->nq", weights, _unit(pool), _unit(queries))  # [N, Q]
     names, group = _groups(subtasks)
+    # one [N, Q] block per checkpoint, summed: the [C, N, d] features never in float64 at once
+    influence = sum(
+        weights[c] * (_unit(pool[c]) @ _unit(queries[c]).T) for c in range(pool.shape[0])
+    )
     per_subtask = torch.stack(
         [influence[:, group == g].mean(dim=1) for g in range(len(names))], dim=1
     )
@@ -321,28 +367,38 @@ def select_targeted(
         )
     same = (
         pool.kind == queries.kind
-        and pool.features.shape[::2] == queries.features.shape[::2]
+        and pool.shape[::2] == queries.shape[::2]
         and pool.signature == queries.signature
     )
     if not same:
         raise RouterDataError(
-            f"the pool's {pool.kind} {tuple(pool.features.shape)} ({pool.signature}) and the "
-            f"queries' {queries.kind} {tuple(queries.features.shape)} ({queries.signature}) "
+            f"the pool's {pool.kind} {pool.shape} ({pool.signature}) and the "
+            f"queries' {queries.kind} {queries.shape} ({queries.signature}) "
             "do not match; compute both with the same model and settings"
         )
+    query_features = queries.features
     info: dict[str, Any] = {
         "targeted": True,
         "query_tasks": {task: queries.tasks.count(task) for task in dict.fromkeys(queries.tasks)},
         "query_files": list(queries.files),
     }
     if method == "rds":
-        indices, scores, extra = rds_round_robin(
-            pool.features[0], queries.features[0], queries.tasks, n
+        names, group = _groups(queries.tasks)
+        unit_queries = _unit(query_features[0])
+        per_task = torch.cat(
+            [
+                _rds_task_scores(chunk[0], unit_queries, group, len(names))
+                for _, chunk in pool.chunks()
+            ]
         )
+        indices, scores, extra = _round_robin(per_task, names, n)
         info.update(extra)
     elif method == "less":
-        scores = less_scores(
-            pool.features, queries.features, pool.checkpoint_weights, queries.subtasks
+        scores = np.concatenate(
+            [
+                less_scores(chunk, query_features, pool.checkpoint_weights, queries.subtasks)
+                for _, chunk in pool.chunks()
+            ]
         )
         indices = np.argsort(-scores, kind="stable")[:n].astype(np.int64)
         info["checkpoint_weights"] = pool.checkpoint_weights.tolist()

@@ -516,3 +516,22 @@ def test_demo_queries_are_held_out():
     assert {r["task"] for r in records} == set(EVAL_TASKS)
     assert not {r["messages"][0]["content"] for r in records} & test_questions
     assert records == query_examples(world, seed=0, n_per_task=5, exclude=test_questions)
+
+
+def test_scores_in_chunks_equal_the_whole(tmp_path, monkeypatch):
+    """The pool is scored a chunk of rows at a time (bounded memory): the same selection."""
+    import selectmoe.targeted as targeted
+
+    paths = [_features(tmp_path / f"p{i}.pt", 7, 5, seed=i) for i in range(2)]
+    queries = targeted.load_features([_features(tmp_path / "q.pt", 4, 5, queries=True, seed=9)])
+    whole = {
+        m: targeted.select_targeted(m, targeted.load_features(paths), queries, 6)
+        for m in ("rds", "less")
+    }
+    monkeypatch.setattr(targeted, "SCORE_CHUNK_ROWS", 3)
+    pool = targeted.load_features(paths)
+    assert [start for start, _ in pool.chunks()] == [0, 3, 6, 7, 10, 13]
+    for method, (indices, scores, _) in whole.items():
+        chunked_indices, chunked_scores, _ = targeted.select_targeted(method, pool, queries, 6)
+        assert chunked_indices.tolist() == indices.tolist()
+        np.testing.assert_allclose(chunked_scores, scores, atol=1e-12)

@@ -1,5 +1,6 @@
 """Glue: rule less_gradients -> selectmoe.less.run_less_gradients."""
 
+from selectmoe.config import build_settings
 from selectmoe.less import LessSettings, run_less_gradients
 from selectmoe.runtime import run_rule
 
@@ -11,7 +12,7 @@ def main(job):
         warmup_dir=job.input.warmup,
         data_path=job.input.data[0],
         output=job.output.features,
-        settings=LessSettings(**job.params.settings),
+        settings=build_settings(LessSettings, job.params.settings, section="targeted.less"),
         queries=job.params.queries,
     )
 

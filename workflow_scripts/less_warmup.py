@@ -1,5 +1,6 @@
 """Glue: rule less_warmup -> selectmoe.less.run_less_warmup."""
 
+from selectmoe.config import build_settings
 from selectmoe.less import LessSettings, run_less_warmup
 from selectmoe.runtime import run_rule
 
@@ -10,7 +11,7 @@ def main(job):
         base_model=job.params.model,
         pool_paths=list(job.input.pool),
         output_dir=job.output.warmup,
-        settings=LessSettings(**job.params.settings),
+        settings=build_settings(LessSettings, job.params.settings, section="targeted.less"),
     )
 
 

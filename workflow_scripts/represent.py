@@ -1,5 +1,6 @@
 """Glue: rule represent -> selectmoe.representations.run_representations."""
 
+from selectmoe.config import build_settings
 from selectmoe.representations import RepresentationSettings, run_representations
 from selectmoe.runtime import run_rule
 
@@ -10,7 +11,9 @@ def main(job):
         model_source=job.params.model,
         data_path=job.input.data[0],
         output=job.output.features,
-        settings=RepresentationSettings(**job.params.settings),
+        settings=build_settings(
+            RepresentationSettings, job.params.settings, section="targeted.rds"
+        ),
         queries=job.params.queries,
     )
 

@@ -27,6 +27,7 @@ import pandas as pd
 from selectmoe.errors import SelectMoeError
 from selectmoe.figures import new_figure, save_figure
 from selectmoe.io import atomic_write_text
+from selectmoe.methods import marked
 
 __all__ = ["STAGE_KINDS", "cost_ledger", "read_benchmark", "write_cost_ledger"]
 
@@ -181,7 +182,7 @@ def _to_markdown(ledger: pd.DataFrame) -> str:
     for r in ledger.to_dict("records"):
         cells = [
             str(r["target"]),
-            str(r["method"]),
+            marked(str(r["method"])),
             r["loss"] if isinstance(r["loss"], str) else "",
             "" if pd.isna(r["percentage"]) else f"{100 * r['percentage']:g}",
             f"{r['mean']:.3f} [{r['mean_low']:.3f}, {r['mean_high']:.3f}]",
@@ -219,7 +220,7 @@ def _plot(ledger: pd.DataFrame, plot_path: str | os.PathLike[str]) -> None:
                 fmt="o",
                 capsize=3,
                 color=f"C{index % 10}",
-                label=str(method),
+                label=marked(str(method)),
             )
         axis.set_xscale("log" if np.nanmin(rows[cost]) > 0 else "linear")
         axis.set_xlabel(f"{'GPU' if gpu else 'CPU'} seconds to reproduce the point alone")

@@ -26,6 +26,7 @@ __all__ = [
     "SEED_METHOD",
     "SELECTION_METHODS",
     "TARGETED_METHODS",
+    "marked",
     "method_definitions",
     "uses_clusters",
     "uses_score",
@@ -68,6 +69,15 @@ SELECTION_METHODS: tuple[str, ...] = (
 POOL_ONLY_METHODS: tuple[str, ...] = ("random", "full", *LABEL_METHODS)
 #: Methods whose selection does not depend on the quality-loss type (no {loss} in their path).
 LOSS_FREE_METHODS: tuple[str, ...] = (*POOL_ONLY_METHODS, *TARGETED_METHODS)
+
+
+def marked(method: str) -> str:
+    """The method's name as tables and legends show it: ``‡`` for a reference that reads the
+    pool's labels, ``†`` for a targeted method."""
+    if method in LABEL_METHODS:
+        return f"{method} ‡"
+    return f"{method} †" if method in TARGETED_METHODS else method
+
 
 _DEFINITION_KEYS = {"score", "score_params", "allocation", "allocation_params"}
 

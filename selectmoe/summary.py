@@ -39,7 +39,7 @@ from selectmoe.errors import SelectMoeError
 from selectmoe.evaluation import load_results
 from selectmoe.figures import new_figure, save_figure
 from selectmoe.io import atomic_write_text
-from selectmoe.methods import TARGETED_METHODS
+from selectmoe.methods import TARGETED_METHODS, marked
 from selectmoe.stats import bootstrap_means, format_p_value, paired_difference
 
 __all__ = ["METHOD_ORDER", "SummarySettings", "summarize"]
@@ -557,9 +557,7 @@ def _verdict(low: float, high: float) -> str:
 
 
 def _method_label(method: str, uses_labels: bool) -> str:
-    if uses_labels:
-        return f"{method} ‡"
-    return f"{method} †" if method in TARGETED_METHODS else method
+    return f"{method} ‡" if uses_labels else marked(method)
 
 
 def _interval_text(value: float, low: float, high: float, *, signed: bool = False) -> str:

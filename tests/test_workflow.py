@@ -69,8 +69,9 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout + result.stderr)
     # 1 loss type x 2 percentages x {selectmoe, selectmoe_seed, perplexity, ifd}, 2 percentages
-    # x {random, oracle, anti_oracle} (no full baseline in the demo): 14 selections, each
-    # finetuned with 3 seeds and evaluated in one job; one target
+    # x {rds, less, random, oracle, anti_oracle} (no full baseline in the demo): 18 selections,
+    # each finetuned with 3 seeds and evaluated in one job; one target. The targeted methods'
+    # features: per dataset and for the query set (5 each), one LESS warmup.
     assert counts == {
         "build_demo": 1,
         "build_demo_target": 1,
@@ -84,8 +85,12 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "select_routed": 8,
         "select_random": 2,
         "select_reference": 4,
-        "finetune": 42,
-        "evaluate": 14,
+        "represent": 5,
+        "less_warmup": 1,
+        "less_gradients": 5,
+        "select_targeted": 4,
+        "finetune": 54,
+        "evaluate": 18,
         "evaluate_base": 1,
         "summarize": 1,
         "costs": 1,
@@ -96,7 +101,7 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "report_selections": 1,
         "report_noise": 1,
         "all": 1,
-        "total": 95,
+        "total": 126,
     }
 
 
@@ -119,8 +124,9 @@ def test_paper_dag_counts(workflow_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout + result.stderr)
     # 3 targets; 4 losses x 3 percentages x {selectmoe, selectmoe_seed, perplexity, ifd,
-    # quality_topk, diversity} = 72 routed selections, 3 random, 1 full -> 76 selections x 3
-    # targets finetuned with 3 seeds each and evaluated (one job per selection and target)
+    # quality_topk, diversity} = 72 routed selections, 3 random, 3 rds, 3 less, 1 full -> 82
+    # selections x 3 targets finetuned with 3 seeds each and evaluated (one job per selection
+    # and target); the targeted methods' features per dataset and for LESS's query sets
     assert counts["warmup"] == 4
     assert counts["score"] == 16
     assert counts["score_untrained"] == 4
@@ -128,8 +134,11 @@ def test_paper_dag_counts(workflow_dir: Path) -> None:
     assert counts["select_routed"] == 72
     assert counts["select_random"] == 3
     assert counts["select_full"] == 1
-    assert counts["finetune"] == 684
-    assert counts["evaluate"] == 228
+    assert counts["select_targeted"] == 6
+    assert counts["represent"] == counts["less_gradients"] == 5  # 4 datasets and the queries
+    assert counts["less_warmup"] == counts["fetch_queries"] == 1
+    assert counts["finetune"] == 738
+    assert counts["evaluate"] == 246
     assert counts["evaluate_base"] == 3
     assert counts["diagnostics"] == 1
     assert "select_reference" not in counts  # the LESS pool has no quality labels
@@ -172,13 +181,14 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert _job_counts(output)["finetune"] == 684
+    assert _job_counts(output)["finetune"] == 738
     jobs = [job for job in _dry_run_jobs(output) if job["rule"] != "all"]
-    assert len(jobs) == 1035
+    assert len(jobs) == 1125
     paper = yaml.safe_load((workflow_dir / "config/paper.yaml").read_text())
     stage_of = {
         "evaluate_base": "evaluate",
         "select_routed": "select",
+        "select_targeted": "select",
         "cluster": "select",
         "score_untrained": "score",
     }
@@ -211,6 +221,10 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
         assert "--cpus-per-task=" in command, command
     assert " -t 720" in commands["warmup"] and " --mem 96000" in commands["warmup"]
     assert " -t 1440" in commands["finetune"] and " --mem 128000" in commands["finetune"]
+    # the targeted methods' GPU jobs: one GPU each, their own time and memory
+    assert "--gpus=1" in commands["represent"] and " -t 120" in commands["represent"]
+    assert "--gpus=1" in commands["less_warmup"] and " -t 240" in commands["less_warmup"]
+    assert "--gpus=1" in commands["less_gradients"] and " --mem 96000" in commands["less_gradients"]
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,7 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "report_selections": 1,
         "report_noise": 1,
         "all": 1,
-        "total": 101,
+        "total": 81,
     }
 
 

@@ -38,17 +38,24 @@ from selectmoe.training import (
     train_loop,
 )
 
-__all__ = ["FinetuneSettings", "load_selected_examples", "run_finetune"]
+__all__ = [
+    "FinetuneSettings",
+    "LoraTrainingSettings",
+    "attach_lora",
+    "load_selected_examples",
+    "run_finetune",
+]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class FinetuneSettings:
-    """Stage-3 settings; defaults as in LESS (SPEC §5)."""
+class LoraTrainingSettings:
+    """LoRA on a target and its optimisation, LESS's defaults: the part of the settings that
+    finetuning and LESS's warmup (:class:`selectmoe.less.LessSettings`) share."""
 
     lora_r: int = 128
-    lora_alpha: int = 512
+    lora_alpha: float = 512
     lora_dropout: float = 0.1
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -58,9 +65,29 @@ class FinetuneSettings:
     effective_batch_size: int = 128
     per_device_batch_size: int = 1
     warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
     max_sequence_length: int = 2048
     bf16: bool = True
+
+
+def attach_lora(model: torch.nn.Module, settings: LoraTrainingSettings) -> torch.nn.Module:
+    """``model`` with fresh LoRA adapters of ``settings`` (peft; the base weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+@dataclass
+class FinetuneSettings(LoraTrainingSettings):
+    """Stage-3 settings; defaults as in LESS (SPEC §5)."""
+
+    weight_decay: float = 0.0
     gradient_checkpointing: bool = False
     sharding: str = "ddp"
     sample_wise_averaging: bool = False
@@ -123,8 +150,6 @@ def run_finetune(
     A tokenizer without a pad token pads with its eos token: padded positions are masked out of
     attention and loss, so no embedding has to be added and the base weights stay as they are.
     """
-    from peft import LoraConfig, get_peft_model
-
     examples = load_selected_examples(selected_data)  # fail fast, before loading a large model
     require_model_source(base_model, what="target model")
     info = distributed_info()
@@ -143,14 +168,7 @@ def run_finetune(
         # activation memory of one layer instead of all, for about a third more compute
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    lora_config = LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=list(settings.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora_config)
+    model = attach_lora(model, settings)
     encoded = encode_examples(
         examples,
         tokenizer,

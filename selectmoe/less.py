@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from selectmoe.data import (
 )
 from selectmoe.distributed import resolve_device
 from selectmoe.errors import ConfigError, DataError
+from selectmoe.finetune import LoraTrainingSettings, attach_lora
 from selectmoe.gradients import (
     RademacherProjection,
     adam_update_direction,
@@ -61,24 +62,14 @@ __all__ = ["LessSettings", "checkpoint_files", "run_less_gradients", "run_less_w
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LessSettings:
-    """``targeted.less`` of the config (defaults: LESS's)."""
+@dataclass
+class LessSettings(LoraTrainingSettings):
+    """``targeted.less`` of the config (defaults: LESS's): the LoRA warmup (the LoRA and
+    optimisation fields of :class:`~selectmoe.finetune.LoraTrainingSettings`, an effective batch
+    of 32), the share of the pool it trains on, and the gradient features."""
 
-    warmup_share: float = 0.05
-    epochs: int = 4
-    lora_r: int = 128
-    lora_alpha: float = 512
-    lora_dropout: float = 0.1
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
-    learning_rate: float = 2e-5
     effective_batch_size: int = 32
-    per_device_batch_size: int = 1
-    warmup_ratio: float = 0.03
-    max_sequence_length: int = 2048
-    bf16: bool = True
+    warmup_share: float = 0.05
     projection_dim: int = 8192
     projection_seed: int = 0
     batch_size: int = 8
@@ -103,7 +94,6 @@ def checkpoint_files(warmup_dir: str | os.PathLike[str], epochs: int) -> list[Pa
 
 def _lora_model(base_model: str, settings: LessSettings, device: torch.device):
     """The target with fresh LoRA adapters (float32 on CPU, bf16 base on a bf16 GPU)."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     require_model_source(base_model, what="target model")
@@ -115,14 +105,7 @@ def _lora_model(base_model: str, settings: LessSettings, device: torch.device):
         # eager attention: torch.func's vmap has batching rules for its every operation
         attn_implementation="eager",
     ).to(device)
-    config = LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=list(settings.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config), tokenizer, use_bf16
+    return attach_lora(model, settings), tokenizer, use_bf16
 
 
 def run_less_warmup(

@@ -403,15 +403,20 @@ def test_finetune_activation_formula_matches_autograd(kind: str, padded: bool) -
 def test_paper_plan_has_one_row_per_stage_and_model(paper: dict[str, Any]) -> None:
     rows = plan_table(paper)
     stages = [(r["stage"], r["model"]) for r in rows]
-    assert [s for s, _ in stages] == ["warmup", "score", "select"] + ["finetune"] * 3 + [
-        "evaluate"
-    ] * 3
+    assert [s for s, _ in stages] == [
+        "warmup",
+        "score",
+        "represent",
+        "less_warmup",
+        "less_gradients",
+        "select",
+    ] + ["finetune"] * 3 + ["evaluate"] * 3
     assert {m for s, m in stages if s == "finetune"} == {LLAMA, QWEN25, QWEN3}
     warmup, score = _row(rows, "warmup"), _row(rows, "score")
     assert warmup["jobs"] == 4 and score["jobs"] == 16
-    # 6 router methods x 4 losses x 3 percentages + random x 3 + full
-    assert _row(rows, "finetune", LLAMA)["jobs"] == 228  # 76 selections x 3 seeds
-    assert _row(rows, "evaluate", LLAMA)["jobs"] == 77  # and the base model
+    # 6 router methods x 4 losses x 3 percentages + {random, rds, less} x 3 + full
+    assert _row(rows, "finetune", LLAMA)["jobs"] == 246  # 82 selections x 3 seeds
+    assert _row(rows, "evaluate", LLAMA)["jobs"] == 83  # and the base model
     # one k-means sweep per loss type serves selectmoe, selectmoe_seed and diversity
     assert _row(rows, "select")["jobs"] == 4 and _row(rows, "select")["device"] == "cpu"
     # the warmup holds the float32 OLMoE (6.92e9 x 4 bytes) and fits one 80 GiB GPU
@@ -576,7 +581,9 @@ def test_cli_prints_the_markdown_table(capsys: pytest.CaptureFixture) -> None:
     assert lines[1].startswith("| --- |")
     body = [line.split(" | ")[:2] for line in lines[2:]]
     assert [stage.strip("| ") for stage, _ in body] == (
-        ["warmup", "score", "select"] + ["finetune"] * 3 + ["evaluate"] * 3
+        ["warmup", "score", "represent", "less_warmup", "less_gradients", "select"]
+        + ["finetune"] * 3
+        + ["evaluate"] * 3
     )
     models = {model for stage, model in body if stage.strip("| ") in ("finetune", "evaluate")}
     assert models == {LLAMA, QWEN25, QWEN3}
@@ -587,7 +594,7 @@ def test_cli_json_and_options(capsys: pytest.CaptureFixture) -> None:
     argv = ["plan", "--configfile", config, "--format", "json", "--gpu-memory-gib", "40"]
     assert main([*argv, "--mfu", "0.2"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 9
+    assert len(rows) == 12  # 9 and the targeted methods' represent, less_warmup, less_gradients
     assert rows[0]["gpu_memory_limit_gib"] == 40 and rows[0]["fits"] is False
     assert rows[0]["assumptions"]["mfu"] == 0.2
 
@@ -636,9 +643,11 @@ TARGETED_STAGES = ["represent", "less_warmup", "less_gradients"]
 
 @pytest.fixture
 def targeted(paper: dict[str, Any]) -> dict[str, Any]:
-    """The paper config with the targeted methods rds and less in the sweep."""
+    """The paper config with the targeted methods rds and less in the sweep, at the schema's
+    (the authors') targeted settings."""
     methods = paper["selection"]["methods"]
     paper["selection"]["methods"] = methods + [m for m in TARGETED if m not in methods]
+    paper.pop("targeted", None)
     return paper
 
 
@@ -748,7 +757,9 @@ def test_less_gradients_memory_counts_gradients_and_projection(targeted: dict[st
     shape, assumptions = BUILTIN_SHAPES[LLAMA], Assumptions()
     base = less_gradients_plan(targeted, shape, assumptions)
     lora = shape.lora_params(128, LORA_TARGETS)
-    assert base.memory["gradients"] == 8 * 4 * lora  # batch_size float32 gradient vectors
+    # batch_size float32 gradient vectors, four times: vmap's, their concatenation, and the two
+    # temporaries of the Adam-normalised direction
+    assert base.memory["gradients"] == 4 * 8 * 4 * lora
     assert base.memory["projection"] == 65536 * 8192 * 4
     targeted["targeted"] = {"less": {"projection_dim": 16384}}
     wide = less_gradients_plan(targeted, shape, assumptions)

@@ -68,8 +68,8 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
     result = _snakemake(workflow_dir, "-n", "--cores", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout + result.stderr)
-    # 1 loss type x 1 percentage x {selectmoe, selectmoe_seed, perplexity, ifd}, 1 percentage
-    # x {rds, less, random, oracle, anti_oracle} (no full baseline in the demo): 9 selections,
+    # 1 loss type x 1 percentage x {selectmoe, selectmoe_seed, perplexity}, 1 percentage
+    # x {rds, less, random, oracle} (no full baseline in the demo): 7 selections,
     # each finetuned with 3 seeds and evaluated in one job; one target. The targeted methods'
     # features: per dataset and for the query set (5 each), one LESS warmup.
     assert counts == {
@@ -82,15 +82,15 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "score": 4,
         "score_untrained": 4,
         "cluster": 1,
-        "select_routed": 4,
+        "select_routed": 3,
         "select_random": 1,
-        "select_reference": 2,
+        "select_reference": 1,
         "represent": 5,
         "less_warmup": 1,
         "less_gradients": 5,
         "select_targeted": 2,
-        "finetune": 27,
-        "evaluate": 9,
+        "finetune": 21,
+        "evaluate": 7,
         "evaluate_base": 1,
         "summarize": 1,
         "costs": 1,
@@ -101,7 +101,7 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "report_selections": 1,
         "report_noise": 1,
         "all": 1,
-        "total": 81,
+        "total": 71,
     }
 
 
@@ -465,7 +465,7 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         # one more percentage: only the new selections and what follows them
         (
             {"selection": {"percentages": [0.25, 0.5]}},
-            {"select_routed": 4, "select_random": 1, "select_reference": 2, "finetune": 14},
+            {"select_routed": 3, "select_random": 1, "select_reference": 1, "finetune": 14},
             ["warmup", "score", "cluster", "select_full", "convert", "build_demo", "evaluate_base"],
         ),
         # a warmup setting: both warmups, their router data and everything after
@@ -475,7 +475,7 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
                 "warmup": 2,
                 "score": 8,
                 "cluster": 2,
-                "select_routed": 4,
+                "select_routed": 3,
                 "finetune": 8,
                 "evaluate": 4,
             },

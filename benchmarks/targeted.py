@@ -106,19 +106,22 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load = {"load_start": ", ".join(f"{v:.2f}" for v in os.getloadavg())}
+    load["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     demo = Path(args.demo_results) / "demo"
     pool = sorted((demo / "pool").glob("*/*_data.jsonl"))
     examples = load_pool(pool)[: args.n]
     model_dir = str(demo / "target_model")
     gradients = _gradients(model_dir, examples, args.batch_size)
     representations = _representations(model_dir, examples, args.batch_size)
+    load["load_end"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     command = "python benchmarks/targeted.py " + shlex.join(sys.argv[1:])
     lines = [
         "<!-- targeted:begin -->",
         f"## Targeted methods' per-example work, CPU (`{command.strip()}`)",
         "",
         f"{len(examples)} demo pool examples, the demo's target (tiny Llama), batches of "
-        f"{args.batch_size} sorted by length; {machine_line({}, torch.device('cpu'))}.",
+        f"{args.batch_size} sorted by length; {machine_line(load, torch.device('cpu'))}",
         "",
         "| work | selectmoe | plain (one example at a time) | speed-up | max abs difference |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -196,6 +196,41 @@ def _fingerprint(**parts: Any) -> str:
     return text_sha256(json.dumps(parts, sort_keys=True, default=str))
 
 
+def _shard_plan(batch_sizes: Sequence[int], shard_size: int) -> list[list[int]]:
+    """Consecutive batches grouped into shards of at most ``shard_size`` examples (a batch
+    larger than that is a shard of its own): the batch indices of every shard."""
+    shards: list[list[int]] = [[]]
+    held = 0
+    for index, size in enumerate(batch_sizes):
+        if shards[-1] and held + size > shard_size:
+            shards.append([])
+            held = 0
+        shards[-1].append(index)
+        held += size
+    return [shard for shard in shards if shard]
+
+
+def _open_shard_dir(shard_dir: Path, fingerprint: str) -> None:
+    """Keep the shards of a run with the same ``fingerprint``; discard any others."""
+    stamp = shard_dir / "fingerprint.txt"
+    if shard_dir.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
+        shutil.rmtree(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+
+
+def _load_lora(
+    model: torch.nn.Module, names: Sequence[str], trainable: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Put a checkpoint's LoRA weights into ``model``; return them by name, detached (what
+    :func:`selectmoe.gradients.per_example_gradients` differentiates)."""
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            parameters[name].copy_(trainable[name])
+    return {name: parameters[name].detach() for name in names}
+
+
 def run_less_gradients(
     *,
     base_model: str,
@@ -234,12 +269,7 @@ def run_less_gradients(
         max_sequence_length=settings.max_sequence_length,
     )
     batches = length_sorted_batches(encoded, batch_size=settings.batch_size)
-    shards: list[list[int]] = [[]]  # batch indices per shard
-    for index, batch in enumerate(batches):
-        if sum(len(batches[i]) for i in shards[-1]) + len(batch) > settings.shard_size:
-            shards.append([])
-        shards[-1].append(index)
-    shards = [s for s in shards if s]
+    shards = _shard_plan([len(batch) for batch in batches], settings.shard_size)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     projection = RademacherProjection(n_params, settings.projection_dim, settings.projection_seed)
     shard_dir = Path(f"{os.fspath(output)}.shards")
@@ -250,11 +280,7 @@ def run_less_gradients(
         queries=queries,
         projection=projection.describe(device.type),
     )
-    stamp = shard_dir / "fingerprint.txt"
-    if shard_dir.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
-        shutil.rmtree(shard_dir)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
+    _open_shard_dir(shard_dir, fingerprint)
     pad_id = pad_token_id_of(tokenizer)
     features = torch.empty(len(checkpoints), len(encoded), settings.projection_dim)
     weights: list[float] = []
@@ -262,13 +288,7 @@ def run_less_gradients(
     for c, path in enumerate(checkpoints):
         saved = torch.load(path, map_location="cpu", weights_only=True)
         weights.append(float(saved["learning_rate"]))
-        params = {n: saved["trainable"][n].to(device, torch.float32) for n in names}
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name in params:
-                    parameter.copy_(params[name])
-        params = {n: p for n, p in model.named_parameters() if n in params}
-        params = {n: p.detach() for n, p in params.items()}
+        params = _load_lora(model, names, saved["trainable"])
         moments = None
         if not queries:  # training examples: LESS's Adam-normalised gradient
             moments = flat_moments(names, saved["exp_avg"], saved["exp_avg_sq"])

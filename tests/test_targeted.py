@@ -535,3 +535,11 @@ def test_scores_in_chunks_equal_the_whole(tmp_path, monkeypatch):
         chunked_indices, chunked_scores, _ = targeted.select_targeted(method, pool, queries, 6)
         assert chunked_indices.tolist() == indices.tolist()
         np.testing.assert_allclose(chunked_scores, scores, atol=1e-12)
+
+
+def test_shard_plan_groups_consecutive_batches():
+    from selectmoe.less import _shard_plan
+
+    assert _shard_plan([3, 3, 3, 2], 6) == [[0, 1], [2, 3]]
+    assert _shard_plan([8, 3], 4) == [[0], [1]]  # a batch larger than a shard stands alone
+    assert _shard_plan([1] * 5, 2) == [[0, 1], [2, 3], [4]]

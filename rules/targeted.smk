@@ -24,7 +24,7 @@ rule represent:
     params:
         model=get_targeted_model(),
         queries=lambda wildcards: wildcards.part == QUERIES,
-        settings=TARGETED["rds"],
+        settings=TARGETED.get("rds", {}),
     script:
         "../workflow_scripts/represent.py"
 

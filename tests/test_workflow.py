@@ -268,6 +268,8 @@ SMALL_SELECTIONS = [
     "selectmoe/beta_moment_matching/p0.25",
     "ifd/sigmoid/p0.25",
     "ifd/beta_moment_matching/p0.25",
+    "rds/p0.25",
+    "less/p0.25",
     "random/p0.25",
     "oracle/p0.25",
     "anti_oracle/p0.25",
@@ -342,6 +344,8 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         "base",
         "selectmoe",
         "ifd",
+        "rds",
+        "less",
         "random",
         "oracle",
         "anti_oracle",
@@ -352,7 +356,7 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         assert 0.0 <= low <= mean <= high <= 1.0, row
         assert row["uses_labels"] == str(method in ("oracle", "anti_oracle"))
         assert row["n_seeds"] == ("1" if method == "base" else str(len(seeds)))
-        compared = method in ("selectmoe", "ifd", "oracle", "anti_oracle")
+        compared = method in ("selectmoe", "ifd", "rds", "less", "oracle", "anti_oracle")
         assert (row["vs_random"] != "") == compared, row
         if compared:
             difference, low, high = (
@@ -366,6 +370,7 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         int(row["n_selected"]) == 60 for (m, _), row in rows.items() if m != "base" and m != "full"
     )
     assert "‡" in (results / "summary.md").read_text()  # the label references are marked
+    assert "| rds † |" in (results / "summary.md").read_text()  # and the targeted methods
     markdown = (results / "diagnostics/diagnostics.md").read_text()
     for loss in losses:
         assert f"## Loss type `{loss}`" in markdown
@@ -373,8 +378,11 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
     # every router method's score, with its interval and the paired difference to the seed's
     with open(results / "diagnostics/method_scores.csv", newline="") as handle:
         scores = list(csv.DictReader(handle))
+    # (and the targeted methods' similarity to the query set, against the same labels)
     assert {(r["loss"], r["method"]) for r in scores} == {
-        (loss, method) for loss in losses for method in ("selectmoe_seed", "selectmoe", "ifd")
+        (loss, method)
+        for loss in losses
+        for method in ("selectmoe_seed", "selectmoe", "ifd", "rds", "less")
     }
     for row in scores:
         assert float(row["low"]) <= float(row["auroc"]) <= float(row["high"])
@@ -386,10 +394,10 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
     for key, row in costs.items():
         assert float(row["total_cpu_s"]) > 0 and float(row["peak_rss_mb"]) > 0
         assert float(row["mean"]) == pytest.approx(float(rows[key]["mean"]))
-        routed = key[0] in ("selectmoe", "ifd")
         # convert, warmup, 4 scores, the loss type's clusters (selectmoe) and the selection;
-        # pool methods select only; base evaluates
-        n_selection = 8 if key[0] == "selectmoe" else 7 if routed else 0 if key[0] == "base" else 1
+        # rds: 5 represent jobs (4 datasets, the queries) and the selection; less: its warmup, 5
+        # gradient jobs and the selection; pool methods select only; base evaluates
+        n_selection = {"selectmoe": 8, "ifd": 7, "rds": 6, "less": 7, "base": 0}.get(key[0], 1)
         expected_jobs = n_selection + (0 if key[0] == "base" else len(seeds)) + 1
         assert int(row["n_jobs"]) == expected_jobs, key
         assert (float(row["stored_mb"]) > 0) == (key[0] != "base")
@@ -465,7 +473,13 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         # one more percentage: only the new selections and what follows them
         (
             {"selection": {"percentages": [0.25, 0.5]}},
-            {"select_routed": 3, "select_random": 1, "select_reference": 1, "finetune": 14},
+            {
+                "select_routed": 3,
+                "select_random": 1,
+                "select_reference": 1,
+                "select_targeted": 2,
+                "finetune": 18,
+            },
             ["warmup", "score", "cluster", "select_full", "convert", "build_demo", "evaluate_base"],
         ),
         # a warmup setting: both warmups, their router data and everything after
@@ -484,13 +498,13 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         # one more finetune seed: its finetunes, every evaluation of a selection, the summary
         (
             {"finetune": {"seeds": [1, 2, 3]}},
-            {"finetune": 8, "evaluate": 8, "summarize": 1},
+            {"finetune": 10, "evaluate": 10, "summarize": 1},
             ["warmup", "score", "cluster", "select_routed", "select_random", "evaluate_base"],
         ),
         # an evaluation setting: every evaluation, no training
         (
             {"evaluation": {"seed": 43}},
-            {"evaluate": 8, "evaluate_base": 1, "summarize": 1},
+            {"evaluate": 10, "evaluate_base": 1, "summarize": 1},
             ["warmup", "score", "cluster", "select_routed", "select_random", "finetune"],
         ),
     ],
@@ -508,13 +522,16 @@ def test_a_changed_parameter_reruns_exactly_its_dependents(
     assert not set(kept) & set(planned), planned
 
 
-def _run_until(workflow_dir: Path, pattern: str, timeout: float = 600) -> Path:
-    """Start the small demo and SIGKILL Snakemake and its jobs once a file matches ``pattern``."""
+def _run_until(
+    workflow_dir: Path, pattern: str, timeout: float = 600, targets: tuple[str, ...] = ()
+) -> Path:
+    """Start the small demo (or its ``targets``) and SIGKILL Snakemake and its jobs once a file
+    matches ``pattern``."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     process = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "small.yaml"],
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "small.yaml", *targets],
         cwd=workflow_dir,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -583,6 +600,38 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
         got = load_file(ours / adapter.relative_to(theirs))
         assert all(torch.equal(got[k], v) for k, v in expected.items()), adapter
     assert not list(ours.glob("checkpoints/**/*.pt"))  # removed once each job finished
+
+
+@pytest.mark.slow
+def test_a_killed_gradient_job_resumes_from_its_shards(
+    finished_demo: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """SIGKILL the run while LESS's gradient job writes its shards; the rerun keeps the shards
+    written and ends with the features of the uninterrupted run."""
+    import torch
+
+    reference, _ = finished_demo
+    workflow_dir, _ = _small_demo_dir(tmp_path)
+    target = "results/targeted/less/cot_features.pt"
+    shard = _run_until(
+        workflow_dir,
+        "results/targeted/less/cot_features.pt.shards/checkpoint*.pt",
+        targets=(target,),
+    )
+    assert not (workflow_dir / target).exists()
+    unlock = _snakemake(workflow_dir, "--unlock", "--configfile", "small.yaml")
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
+    result = _snakemake(
+        workflow_dir, "--cores", "2", "--configfile", "small.yaml", "--rerun-incomplete", target
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    log = (workflow_dir / "results/logs/less_gradients/cot.log").read_text()
+    computed, total = map(int, re.search(r"\((\d+) of (\d+) shards computed", log).groups())
+    assert shard.name.startswith("checkpoint") and 0 < computed < total, log[-2000:]
+    ours = torch.load(workflow_dir / target, weights_only=True)
+    theirs = torch.load(reference / target, weights_only=True)
+    assert ours["sample_ids"] == theirs["sample_ids"]
+    assert torch.equal(ours["features"], theirs["features"])
 
 
 def test_lint_is_clean(workflow_dir: Path) -> None:

@@ -474,9 +474,9 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         (
             {"selection": {"percentages": [0.25, 0.5]}},
             {
-                "select_routed": 3,
+                "select_routed": 4,
                 "select_random": 1,
-                "select_reference": 1,
+                "select_reference": 2,
                 "select_targeted": 2,
                 "finetune": 18,
             },
@@ -489,7 +489,7 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
                 "warmup": 2,
                 "score": 8,
                 "cluster": 2,
-                "select_routed": 3,
+                "select_routed": 4,
                 "finetune": 8,
                 "evaluate": 4,
             },
@@ -531,7 +531,8 @@ def _run_until(
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     process = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "small.yaml", *targets],
+        # targets first: --configfile takes every word that follows it
+        [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", "small.yaml"],
         cwd=workflow_dir,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -622,7 +623,7 @@ def test_a_killed_gradient_job_resumes_from_its_shards(
     unlock = _snakemake(workflow_dir, "--unlock", "--configfile", "small.yaml")
     assert unlock.returncode == 0, unlock.stderr[-2000:]
     result = _snakemake(
-        workflow_dir, "--cores", "2", "--configfile", "small.yaml", "--rerun-incomplete", target
+        workflow_dir, target, "--cores", "2", "--configfile", "small.yaml", "--rerun-incomplete"
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     log = (workflow_dir / "results/logs/less_gradients/cot.log").read_text()

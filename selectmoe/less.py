@@ -282,7 +282,12 @@ def run_less_gradients(
     )
     _open_shard_dir(shard_dir, fingerprint)
     pad_id = pad_token_id_of(tokenizer)
-    features = torch.empty(len(checkpoints), len(encoded), settings.projection_dim)
+    # the features gather in a file-backed tensor beside the shards: the page cache holds them,
+    # not the job's own memory (a pool dataset's [4, 100k, 8192] float32 would be 13 GB)
+    shape = (len(checkpoints), len(encoded), settings.projection_dim)
+    features = torch.from_file(
+        str(shard_dir / "features.f32"), shared=True, size=math.prod(shape), dtype=torch.float32
+    ).view(shape)
     weights: list[float] = []
     computed = 0
     for c, path in enumerate(checkpoints):

@@ -224,7 +224,7 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
     # the targeted methods' GPU jobs: one GPU each, their own time and memory
     assert "--gpus=1" in commands["represent"] and " -t 120" in commands["represent"]
     assert "--gpus=1" in commands["less_warmup"] and " -t 240" in commands["less_warmup"]
-    assert "--gpus=1" in commands["less_gradients"] and " --mem 96000" in commands["less_gradients"]
+    assert "--gpus=1" in commands["less_gradients"] and " --mem 64000" in commands["less_gradients"]
 
 
 @pytest.mark.parametrize(

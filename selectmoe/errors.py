@@ -19,6 +19,7 @@ __all__ = [
     "RouterDataError",
     "SelectMoeError",
     "SelectionError",
+    "check_int",
     "exit_status",
 ]
 
@@ -60,3 +61,31 @@ def exit_status(run: Callable[[], Any]) -> int:
         print(f"selectmoe: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int,
+    maximum: int | None = None,
+    error: type[Exception] = ValueError,
+    wording: str = "is",
+) -> int:
+    """``value`` as an int if it is an integer (not a bool) in ``[minimum, maximum]``.
+
+    Raises ``error`` otherwise, in one of the two wordings the package uses: ``"is"`` (settings:
+    "n is 0; it must be >= 1") or ``"got"`` (function arguments: "n must be >= 1, got 0").
+    """
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise error(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        if wording == "got":
+            bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise error(f"{name} must be {bound}, got {value}")
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise error(f"{name} is {value}; it must be {allowed}")
+    return value

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from selectmoe.errors import SelectionError
+from selectmoe.errors import SelectionError, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +120,4 @@ def _check_metric(metric: str) -> None:
 
 
 def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise SelectionError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise SelectionError(f"{name} must be {bound}, got {value}")
-    return value
+    return check_int(value, name, minimum=low, maximum=high, error=SelectionError, wording="got")

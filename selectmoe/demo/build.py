@@ -37,6 +37,7 @@ from selectmoe.demo.world import (
     _neighbour_world,
     _World,
 )
+from selectmoe.errors import check_int
 from selectmoe.hashing import file_sha256
 from selectmoe.io import atomic_output_dir, dumps_json_line
 
@@ -55,11 +56,7 @@ def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
 
 
 def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} is {value}; it must be {allowed}")
+    check_int(value, name, minimum=minimum, maximum=maximum)
 
 
 @contextlib.contextmanager

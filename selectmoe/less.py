@@ -11,9 +11,9 @@ of the LoRA weights at each of its checkpoints.
   ``shard_size`` examples beside the output; a killed job keeps its finished shards and resumes
   after them to the same features; the shards are removed once the features file is written.
 
-The gradients are taken in eval mode (no LoRA dropout), so that they do not depend on a random
-mask and a resumed job is exact; LESS leaves the model as loaded. The scores are in
-:mod:`selectmoe.targeted`.
+The gradients are taken in eval mode (no LoRA dropout), as LESS's script loads its checkpoints
+(for inference), so that they do not depend on a random mask and a resumed job is exact. The
+scores are in :mod:`selectmoe.targeted`.
 """
 
 from __future__ import annotations

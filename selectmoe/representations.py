@@ -3,9 +3,10 @@ authors do) over every example, its final hidden states pooled to one vector.
 
 The pooling is the authors' ``weighted_mean`` (after SGPT, Muennighoff 2022): position ``i``
 (from 1) of an example of ``L`` tokens weighs ``i / sum_{j=1..L} j``, so later tokens, which have
-read more of the example, count more. The authors weigh the padded batch's positions (padding
-included) and use batch size 1 in effect; here the weights run over each example's own tokens
-only, which is the same for an unpadded example and does not depend on the batch. The example is
+read more of the example, count more. The authors' script weighs every position of a padded
+batch, padding included, so an example's vector depends on its batch; here the weights run over
+each example's own tokens only, which is the same for an unpadded example and does not depend
+on the batch. The example is
 the whole conversation (prompt and answer), rendered and tokenized as for training.
 """
 

@@ -32,14 +32,14 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from selectmoe.data import collate_encoded, encode_examples, length_sorted_batches, load_pool
 from selectmoe.gradients import per_example_gradients
-from selectmoe.less import LessSettings, _lora_model
+from selectmoe.less import LessSettings, lora_target_model
 from selectmoe.losses import causal_lm_loss
 from selectmoe.representations import RepresentationSettings, compute_representations
 
 
 def _gradients(model_dir: str, examples, batch_size: int) -> dict[str, float]:
     settings = LessSettings(lora_r=8, lora_alpha=32, bf16=False, max_sequence_length=256)
-    model, tokenizer, _ = _lora_model(model_dir, settings, torch.device("cpu"))
+    model, tokenizer, _ = lora_target_model(model_dir, settings, torch.device("cpu"))
     torch.manual_seed(0)
     with torch.no_grad():
         for name, parameter in model.named_parameters():

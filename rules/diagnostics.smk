@@ -87,10 +87,13 @@ rule diagnostics:
         selections=selection_paths() if has_labels() else [],
         methods=METHODS,
         definitions=DEFINITIONS,
-        # per targeted method the file name that ends its query features
+        # per targeted method its pool datasets' features files and its queries' (also inputs)
         targeted=(
             {
-                method: os.path.basename(targeted_features(method, QUERIES))
+                method: [
+                    [targeted_features(method, dataset) for dataset in DATASETS],
+                    targeted_features(method, QUERIES),
+                ]
                 for method in TARGETED_IN_SWEEP
             }
             if has_labels()

@@ -158,9 +158,10 @@ def _manual_hint(missing: dict[str, Path], repo_id: str, filename: str) -> str:
 
 
 def _download(
-    repo_id: str, filename: str, cache_dir: str | os.PathLike[str] | None, missing: dict[str, Path]
+    repo_id: str, filename: str, cache_dir: str | os.PathLike[str] | None, hint: str
 ) -> Path:
-    """Download the archive into the Hub cache (or take the cached copy); one-line errors."""
+    """Download the archive into the Hub cache (or take the cached copy); one-line errors that
+    end with ``hint`` (what to put in place by hand)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -189,7 +190,6 @@ def _download(
                 connection_errors += (error_type,)
 
     offline = _hub_offline()
-    hint = _manual_hint(missing, repo_id, filename)
     logger.info(
         "fetching %s from %s%s",
         filename,
@@ -342,7 +342,9 @@ def fetch_less_pool(
                     "download it"
                 )
         else:
-            archive_path = _download(repo_id, filename, cache_dir, missing)
+            archive_path = _download(
+                repo_id, filename, cache_dir, _manual_hint(missing, repo_id, filename)
+            )
         extracted = _extract(archive_path, missing, file_pattern)
 
     files: dict[str, dict[str, Any]] = {}
@@ -385,9 +387,9 @@ def download_less_archive(
 ) -> Path:
     """Download ``filename`` of the Hub dataset ``repo_id`` (or take the cached copy).
 
-    The download and its one-line errors are :func:`fetch_less_pool`'s, except that each error
-    ends with ``hint`` (what to put in place by hand, e.g. "download less-data.zip from ... and
-    pass it as ..."; it follows "; " or ", or ") instead of the pool files' hint.
+    The download and its one-line errors are :func:`fetch_less_pool`'s; each error ends with
+    ``hint`` (what to put in place by hand, e.g. "download less-data.zip from ... and pass it as
+    ..."; it follows "; " or ", or ").
 
     Raises
     ------
@@ -395,12 +397,4 @@ def download_less_archive(
         The Hub cannot be reached (or ``HF_HUB_OFFLINE`` is set) and the file is not cached, the
         repository or file does not exist, or the download failed.
     """
-    nothing: dict[str, Path] = {}
-    pool_hint = _manual_hint(nothing, repo_id, filename)
-    try:
-        return _download(repo_id, filename, cache_dir, nothing)
-    except DataError as error:
-        message = str(error)
-        if message.endswith(pool_hint):
-            message = message[: -len(pool_hint)] + hint
-        raise DataError(message) from None
+    return _download(repo_id, filename, cache_dir, hint)

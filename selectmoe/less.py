@@ -57,7 +57,13 @@ from selectmoe.queries import load_queries
 from selectmoe.targeted import save_features
 from selectmoe.training import Optimization, accumulation_steps, seed_everything, train_loop
 
-__all__ = ["LessSettings", "checkpoint_files", "run_less_gradients", "run_less_warmup"]
+__all__ = [
+    "LessSettings",
+    "checkpoint_files",
+    "lora_target_model",
+    "run_less_gradients",
+    "run_less_warmup",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +98,7 @@ def checkpoint_files(warmup_dir: str | os.PathLike[str], epochs: int) -> list[Pa
     return [Path(warmup_dir) / f"checkpoint-{epoch}.pt" for epoch in range(1, epochs + 1)]
 
 
-def _lora_model(base_model: str, settings: LessSettings, device: torch.device):
+def lora_target_model(base_model: str, settings: LessSettings, device: torch.device):
     """The target with fresh LoRA adapters (float32 on CPU, bf16 base on a bf16 GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -125,7 +131,7 @@ def run_less_warmup(
     examples = subset_examples(pool, ratio=settings.warmup_share, seed=settings.seed)
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
-    model, tokenizer, use_bf16 = _lora_model(base_model, settings, device)
+    model, tokenizer, use_bf16 = lora_target_model(base_model, settings, device)
     encoded = encode_examples(
         examples,
         tokenizer,
@@ -259,7 +265,7 @@ def run_less_gradients(
         )
     device = resolve_device(settings.device)
     start = time.perf_counter()
-    model, tokenizer, _ = _lora_model(base_model, settings, device)
+    model, tokenizer, _ = lora_target_model(base_model, settings, device)
     model.eval()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     encoded = encode_examples(

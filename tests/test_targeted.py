@@ -22,7 +22,13 @@ from selectmoe.gradients import (
     adam_update_direction,
     per_example_gradients,
 )
-from selectmoe.less import LessSettings, checkpoint_files, run_less_gradients, run_less_warmup
+from selectmoe.less import (
+    LessSettings,
+    checkpoint_files,
+    lora_target_model,
+    run_less_gradients,
+    run_less_warmup,
+)
 from selectmoe.losses import causal_lm_loss
 from selectmoe.queries import load_queries
 from selectmoe.representations import RepresentationSettings, run_representations
@@ -126,10 +132,8 @@ def test_representations_equal_a_plain_per_example_forward(tmp_path, tiny_llama_
 # per-example gradients and the projection
 
 
-def _lora_model(tiny_llama_dir):
-    from selectmoe.less import _lora_model
-
-    model, tokenizer, _ = _lora_model(
+def _lora_with_nonzero_b(tiny_llama_dir):
+    model, tokenizer, _ = lora_target_model(
         str(tiny_llama_dir), LessSettings(**LESS_SMALL), torch.device("cpu")
     )
     torch.manual_seed(1)
@@ -141,7 +145,7 @@ def _lora_model(tiny_llama_dir):
 
 
 def test_per_example_gradients_equal_a_plain_backward(tiny_llama_dir, tiny_pool):
-    model, tokenizer = _lora_model(tiny_llama_dir)
+    model, tokenizer = _lora_with_nonzero_b(tiny_llama_dir)
     examples = load_jsonl_examples(next(iter(tiny_pool.values())))
     encoded = encode_examples(
         examples, tokenizer, full_sequence_prediction=False, max_sequence_length=160
@@ -230,7 +234,7 @@ def test_gradient_features_equal_a_direct_computation(
             queries=is_query,
         )
         features = load_features([out])
-        model, tokenizer = _lora_model(tiny_llama_dir)
+        model, tokenizer = _lora_with_nonzero_b(tiny_llama_dir)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         examples = load_queries(path).examples if is_query else load_jsonl_examples(path)
         encoded = encode_examples(

@@ -23,13 +23,7 @@ def main(job):
         pool_files=list(job.input.pool),
         methods=list(job.params.methods),
         definitions=job.params.definitions,
-        targeted={
-            method: (
-                [p for p in job.input.targeted if f"/{method}/" in p and not p.endswith(query)],
-                next(p for p in job.input.targeted if f"/{method}/" in p and p.endswith(query)),
-            )
-            for method, query in job.params.targeted.items()
-        },
+        targeted=job.params.targeted,
     )
 
 

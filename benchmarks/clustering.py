@@ -12,7 +12,8 @@ Three measurements (issue #4):
    ``sum |x̂ - mean|²``.
 3. The full pool's shape: synthetic router data of 270,679 samples x 16 layers x 64 experts in four
    files (the sizes of LESS's CoT, Dolly, FLAN-v2 and OASST1) with a matching pool, then
-   ``selectmoe.selection.run_selection`` (method ``selectmoe``, automatic k over [10, 100]) in a
+   ``selectmoe.selection.select.run_selection`` (method ``selectmoe``, automatic k over [10, 100])
+   in a
    child process, once per ``--processes`` value (default: 1 and 2 sweep processes): wall time and
    peak memory.
 
@@ -248,7 +249,7 @@ def full_child(args: argparse.Namespace) -> None:
     """Runs in a child process so that its peak memory is its own."""
     import logging
 
-    from selectmoe.selection import run_selection
+    from selectmoe.selection.select import run_selection
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     directory = Path(args.full_child)

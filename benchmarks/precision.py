@@ -1,7 +1,7 @@
 """Scoring precision: do bfloat16 router data give the selections that float32 gives?
 
 Two models are scored in float32 and in bfloat16 (on the CPU, where bfloat16 matmuls round like
-a GPU's do) with ``selectmoe.scoring.compute_router_data``:
+a GPU's do) with ``selectmoe.stages.scoring.compute_router_data``:
 
 1. the demo's converted model with a warmup's weights (``--demo-results``, a finished run) on the
    demo pool;
@@ -40,11 +40,12 @@ import torch
 from results_md import replace_section
 
 from selectmoe import SelectMoeConfig, SelectMoeForCausalLM
-from selectmoe.data import EncodedExample, encode_examples, load_pool, pad_token_id_of
-from selectmoe.diagnostics import spearman
-from selectmoe.router_data import RouterData
-from selectmoe.scoring import compute_router_data
-from selectmoe.selection import select_indices
+from selectmoe.data.encoding import EncodedExample, encode_examples, pad_token_id_of
+from selectmoe.data.pool import load_pool
+from selectmoe.data.router_data import RouterData
+from selectmoe.evidence.diagnostics import spearman
+from selectmoe.selection.select import select_indices
+from selectmoe.stages.scoring import compute_router_data
 
 
 def _router(quality: torch.Tensor, probs: torch.Tensor) -> RouterData:
@@ -102,7 +103,7 @@ def compare(model, encoded, *, pad_id: int, batch_size: int, k: int) -> dict:
 def demo_case(results_dir: Path, loss: str, batch_size: int) -> dict:
     from transformers import AutoTokenizer
 
-    from selectmoe.warmup import load_warmed_model
+    from selectmoe.stages.warmup import load_warmed_model
 
     model_dir = next((results_dir / "models").glob("*/converted"))
     model, _ = load_warmed_model(model_dir, results_dir / "warmup" / loss / "full_rank_weights.pt")

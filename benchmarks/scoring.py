@@ -1,9 +1,11 @@
-"""Stage-2 scoring throughput: ``selectmoe.scoring.compute_router_data`` against a plain OLMoE
+"""Stage-2 scoring throughput: ``selectmoe.stages.scoring.compute_router_data`` against a plain
+OLMoE
 forward, in one run.
 
 A synthetic chat pool (``--n-examples`` conversations whose encoded lengths spread uniformly over
 ``--min-tokens`` .. ``--max-tokens``, some with a system turn) is written as LESS-format JSONL,
-read back with ``selectmoe.data.load_pool`` and encoded with ``encode_examples`` (chat template,
+read back with ``selectmoe.data.pool.load_pool`` and encoded with ``encode_examples`` (chat
+template,
 ``full_sequence_prediction=True``) by a byte-level BPE tokenizer trained here on pseudo-words
 (``--vocab-size``, default 2,000). The models have the OLMoE-shaped config of
 ``benchmarks/model_forward.py`` (64 experts, top-8, smaller dimensions); the Select-MoE model holds
@@ -59,15 +61,18 @@ from results_md import machine_line, replace_section, section_markers, synchroni
 from transformers import OlmoeConfig, OlmoeForCausalLM
 
 from selectmoe import SelectMoeConfig, SelectMoeForCausalLM
-from selectmoe.data import (
-    CHAT_TAGS,
+from selectmoe.data.encoding import (
     collate_encoded,
     encode_examples,
     length_sorted_batches,
-    load_pool,
     pad_token_id_of,
 )
-from selectmoe.scoring import answer_alone_losses, compute_example_statistics, compute_router_data
+from selectmoe.data.pool import CHAT_TAGS, load_pool
+from selectmoe.stages.scoring import (
+    answer_alone_losses,
+    compute_example_statistics,
+    compute_router_data,
+)
 
 TOLERANCE = 1e-5
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>"]

@@ -47,14 +47,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_md import replace_section  # noqa: E402
 
-from selectmoe.allocation import allocate  # noqa: E402
-from selectmoe.config import build_settings  # noqa: E402
-from selectmoe.diagnostics import auroc, auroc_intervals  # noqa: E402
-from selectmoe.labels import align_labels  # noqa: E402
-from selectmoe.scores import compute_score  # noqa: E402
-from selectmoe.scoring import score_dataset  # noqa: E402
-from selectmoe.selection import budget, load_router_data, select_indices  # noqa: E402
-from selectmoe.warmup import WarmupSettings, run_warmup  # noqa: E402
+from selectmoe.data.labels import align_labels  # noqa: E402
+from selectmoe.evidence.diagnostics import auroc, auroc_intervals  # noqa: E402
+from selectmoe.selection.allocation import allocate  # noqa: E402
+from selectmoe.selection.scores import compute_score  # noqa: E402
+from selectmoe.selection.select import budget, load_router_data, select_indices  # noqa: E402
+from selectmoe.stages.scoring import score_dataset  # noqa: E402
+from selectmoe.stages.warmup import WarmupSettings, run_warmup  # noqa: E402
+from selectmoe.workflow.config import build_settings  # noqa: E402
 
 DATASETS = ("cot", "dolly", "flan_v2", "oasst1")
 GATE = "gate"

@@ -1,9 +1,10 @@
 """The targeted methods' per-example work against the plain way of doing it, on the demo target.
 
-1. LESS's per-example LoRA gradients: ``selectmoe.gradients.per_example_gradients`` (``torch.func``
+1. LESS's per-example LoRA gradients: ``selectmoe.stages.gradients.per_example_gradients``
+(``torch.func``
    ``vmap`` over a padded, length-sorted batch) against one ``backward()`` per example (what LESS
    does, batch size 1), on the same examples; the largest difference between the two is printed.
-2. RDS+'s pooled representations: ``selectmoe.representations.compute_representations``
+2. RDS+'s pooled representations: ``selectmoe.stages.representations.compute_representations``
    (length-sorted padded batches) against one plain transformers forward per example with
    ``output_hidden_states`` and the authors' weighted mean.
 
@@ -30,11 +31,12 @@ import torch
 from results_md import machine_line, replace_section
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from selectmoe.data import collate_encoded, encode_examples, length_sorted_batches, load_pool
-from selectmoe.gradients import per_example_gradients
-from selectmoe.less import LessSettings, lora_target_model
-from selectmoe.losses import causal_lm_loss
-from selectmoe.representations import RepresentationSettings, compute_representations
+from selectmoe.data.encoding import collate_encoded, encode_examples, length_sorted_batches
+from selectmoe.data.pool import load_pool
+from selectmoe.model.losses import causal_lm_loss
+from selectmoe.stages.gradients import per_example_gradients
+from selectmoe.stages.less import LessSettings, lora_target_model
+from selectmoe.stages.representations import RepresentationSettings, compute_representations
 
 
 def _gradients(model_dir: str, examples, batch_size: int) -> dict[str, float]:

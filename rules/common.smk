@@ -5,15 +5,16 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from selectmoe.config import (
+from selectmoe.workflow.config import (
     check_registered_names,
     coerce_command_line_strings,
     load_schema,
     validate_config,
 )
 from selectmoe.errors import ConfigError
-from selectmoe.plugins import PLUGINS_VARIABLE, load_plugins
-from selectmoe import methods, sweep
+from selectmoe.workflow.plugins import PLUGINS_VARIABLE, load_plugins
+from selectmoe.selection import methods
+from selectmoe.workflow import sweep
 from snakemake.utils import validate
 
 # Validate first, with one-line messages that name the key and the allowed values, then let
@@ -348,7 +349,7 @@ def summary_points():
 
 
 def cost_points():
-    """Per summary point, the jobs it needed, for the cost ledger (selectmoe.costs)."""
+    """Per summary point, the jobs it needed, for the cost ledger (selectmoe.evidence.costs)."""
 
     def job(kind, benchmark, stage, outputs=()):
         return {

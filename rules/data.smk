@@ -34,7 +34,7 @@ if not is_demo():
             "../envs/selectmoe.yaml"
         threads: 1
         params:
-            # Arguments of selectmoe.fetch.fetch_less_pool. A function of `output`, so that
+            # Arguments of selectmoe.data.fetch.fetch_less_pool. A function of `output`, so that
             # Snakemake leaves it out of its params rerun trigger: where the pool comes from does
             # not change what it is, and switching to a local archive after a download must not
             # re-run fetch_pool and everything after it.

@@ -1,6 +1,6 @@
 # Quality diagnostics: the gate's score per loss type against the untrained-gate control and, where
 # the pool has quality labels, how well it separates clean from planted examples, and how much
-# planted noise each selection kept (selectmoe.diagnostics).
+# planted noise each selection kept (selectmoe.evidence.diagnostics).
 
 
 rule diagnostics:

@@ -1,4 +1,4 @@
-# Figures and tables for `snakemake --report report.html` (selectmoe.report). Their paths come
+# Figures and tables for `snakemake --report report.html` (selectmoe.evidence.report). Their paths come
 # from rules/common.smk (REPORT_DIR, report_outputs), which makes them part of the default target.
 
 
@@ -68,7 +68,7 @@ rule report_quality_scores:
 
 
 rule report_quality_losses:
-    """Every quality-loss type as a function of the gate output (no input: selectmoe.losses)."""
+    """Every quality-loss type as a function of the gate output (no input: selectmoe.model.losses)."""
     output:
         plot=report(
             f"{REPORT_DIR}/quality_losses.png",

@@ -19,18 +19,18 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from selectmoe.configuration_select_moe import SelectMoeConfig
-    from selectmoe.modeling_select_moe import (
+    from selectmoe.model.configuration_select_moe import SelectMoeConfig
+    from selectmoe.model.modeling_select_moe import (
         SelectMoeForCausalLM,
         register_select_moe,
         register_trash_expert,
     )
 
 _LAZY = {
-    "SelectMoeConfig": "selectmoe.configuration_select_moe",
-    "SelectMoeForCausalLM": "selectmoe.modeling_select_moe",
-    "register_select_moe": "selectmoe.modeling_select_moe",
-    "register_trash_expert": "selectmoe.modeling_select_moe",
+    "SelectMoeConfig": "selectmoe.model.configuration_select_moe",
+    "SelectMoeForCausalLM": "selectmoe.model.modeling_select_moe",
+    "register_select_moe": "selectmoe.model.modeling_select_moe",
+    "register_trash_expert": "selectmoe.model.modeling_select_moe",
 }
 
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selectmoe.config import build_settings
 from selectmoe.errors import ConfigError, SelectMoeError, exit_status
-from selectmoe.methods import POOL_ONLY_METHODS, SELECTION_METHODS, TARGETED_METHODS
+from selectmoe.selection.methods import POOL_ONLY_METHODS, SELECTION_METHODS, TARGETED_METHODS
+from selectmoe.workflow.config import build_settings
 
 __all__ = ["main"]
 
@@ -52,7 +52,7 @@ def _parse_fewshot(text: str) -> int | dict[str, int]:
 
 
 def _print_json(obj: Any) -> None:
-    from selectmoe.distributed import distributed_info
+    from selectmoe.training.distributed import distributed_info
 
     if distributed_info().is_main:  # under accelerate launch only one process reports
         print(json.dumps(obj, indent=2, default=str))
@@ -83,7 +83,7 @@ def _cmd_build_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_validate_data(args: argparse.Namespace) -> None:
-    from selectmoe.data import validate_data_files
+    from selectmoe.data.pool import validate_data_files
 
     report = validate_data_files(args.files)
     if args.report:
@@ -94,7 +94,7 @@ def _cmd_validate_data(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from selectmoe.conversion import convert_olmoe
+    from selectmoe.model.conversion import convert_olmoe
 
     _print_json(
         convert_olmoe(
@@ -109,7 +109,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> None:
-    from selectmoe.conversion import verify_conversion
+    from selectmoe.model.conversion import verify_conversion
 
     _print_json(
         verify_conversion(args.source, args.converted, output_json=args.report, tolerance=args.tol)
@@ -117,7 +117,7 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 
 
 def _cmd_warmup(args: argparse.Namespace) -> None:
-    from selectmoe.warmup import WarmupSettings, run_warmup
+    from selectmoe.stages.warmup import WarmupSettings, run_warmup
 
     settings = build_settings(WarmupSettings, _settings_values(args), section="warmup")
     _print_json(
@@ -132,7 +132,7 @@ def _cmd_warmup(args: argparse.Namespace) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> None:
-    from selectmoe.scoring import score_dataset
+    from selectmoe.stages.scoring import score_dataset
 
     _print_json(
         score_dataset(
@@ -157,7 +157,7 @@ def _router_files(directory: str) -> list[Path]:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> None:
-    from selectmoe.clusters import run_clustering
+    from selectmoe.selection.clusters import run_clustering
 
     record = run_clustering(
         _router_files(args.router_data),
@@ -171,7 +171,7 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
 
 
 def _cmd_represent(args: argparse.Namespace) -> None:
-    from selectmoe.representations import RepresentationSettings, run_representations
+    from selectmoe.stages.representations import RepresentationSettings, run_representations
 
     settings = build_settings(
         RepresentationSettings, _settings_values(args), section="targeted.rds"
@@ -188,7 +188,7 @@ def _cmd_represent(args: argparse.Namespace) -> None:
 
 
 def _cmd_less_warmup(args: argparse.Namespace) -> None:
-    from selectmoe.less import LessSettings, run_less_warmup
+    from selectmoe.stages.less import LessSettings, run_less_warmup
 
     settings = build_settings(LessSettings, _settings_values(args), section="targeted.less")
     log = run_less_warmup(
@@ -198,7 +198,7 @@ def _cmd_less_warmup(args: argparse.Namespace) -> None:
 
 
 def _cmd_less_gradients(args: argparse.Namespace) -> None:
-    from selectmoe.less import LessSettings, run_less_gradients
+    from selectmoe.stages.less import LessSettings, run_less_gradients
 
     settings = build_settings(LessSettings, _settings_values(args), section="targeted.less")
     _print_json(
@@ -224,7 +224,7 @@ _QUERY_FEATURES = "queries_features.pt"
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    from selectmoe.selection import run_selection
+    from selectmoe.selection.select import run_selection
 
     router_files: list[Path] = []
     if args.method in TARGETED_METHODS:
@@ -265,7 +265,7 @@ def _cmd_select(args: argparse.Namespace) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
-    from selectmoe.finetune import FinetuneSettings, run_finetune
+    from selectmoe.stages.finetune import FinetuneSettings, run_finetune
 
     settings = build_settings(FinetuneSettings, _settings_values(args), section="finetune")
     log = run_finetune(
@@ -279,7 +279,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from selectmoe.evaluation import evaluate_adapters, read_task_metrics
+    from selectmoe.stages.evaluation import evaluate_adapters, read_task_metrics
 
     adapters = args.adapter or [None] * len(args.output)
     outputs = evaluate_adapters(
@@ -302,7 +302,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_summarize(args: argparse.Namespace) -> None:
-    from selectmoe.summary import SummarySettings, summarize
+    from selectmoe.evidence.summary import SummarySettings, summarize
 
     points = json.loads(Path(args.points).read_text(encoding="utf-8"))
     settings = SummarySettings(
@@ -534,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def run() -> None:
-        from selectmoe.plugins import load_plugins_from_environment
+        from selectmoe.workflow.plugins import load_plugins_from_environment
 
         load_plugins_from_environment()  # also in every process of an accelerate launch
         args.func(args)

@@ -50,10 +50,10 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from selectmoe.allocation import CLUSTERED_ALLOCATIONS
 from selectmoe.errors import ConfigError, ModelError
-from selectmoe.methods import TARGETED_METHODS, method_definitions, uses_score
-from selectmoe.sweep import FULL, sweep_selections
+from selectmoe.selection.allocation import CLUSTERED_ALLOCATIONS
+from selectmoe.selection.methods import TARGETED_METHODS, method_definitions, uses_score
+from selectmoe.workflow.sweep import FULL, sweep_selections
 
 __all__ = [
     "BUILTIN_SHAPES",
@@ -89,7 +89,7 @@ DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
 FP32 = DTYPE_BYTES["float32"]
 INDEX_BYTES = 8  # int64 routing indices
 MASK_BYTES = 1  # torch.bool: dropout masks on CUDA, SDPA's padding mask
-# answer tokens per LM-head chunk in scoring (selectmoe.scoring's chunk_tokens default;
+# answer tokens per LM-head chunk in scoring (selectmoe.stages.scoring's chunk_tokens default;
 # tests/test_plan.py checks them against each other)
 SCORING_CHUNK_TOKENS = 1024
 ADAMW_STATE_BYTES = 2 * FP32  # exp_avg and exp_avg_sq, float32, per trainable parameter
@@ -107,7 +107,7 @@ LESS_POOL_SIZES: dict[str, int] = {
     "oasst1": 55_668,
 }
 # the workflow's lm-eval call (workflow_scripts/evaluate.py) passes no dtype, and
-# selectmoe.evaluation.run_lm_eval defaults to float32
+# selectmoe.stages.evaluation.run_lm_eval defaults to float32
 # settings the plan reads, with the defaults of config/schema.yaml for keys a config leaves out
 # (tests/test_plan.py checks them against the schema)
 SCHEMA_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -137,7 +137,7 @@ SCHEMA_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "evaluation": {"batch_size": 16, "dtype": "float32"},
 }
-# finetune.target_modules when a config leaves it out (selectmoe.finetune.FinetuneSettings)
+# finetune.target_modules when a config leaves it out (selectmoe.stages.finetune.FinetuneSettings)
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # the targeted methods' settings the plan reads (targeted.rds, targeted.less), with the defaults
 # of config/schema.yaml (tests/test_plan.py checks them against the schema)
@@ -808,7 +808,7 @@ def _tokens(examples: float, max_length: int, assumptions: Assumptions) -> float
 def warmup_plan(
     config: Mapping[str, Any], shape: ModelShape, assumptions: Assumptions
 ) -> StagePlan:
-    """Stage 1 on the converted Select-MoE model (``selectmoe.warmup.run_warmup``).
+    """Stage 1 on the converted Select-MoE model (``selectmoe.stages.warmup.run_warmup``).
 
     Facts of the code: the model is loaded and trained in float32 without autocast, the whole
     stack keeps its activations (no gradient checkpointing), AdamW over the routers and gates
@@ -862,7 +862,7 @@ def warmup_plan(
 
 
 def score_plan(config: Mapping[str, Any], shape: ModelShape, assumptions: Assumptions) -> StagePlan:
-    """Stage 2 (``selectmoe.scoring.compute_router_data``): inference in ``scoring.dtype``.
+    """Stage 2 (``selectmoe.stages.scoring.compute_router_data``): inference in ``scoring.dtype``.
 
     The decoder stack, ``torch.inference_mode``, length-sorted batches of
     ``scoring.batch_size`` padded to at most ``scoring.max_sequence_length``; SDPA receives a
@@ -930,7 +930,7 @@ def score_plan(config: Mapping[str, Any], shape: ModelShape, assumptions: Assump
 def select_plan(
     config: Mapping[str, Any], shape: ModelShape, assumptions: Assumptions
 ) -> StagePlan:
-    """Stage 2b (``selectmoe.clusters``): the k-means sweep over the pooled router data.
+    """Stage 2b (``selectmoe.selection.clusters``): the k-means sweep over the pooled router data.
 
     Features: ``N x (L E)`` float32. One clustering job per loss type (rule ``cluster``) serves
     every clustered method and percentage. Times are scaled from the CPU benchmark in
@@ -1093,7 +1093,7 @@ def lora_training(
     *,
     shards: int = 1,
 ) -> LoraTraining:
-    """Memory and FLOPs of LoRA training (``selectmoe.finetune``'s step) on a dense model.
+    """Memory and FLOPs of LoRA training (``selectmoe.stages.finetune``'s step) on a dense model.
 
     Facts of the code: with ``bf16`` (on a bf16-capable GPU) the frozen base is loaded in
     bfloat16 and the step runs under bf16 autocast; otherwise everything is float32. The LoRA
@@ -1136,7 +1136,7 @@ def lora_training(
 def finetune_plan(
     config: Mapping[str, Any], target: str, shape: ModelShape, assumptions: Assumptions
 ) -> StagePlan:
-    """Stage 3 (``selectmoe.finetune.run_finetune``) for one target: :func:`lora_training` on
+    """Stage 3 (``selectmoe.stages.finetune.run_finetune``) for one target: :func:`lora_training` on
     every selection, ``finetune.seeds`` times."""
     settings = _finetune_settings(config, target)
     gpus = int(config.get("resources", {}).get("gpus", {}).get("finetune", 1) or 1)
@@ -1371,7 +1371,7 @@ def less_gradients_plan(
     autocast copies), the batch's per-example gradients, its saved activations and loss logits,
     and one projection block. Batches are sorted by length (no padding counted).
     """
-    from selectmoe.gradients import PROJECTION_BLOCK_ROWS
+    from selectmoe.stages.gradients import PROJECTION_BLOCK_ROWS
 
     settings = _targeted_settings(config, "less")
     bf16 = bool(settings["bf16"])

@@ -138,7 +138,7 @@ def tiny_olmoe_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any
 @pytest.fixture(scope="session")
 def tiny_converted_dir(tmp_path_factory: pytest.TempPathFactory, tiny_olmoe_dir: Path) -> Path:
     """The tiny OLMoE converted to Select-MoE (default gate init)."""
-    from selectmoe.conversion import convert_olmoe
+    from selectmoe.model.conversion import convert_olmoe
 
     directory = tmp_path_factory.mktemp("tiny_converted") / "model"
     with pytest.MonkeyPatch.context() as mp:

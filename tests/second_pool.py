@@ -14,7 +14,7 @@ base model know its words) with noise of other kinds:
 It lives with the tests' data, not in the demo, so that the demo's noise stays what it is.
 
 Usage: ``python -m tests.second_pool results/demo results/second_pool`` writes
-``pool/{dataset}/{dataset}_data.jsonl`` and ``noise_labels.jsonl`` (:mod:`selectmoe.labels`).
+``pool/{dataset}/{dataset}_data.jsonl`` and ``noise_labels.jsonl`` (:mod:`selectmoe.data.labels`).
 """
 
 from __future__ import annotations

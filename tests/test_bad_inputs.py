@@ -27,9 +27,9 @@ import pytest
 import torch
 import yaml
 
-from selectmoe.config import load_schema, validate_config
-from selectmoe.data import MAX_LINE_BYTES, load_jsonl_examples
+from selectmoe.data.pool import MAX_LINE_BYTES, load_jsonl_examples
 from selectmoe.errors import ConfigError, DataError
+from selectmoe.workflow.config import load_schema, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 ERROR_PREFIX = "selectmoe: error: "

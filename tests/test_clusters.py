@@ -1,4 +1,5 @@
-"""The clustering job (selectmoe.clusters): computed once, read by every clustered selection."""
+"""The clustering job (selectmoe.selection.clusters): computed once, read by every clustered
+selection."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from selectmoe.clusters import read_clusters, run_clustering, sample_keys_sha256
 from selectmoe.errors import SelectionError
-from selectmoe.selection import load_router_data, run_selection, select_indices
+from selectmoe.selection.clusters import read_clusters, run_clustering, sample_keys_sha256
+from selectmoe.selection.select import load_router_data, run_selection, select_indices
 from tests.test_selection import make_router_payload, save, write_pool
 
 PARAMS = {"k_range": [2, 8], "k_step": 1, "n_init": 2, "device": "cpu"}

@@ -12,12 +12,6 @@ import pytest
 import yaml
 
 from selectmoe.cli import main
-from selectmoe.config import (
-    check_registered_names,
-    coerce_command_line_strings,
-    load_schema,
-    validate_config,
-)
 from selectmoe.errors import ConfigError
 from selectmoe.io import (
     atomic_output_dir,
@@ -25,6 +19,12 @@ from selectmoe.io import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_jsonl,
+)
+from selectmoe.workflow.config import (
+    check_registered_names,
+    coerce_command_line_strings,
+    load_schema,
+    validate_config,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_subset_ratio_out_of_range(schema: dict[str, Any], config: dict[str, Any
 
 
 def test_unknown_loss_type(config: dict[str, Any]) -> None:
-    from selectmoe.losses import available_quality_losses
+    from selectmoe.model.losses import available_quality_losses
 
     config["selection"]["loss_types"] = ["sigmoid", "focal"]
     # the built-in losses (and any a test's plugin registered in this process)
@@ -99,7 +99,7 @@ def test_unknown_loss_type(config: dict[str, Any]) -> None:
 
 
 def test_unknown_method_and_clustering(config: dict[str, Any]) -> None:
-    from selectmoe.methods import SELECTION_METHODS
+    from selectmoe.selection.methods import SELECTION_METHODS
 
     config["selection"]["methods"] = ["kmeans_magic"]
     pattern = re.escape(
@@ -115,7 +115,7 @@ def test_unknown_method_and_clustering(config: dict[str, Any]) -> None:
 
 
 def test_custom_trash_expert_and_the_control_name(config: dict[str, Any]) -> None:
-    from selectmoe import modeling_select_moe
+    from selectmoe.model import modeling_select_moe
 
     config["warmup"]["trash_expert_mode"] = "custom"
     saved = list(modeling_select_moe._CUSTOM_TRASH_EXPERT)
@@ -130,7 +130,7 @@ def test_custom_trash_expert_and_the_control_name(config: dict[str, Any]) -> Non
         modeling_select_moe._CUSTOM_TRASH_EXPERT[:] = saved
     config["warmup"]["trash_expert_mode"] = "zero"
     config["selection"]["loss_types"] = ["untrained"]
-    from selectmoe.losses import _REGISTRY
+    from selectmoe.model.losses import _REGISTRY
 
     _REGISTRY["untrained"] = _REGISTRY["sigmoid"]
     try:

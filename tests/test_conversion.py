@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from selectmoe.conversion import convert_olmoe, verify_conversion
 from selectmoe.errors import ModelError
+from selectmoe.model.conversion import convert_olmoe, verify_conversion
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -114,7 +114,7 @@ def test_convert_non_olmoe_model(tiny_llama_dir: Path, tmp_path: Path) -> None:
 def test_failure_while_writing_leaves_nothing(
     tiny_olmoe_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from selectmoe.modeling_select_moe import SelectMoeForCausalLM
+    from selectmoe.model.modeling_select_moe import SelectMoeForCausalLM
 
     original = SelectMoeForCausalLM.save_pretrained
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from selectmoe.costs import cost_ledger, read_benchmark, write_cost_ledger
 from selectmoe.errors import SelectMoeError
+from selectmoe.evidence.costs import cost_ledger, read_benchmark, write_cost_ledger
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 

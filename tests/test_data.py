@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from selectmoe.data import (
-    IGNORE_INDEX,
+from selectmoe.data.encoding import IGNORE_INDEX, collate_encoded, encode_examples, render_chat
+from selectmoe.data.pool import (
     Example,
-    collate_encoded,
     discover_pool_files,
-    encode_examples,
     load_jsonl_examples,
     load_pool,
-    render_chat,
     subset_examples,
     validate_data_files,
 )
@@ -396,11 +393,12 @@ def test_stages_use_the_same_encoding(
     tiny_llama_dir: Path,
     tiny_write_pool,
 ) -> None:
-    import selectmoe.scoring as scoring
-    import selectmoe.training as training
-    from selectmoe.finetune import FinetuneSettings, run_finetune
-    from selectmoe.scoring import score_dataset
-    from selectmoe.warmup import WarmupSettings, run_warmup
+    import selectmoe.training.loop as training
+
+    import selectmoe.stages.scoring as scoring
+    from selectmoe.stages.finetune import FinetuneSettings, run_finetune
+    from selectmoe.stages.scoring import score_dataset
+    from selectmoe.stages.warmup import WarmupSettings, run_warmup
 
     files = tiny_write_pool(tmp_path / "pool", 5)
     seen: list[dict] = []
@@ -482,7 +480,7 @@ def test_stages_use_the_same_encoding(
 
 
 def test_selected_keys_are_read_in_order_with_clear_errors(tmp_path: Path) -> None:
-    from selectmoe.data import read_selected_keys
+    from selectmoe.data.pool import read_selected_keys
 
     path = tmp_path / "selected_data.jsonl"
     path.write_text('{"dataset": "a", "id": "2"}\n\n{"dataset": "b", "id": 1}\n')

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from selectmoe.data import load_pool, render_chat
+from selectmoe.data.encoding import render_chat
+from selectmoe.data.pool import load_pool
 from selectmoe.demo import (
     DATASETS,
     EVAL_TASKS,

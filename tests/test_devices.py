@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from selectmoe.devices import acquire_gpus, gpu_environment, machine_gpus
 from selectmoe.errors import ConfigError
+from selectmoe.workflow.devices import acquire_gpus, gpu_environment, machine_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_a_killed_holder_frees_its_device(fake_gpus: Path, monkeypatch: pytest.M
         [
             sys.executable,
             "-c",
-            "import time; from selectmoe.devices import acquire_gpus; "
+            "import time; from selectmoe.workflow.devices import acquire_gpus; "
             "lease = acquire_gpus(1, job_name='holder'); print('held', flush=True); "
             "time.sleep(60)",
         ],
@@ -149,7 +149,7 @@ def test_a_killed_holder_frees_its_device(fake_gpus: Path, monkeypatch: pytest.M
 CONCURRENT_JOB = textwrap.dedent(
     """
     import json, sys, time
-    from selectmoe.devices import gpu_environment
+    from selectmoe.workflow.devices import gpu_environment
     import os
     job, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with gpu_environment(count, job_name=job) as lease:
@@ -202,7 +202,7 @@ SNAKEFILE = textwrap.dedent(
 JOB_SCRIPT = textwrap.dedent(
     """
     import json, os, time
-    from selectmoe.runtime import run_job
+    from selectmoe.workflow.runtime import run_job
 
     def work():
         start = time.monotonic()

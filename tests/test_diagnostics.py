@@ -1,4 +1,5 @@
-"""Quality diagnostics (selectmoe.diagnostics) against scikit-learn, scipy and known cases."""
+"""Quality diagnostics (selectmoe.evidence.diagnostics) against scikit-learn, scipy and known
+cases."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import torch
 from scipy.stats import hypergeom, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from selectmoe.diagnostics import auroc, planted_shares, quality_table, spearman, write_diagnostics
+from selectmoe.evidence.diagnostics import (
+    auroc,
+    planted_shares,
+    quality_table,
+    spearman,
+    write_diagnostics,
+)
 from tests.test_labels import write_labels
 from tests.test_selection import make_router_payload, save, write_pool
 
@@ -159,7 +166,7 @@ def test_write_diagnostics_files(tmp_path):
 
 
 def test_auroc_intervals_are_paired_bootstraps():
-    from selectmoe.diagnostics import auroc_intervals
+    from selectmoe.evidence.diagnostics import auroc_intervals
 
     rng = np.random.default_rng(0)
     clean = rng.random(300) < 0.7
@@ -176,8 +183,8 @@ def test_auroc_intervals_are_paired_bootstraps():
 
 
 def test_method_score_table_ranks_each_method_by_its_own_score(tmp_path):
-    from selectmoe.diagnostics import method_score_table
-    from selectmoe.methods import method_definitions
+    from selectmoe.evidence.diagnostics import method_score_table
+    from selectmoe.selection.methods import method_definitions
 
     paths, payloads = _router_files(tmp_path, "warmed", shift=0.0)
     losses = []

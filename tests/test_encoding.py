@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from selectmoe.data import IGNORE_INDEX, encode_examples, render_chat
+from selectmoe.data.encoding import IGNORE_INDEX, encode_examples, render_chat
 from tests.tokenizer_kinds import llama2_tokenizer, qwen2_tokenizer
 
 CONVERSATIONS = {

@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from selectmoe.errors import EvaluationError, SelectMoeError
-from selectmoe.evaluation import evaluate_adapters, load_results, read_task_metrics, run_lm_eval
+from selectmoe.stages.evaluation import (
+    evaluate_adapters,
+    load_results,
+    read_task_metrics,
+    run_lm_eval,
+)
 
 N_DOCS = 10
 COLOURS = ["red", "blue", "green", "yellow"]
@@ -466,7 +471,7 @@ def test_load_results_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_nan_metrics_become_null() -> None:
-    from selectmoe.evaluation import _jsonable
+    from selectmoe.stages.evaluation import _jsonable
 
     converted = _jsonable({"a": math.nan, "b": (1, 2.0), "c": {"d": math.inf}})
     assert converted == {"a": None, "b": [1, 2.0], "c": {"d": None}}
@@ -479,7 +484,7 @@ def test_launched_evaluation_writes_the_in_process_results(
     assets: dict[str, Path], base_run: dict[str, object], tmp_path: Path, monkeypatch
 ) -> None:
     """`selectmoe evaluate` under accelerate launch (2 CPU processes): one file, same metrics."""
-    from selectmoe.launch import run_evaluation_stage
+    from selectmoe.workflow.launch import run_evaluation_stage
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -512,7 +517,7 @@ def test_launched_evaluation_writes_the_in_process_results(
 
 
 def test_failed_launched_evaluation_is_one_error(assets: dict[str, Path], tmp_path: Path) -> None:
-    from selectmoe.launch import run_evaluation_stage
+    from selectmoe.workflow.launch import run_evaluation_stage
 
     with pytest.raises(SelectMoeError, match=r"evaluate under accelerate launch \(2 processes\)"):
         run_evaluation_stage(
@@ -582,8 +587,8 @@ def test_fewshot_option_parsing() -> None:
 
 def test_evaluation_stage_passes_the_config_section(monkeypatch, tmp_path: Path) -> None:
     """In process, every key of the config's evaluation section reaches evaluate_adapters."""
-    import selectmoe.evaluation as evaluation_module
-    from selectmoe.launch import run_evaluation_stage
+    import selectmoe.stages.evaluation as evaluation_module
+    from selectmoe.workflow.launch import run_evaluation_stage
 
     seen: dict = {}
     monkeypatch.setattr(

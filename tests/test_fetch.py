@@ -12,9 +12,9 @@ import pytest
 import yaml
 from test_workflow import PAPER_DATASETS, _copy_workflow, _job_counts, _snakemake
 
-from selectmoe.data import load_pool
+from selectmoe.data.fetch import fetch_less_pool
+from selectmoe.data.pool import load_pool
 from selectmoe.errors import DataError
-from selectmoe.fetch import fetch_less_pool
 
 PATTERN = "{dataset}/{dataset}_data.jsonl"
 URL = "https://huggingface.co/datasets/princeton-nlp/less_data"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from selectmoe.errors import DataError, ModelError
-from selectmoe.finetune import FinetuneSettings, run_finetune
+from selectmoe.stages.finetune import FinetuneSettings, run_finetune
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -143,9 +143,8 @@ def test_tokenizer_without_pad_token(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import selectmoe.training.loop as training
     from transformers import AutoTokenizer
-
-    import selectmoe.training as training
 
     base = tmp_path / "base"
     shutil.copytree(tiny_llama_dir, base)
@@ -241,9 +240,8 @@ def test_finetune_resumes_with_dropout_exactly(
 ) -> None:
     """Killed after a checkpoint and run again, the finetune ends with the weights of one
     uninterrupted run: with LoRA dropout this needs the saved random states."""
+    import selectmoe.training.checkpoints as checkpoints_module
     from safetensors.torch import load_file
-
-    import selectmoe.checkpoints as checkpoints_module
 
     records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()]
     data = _write_selection(tmp_path / "selected_data.jsonl", records)
@@ -355,7 +353,7 @@ def test_two_process_fsdp_finetune_equals_one_process(
 ) -> None:
     """The target sharded per decoder layer over 2 processes (global batch 2 = 1 each) trains
     the adapter of 1 process with batch 2; it is written once, by the first process."""
-    from selectmoe.launch import run_training_stage
+    from selectmoe.workflow.launch import run_training_stage
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()]
@@ -404,7 +402,7 @@ def test_killed_fsdp_finetune_resumes_to_the_same_adapter(
 
     import psutil
 
-    from selectmoe.launch import launch_command, run_training_stage
+    from selectmoe.workflow.launch import launch_command, run_training_stage
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from selectmoe.data.labels import align_labels, load_labels
 from selectmoe.errors import DataError, SelectionError
-from selectmoe.labels import align_labels, load_labels
-from selectmoe.selection import run_selection
+from selectmoe.selection.select import run_selection
 from tests.test_selection import make_router_payload, save, write_pool
 
 

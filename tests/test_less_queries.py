@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from selectmoe.data import load_jsonl_examples
+from selectmoe.data.fetch import fetch_less_pool
+from selectmoe.data.less_queries import QUERY_TASKS, fetch_less_queries, less_query_records
+from selectmoe.data.pool import load_jsonl_examples
 from selectmoe.errors import DataError
-from selectmoe.fetch import fetch_less_pool
-from selectmoe.less_queries import QUERY_TASKS, fetch_less_queries, less_query_records
 
 URL = "https://huggingface.co/datasets/princeton-nlp/less_data"
 
@@ -259,7 +259,7 @@ def test_download_goes_through_the_hub(
 
 def test_rendered_like_less_tulu_prompts(archive: Path) -> None:
     """The chat template renders each query as LESS's tulu text (prompt + completion)."""
-    from selectmoe.data import render_chat
+    from selectmoe.data.encoding import render_chat
 
     by_id = {r["id"]: r for r in less_query_records(archive, QUERY_TASKS)}
     less = {

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from selectmoe import losses
 from selectmoe.errors import ConfigError
-from selectmoe.losses import (
+from selectmoe.model import losses
+from selectmoe.model.losses import (
     available_quality_losses,
     causal_lm_loss,
     get_quality_loss,
@@ -247,7 +247,7 @@ def test_custom_loss_is_used_by_a_loaded_model(tiny_converted_dir, custom_loss_n
 
 def test_quality_loss_debug_logs_the_parts(caplog: pytest.LogCaptureFixture) -> None:
     layers = [torch.tensor([[0.2, 0.4]]), torch.tensor([[0.6, 0.8]])]
-    with caplog.at_level("INFO", logger="selectmoe.losses"):
+    with caplog.at_level("INFO", logger="selectmoe.model.losses"):
         quality_loss(layers, None, _config(quality_loss_debug=True))
     (record,) = caplog.records
     assert "quality loss sigmoid: per layer [0.3, 0.7]" in record.getMessage()

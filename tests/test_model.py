@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from selectmoe import modeling_select_moe
 from selectmoe.errors import ConfigError
-from selectmoe.losses import causal_lm_loss, quality_loss
+from selectmoe.model import modeling_select_moe
+from selectmoe.model.losses import causal_lm_loss, quality_loss
 
 INPUT_IDS = torch.tensor([[5, 17, 42, 99, 7, 250], [8, 120, 33, 64, 2, 2]])
 MASK = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
@@ -30,7 +30,7 @@ def no_custom_trash() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def converted_constant_gate(tmp_path_factory: pytest.TempPathFactory, tiny_olmoe_dir: Path) -> Path:
     """The tiny OLMoE converted with gates drawn from N(0.7, 0)."""
-    from selectmoe.conversion import convert_olmoe
+    from selectmoe.model.conversion import convert_olmoe
 
     directory = tmp_path_factory.mktemp("constant_gate") / "model"
     with pytest.MonkeyPatch.context() as mp:
@@ -189,7 +189,7 @@ def test_trash_expert_mode_is_read_at_forward_time(
 def test_noise_trash_expert_statistics_and_no_gradient() -> None:
     from types import SimpleNamespace
 
-    from selectmoe.modeling_select_moe import trash_expert
+    from selectmoe.model.modeling_select_moe import trash_expert
 
     torch.manual_seed(0)
     scale = torch.tensor([0.5, 2.0, 4.0]).view(1, 3, 1)

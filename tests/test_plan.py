@@ -364,7 +364,7 @@ def _lora_model(kind: str, layers: int, rank: int) -> torch.nn.Module:
         vocab_size=96,
         **extra,
     )
-    # as selectmoe.finetune does with bf16: a bf16 base, float32 adapters, bf16 autocast
+    # as selectmoe.stages.finetune does with bf16: a bf16 base, float32 adapters, bf16 autocast
     model = model_class(config).to(torch.bfloat16)
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS)
     model = get_peft_model(model, lora)
@@ -492,7 +492,7 @@ def test_gradient_checkpointing_trades_memory_for_time(paper: dict[str, Any]) ->
 
 
 def test_lm_statistics_and_ifd_add_the_head_and_the_answers_pass(paper: dict[str, Any]) -> None:
-    from selectmoe.scoring import LM_HEAD_CHUNK_TOKENS
+    from selectmoe.stages.scoring import LM_HEAD_CHUNK_TOKENS
 
     assert LM_HEAD_CHUNK_TOKENS == SCORING_CHUNK_TOKENS
     shape = BUILTIN_SHAPES["allenai/OLMoE-1B-7B-0125"]

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from selectmoe.errors import ConfigError
-from selectmoe.plugins import PLUGINS_VARIABLE, load_plugins, load_plugins_from_environment
+from selectmoe.workflow.plugins import PLUGINS_VARIABLE, load_plugins, load_plugins_from_environment
 
 PLUGIN = '''
 """A user's plugin: a quality loss, a trash expert and a selection method."""
@@ -18,9 +18,9 @@ import os
 
 import numpy as np
 
-from selectmoe.losses import register_quality_loss
-from selectmoe.modeling_select_moe import register_trash_expert
-from selectmoe.selection import register_selection_method
+from selectmoe.model.losses import register_quality_loss
+from selectmoe.model.modeling_select_moe import register_trash_expert
+from selectmoe.selection.select import register_selection_method
 
 # every import leaves a line, so that the test sees which processes imported the plugin
 with open(os.environ["PLUGIN_TRACE"], "a") as trace:
@@ -60,8 +60,8 @@ def test_load_plugins_errors(tmp_path, monkeypatch):
 
 
 def test_a_plugin_registers_a_loss_a_trash_expert_and_a_method(tmp_path, monkeypatch):
-    from selectmoe.losses import available_quality_losses, get_quality_loss
-    from selectmoe.selection import available_selection_methods, select_indices
+    from selectmoe.model.losses import available_quality_losses, get_quality_loss
+    from selectmoe.selection.select import available_selection_methods, select_indices
     from tests.test_selection import make_router_payload, save
 
     (tmp_path / "unit_plugin.py").write_text(PLUGIN)
@@ -76,7 +76,7 @@ def test_a_plugin_registers_a_loss_a_trash_expert_and_a_method(tmp_path, monkeyp
     loss.backward()
     assert loss.item() == pytest.approx(0.35) and good.grad.abs().sum() > 0
     assert "plugin_topk" in available_selection_methods()
-    from selectmoe.selection import load_router_data
+    from selectmoe.selection.select import load_router_data
 
     router = load_router_data([save(make_router_payload("a", 20, seed=0), tmp_path / "a.pt")])
     result = select_indices(router, method="plugin_topk", selection_percentage=0.25, seed=0)

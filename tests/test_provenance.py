@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from selectmoe.provenance import comparable, digest, job_provenance, write_provenance
-from selectmoe.runtime import run_job
+from selectmoe.workflow.provenance import comparable, digest, job_provenance, write_provenance
+from selectmoe.workflow.runtime import run_job
 
 
 def test_digest_of_file_directory_and_other(tmp_path: Path) -> None:

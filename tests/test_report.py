@@ -1,4 +1,5 @@
-"""The report: selectmoe.report on tiny synthetic inputs, the warmup's per-layer gate metrics, and
+"""The report: selectmoe.evidence.report on tiny synthetic inputs, the warmup's per-layer gate
+metrics, and
 `snakemake --report` over a finished small demo run."""
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from selectmoe import report
 from selectmoe.errors import ConfigError, SelectMoeError
+from selectmoe.evidence import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -75,10 +76,11 @@ def test_quality_loss_curves_match_the_closed_forms(tmp_path: Path) -> None:
 
 
 def test_quality_loss_curves_call_the_registered_functions() -> None:
-    """A changed parameter changes the curve: the values come from selectmoe.losses at call time."""
+    """A changed parameter changes the curve: the values come from selectmoe.model.losses at call
+    time."""
     from types import SimpleNamespace
 
-    from selectmoe.losses import get_quality_loss
+    from selectmoe.model.losses import get_quality_loss
 
     curves = report.quality_loss_curves(["beta_moment_matching"], params={"w_var": 0.0})
     assert list(curves["uniform"]) == ["beta_moment_matching"]
@@ -231,8 +233,9 @@ def test_warmup_logs_gate_mean_and_spread_per_layer(
     """The logged per-layer moments equal those of an independent forward over the step's
     batch (one batch holds the whole pool, so its order does not matter)."""
     from selectmoe import SelectMoeForCausalLM, register_select_moe
-    from selectmoe.data import encode_examples, load_pool
-    from selectmoe.warmup import WarmupSettings, run_warmup
+    from selectmoe.data.encoding import encode_examples
+    from selectmoe.data.pool import load_pool
+    from selectmoe.stages.warmup import WarmupSettings, run_warmup
 
     pool_files = [tiny_pool["alpha"], tiny_pool["beta"]]
     settings = WarmupSettings(

@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from selectmoe.allocation import allocate, round_robin
 from selectmoe.errors import RouterDataError, SelectionError
-from selectmoe.methods import BUILTIN_DEFINITIONS, SEED_METHOD, method_definitions, uses_score
-from selectmoe.scores import compute_score
-from selectmoe.selection import load_router_data, select_indices
+from selectmoe.selection.allocation import allocate, round_robin
+from selectmoe.selection.methods import (
+    BUILTIN_DEFINITIONS,
+    SEED_METHOD,
+    method_definitions,
+    uses_score,
+)
+from selectmoe.selection.scores import compute_score
+from selectmoe.selection.select import load_router_data, select_indices
 from tests.test_selection import MANUAL_K, make_router_payload, save
 
 N = 40

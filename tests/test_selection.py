@@ -1,4 +1,4 @@
-"""Tests of selectmoe.selection: round robin, budgets, router data, methods, end to end."""
+"""Tests of selectmoe.selection.select: round robin, budgets, router data, methods, end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from selectmoe.clustering import ClusteringResult, register_clustering_method
 from selectmoe.errors import RouterDataError, SelectionError
-from selectmoe.selection import (
+from selectmoe.selection.select import (
     PLOT_FILES,
     budget,
     find_router_data,

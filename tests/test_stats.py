@@ -1,4 +1,4 @@
-"""Intervals and paired comparisons (selectmoe.stats) against direct computations."""
+"""Intervals and paired comparisons (selectmoe.evidence.stats) against direct computations."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from selectmoe.stats import bootstrap_means, format_p_value, paired_difference
+from selectmoe.evidence.stats import bootstrap_means, format_p_value, paired_difference
 
 
 def _loop_replicates(grids, n_resamples, seed):

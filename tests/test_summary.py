@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from selectmoe.errors import SelectMoeError
-from selectmoe.stats import bootstrap_means, paired_difference
-from selectmoe.summary import SummarySettings, summarize
+from selectmoe.evidence.stats import bootstrap_means, paired_difference
+from selectmoe.evidence.summary import SummarySettings, summarize
 
 TASKS = ("qa_b", "qa_a")
 N_QUESTIONS = {"qa_a": 30, "qa_b": 20}

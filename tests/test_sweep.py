@@ -1,4 +1,4 @@
-"""Selections as typed values (selectmoe.sweep)."""
+"""Selections as typed values (selectmoe.workflow.sweep)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from selectmoe.sweep import Selection, selection_pattern, sweep_selections
+from selectmoe.workflow.sweep import Selection, selection_pattern, sweep_selections
 
 SECTION = {
     "methods": ["selectmoe", "random", "oracle"],

@@ -14,26 +14,27 @@ import numpy as np
 import pytest
 import torch
 
-from selectmoe.data import collate_encoded, encode_examples, load_jsonl_examples
+from selectmoe.data.encoding import collate_encoded, encode_examples
+from selectmoe.data.pool import load_jsonl_examples
+from selectmoe.data.queries import load_queries
 from selectmoe.errors import DataError, RouterDataError
-from selectmoe.gradients import (
+from selectmoe.model.losses import causal_lm_loss
+from selectmoe.selection.select import run_selection
+from selectmoe.selection.targeted import less_scores, load_features, rds_round_robin, save_features
+from selectmoe.stages.gradients import (
     PROJECTION_BLOCK_ROWS,
     RademacherProjection,
     adam_update_direction,
     per_example_gradients,
 )
-from selectmoe.less import (
+from selectmoe.stages.less import (
     LessSettings,
     checkpoint_files,
     lora_target_model,
     run_less_gradients,
     run_less_warmup,
 )
-from selectmoe.losses import causal_lm_loss
-from selectmoe.queries import load_queries
-from selectmoe.representations import RepresentationSettings, run_representations
-from selectmoe.selection import run_selection
-from selectmoe.targeted import less_scores, load_features, rds_round_robin, save_features
+from selectmoe.stages.representations import RepresentationSettings, run_representations
 
 TASKS = ("alpha", "beta")
 REPO = Path(__file__).resolve().parents[1]
@@ -295,8 +296,8 @@ def test_killed_gradient_job_resumes_to_identical_features(
     killed = tmp_path / "killed.pt"
     script = f"""
 import os, signal
-import selectmoe.less as less
-from selectmoe.less import LessSettings, run_less_gradients
+import selectmoe.stages.less as less
+from selectmoe.stages.less import LessSettings, run_less_gradients
 saves = []
 original = less.atomic_torch_save
 def save_then_die(obj, path):
@@ -524,7 +525,7 @@ def test_demo_queries_are_held_out():
 
 def test_scores_in_chunks_equal_the_whole(tmp_path, monkeypatch):
     """The pool is scored a chunk of rows at a time (bounded memory): the same selection."""
-    import selectmoe.targeted as targeted
+    import selectmoe.selection.targeted as targeted
 
     paths = [_features(tmp_path / f"p{i}.pt", 7, 5, seed=i) for i in range(2)]
     queries = targeted.load_features([_features(tmp_path / "q.pt", 4, 5, queries=True, seed=9)])
@@ -542,7 +543,7 @@ def test_scores_in_chunks_equal_the_whole(tmp_path, monkeypatch):
 
 
 def test_shard_plan_groups_consecutive_batches():
-    from selectmoe.less import _shard_plan
+    from selectmoe.stages.less import _shard_plan
 
     assert _shard_plan([3, 3, 3, 2], 6) == [[0, 1], [2, 3]]
     assert _shard_plan([8, 3], 4) == [[0], [1]]  # a batch larger than a shard stands alone

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import selectmoe.training.checkpoints as checkpoints_module
 import torch
 
-import selectmoe.checkpoints as checkpoints_module
-from selectmoe.checkpoints import latest_checkpoint, run_fingerprint
-from selectmoe.distributed import local_share as _local_share
 from selectmoe.errors import ConfigError, ModelError
-from selectmoe.launch import launch_command, run_training_stage
-from selectmoe.warmup import WarmupSettings, apply_router_lora, load_warmed_model, run_warmup
+from selectmoe.stages.warmup import WarmupSettings, apply_router_lora, load_warmed_model, run_warmup
+from selectmoe.training.checkpoints import latest_checkpoint, run_fingerprint
+from selectmoe.training.distributed import local_share as _local_share
+from selectmoe.workflow.launch import launch_command, run_training_stage
 
 
 def _settings(**changes: Any) -> WarmupSettings:

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from selectmoe.data import encode_examples, load_pool
+from selectmoe.data.encoding import encode_examples
+from selectmoe.data.pool import load_pool
+from selectmoe.data.router_data import ROUTER_DATA_KEYS
 from selectmoe.errors import ConfigError, DataError, ModelError
 from selectmoe.hashing import file_sha256
-from selectmoe.router_data import ROUTER_DATA_KEYS
-from selectmoe.scoring import answer_alone_losses, score_dataset
-from selectmoe.warmup import FULL_RANK_TARGETS, WarmupSettings, load_warmed_model, run_warmup
+from selectmoe.stages.scoring import answer_alone_losses, score_dataset
+from selectmoe.stages.warmup import FULL_RANK_TARGETS, WarmupSettings, load_warmed_model, run_warmup
 
 TRAINED = [f"model.layers.{i}.{suffix}" for i in range(2) for suffix in FULL_RANK_TARGETS]
 LM_STATISTICS = ("answer_loss", "eos_loss")
@@ -45,7 +46,7 @@ def warmup(
     tiny_pool: dict[str, Path],
 ) -> dict[str, Any]:
     """One warmup run; also keeps the full state of the model as training left it."""
-    import selectmoe.warmup as warmup_module
+    import selectmoe.stages.warmup as warmup_module
 
     original = warmup_module.train_loop
     captured: dict[str, torch.Tensor] = {}
@@ -329,7 +330,7 @@ def test_untrained_scoring_reads_the_converted_gates(
     tmp_path: Path,
 ) -> None:
     """Without warmup weights the converted model is scored as it is: the diagnostics' control."""
-    from selectmoe.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
+    from selectmoe.model.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
 
     output = tmp_path / "alpha_router_data.pt"
     summary = _score(tiny_converted_dir, None, alpha_file, output)
@@ -449,8 +450,8 @@ def test_scoring_never_builds_sequence_logits(
 ) -> None:
     """Router data alone never runs the LM head; the LM statistics run it on the answer tokens
     only, ``chunk_tokens`` at a time: no ``[B, T, vocab]`` tensor is built."""
-    from selectmoe.data import pad_token_id_of
-    from selectmoe.scoring import compute_example_statistics, compute_router_data
+    from selectmoe.data.encoding import pad_token_id_of
+    from selectmoe.stages.scoring import compute_example_statistics, compute_router_data
 
     model, _ = load_warmed_model(tiny_converted_dir, warmup["path"])
     calls: list[tuple[int, ...]] = []

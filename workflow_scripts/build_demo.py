@@ -1,7 +1,7 @@
 """Glue: rule build_demo -> selectmoe.demo.build_demo."""
 
 from selectmoe.demo import build_demo
-from selectmoe.runtime import run_rule
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,7 +1,7 @@
 """Glue: rule build_demo_target -> selectmoe.demo.build_demo_target."""
 
 from selectmoe.demo import build_demo_target
-from selectmoe.runtime import run_rule
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

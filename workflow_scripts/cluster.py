@@ -1,7 +1,7 @@
-"""Glue: rule cluster -> selectmoe.clusters.run_clustering."""
+"""Glue: rule cluster -> selectmoe.selection.clusters.run_clustering."""
 
-from selectmoe.clusters import run_clustering
-from selectmoe.runtime import run_rule
+from selectmoe.selection.clusters import run_clustering
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,7 +1,7 @@
-"""Glue: rule convert -> selectmoe.conversion.convert_olmoe."""
+"""Glue: rule convert -> selectmoe.model.conversion.convert_olmoe."""
 
-from selectmoe.conversion import convert_olmoe
-from selectmoe.runtime import run_rule
+from selectmoe.model.conversion import convert_olmoe
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

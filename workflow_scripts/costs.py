@@ -1,7 +1,7 @@
-"""Glue: rule costs -> selectmoe.costs.write_cost_ledger."""
+"""Glue: rule costs -> selectmoe.evidence.costs.write_cost_ledger."""
 
-from selectmoe.costs import write_cost_ledger
-from selectmoe.runtime import run_rule
+from selectmoe.evidence.costs import write_cost_ledger
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

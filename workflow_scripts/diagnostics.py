@@ -1,9 +1,9 @@
-"""Glue: rule diagnostics -> selectmoe.diagnostics.write_diagnostics."""
+"""Glue: rule diagnostics -> selectmoe.evidence.diagnostics.write_diagnostics."""
 
 from pathlib import Path
 
-from selectmoe.diagnostics import write_diagnostics
-from selectmoe.runtime import run_rule
+from selectmoe.evidence.diagnostics import write_diagnostics
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

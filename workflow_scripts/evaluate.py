@@ -1,7 +1,7 @@
-"""Glue: rules evaluate / evaluate_base -> selectmoe.launch.run_evaluation_stage."""
+"""Glue: rules evaluate / evaluate_base -> selectmoe.workflow.launch.run_evaluation_stage."""
 
-from selectmoe.launch import run_evaluation_stage
-from selectmoe.runtime import run_rule
+from selectmoe.workflow.launch import run_evaluation_stage
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,8 +1,8 @@
-"""Glue: rule fetch_pool -> selectmoe.fetch.fetch_less_pool."""
+"""Glue: rule fetch_pool -> selectmoe.data.fetch.fetch_less_pool."""
 
-from selectmoe.fetch import fetch_less_pool
+from selectmoe.data.fetch import fetch_less_pool
 from selectmoe.io import atomic_write_json
-from selectmoe.runtime import run_rule
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,7 +1,7 @@
-"""Glue: rule fetch_queries -> selectmoe.less_queries.fetch_less_queries."""
+"""Glue: rule fetch_queries -> selectmoe.data.less_queries.fetch_less_queries."""
 
-from selectmoe.less_queries import fetch_less_queries
-from selectmoe.runtime import run_rule
+from selectmoe.data.less_queries import fetch_less_queries
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,7 +1,7 @@
-"""Glue: rule finetune -> selectmoe.launch.run_training_stage("finetune", ...)."""
+"""Glue: rule finetune -> selectmoe.workflow.launch.run_training_stage("finetune", ...)."""
 
-from selectmoe.launch import run_training_stage
-from selectmoe.runtime import run_rule
+from selectmoe.workflow.launch import run_training_stage
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,8 +1,8 @@
-"""Glue: rule less_gradients -> selectmoe.less.run_less_gradients."""
+"""Glue: rule less_gradients -> selectmoe.stages.less.run_less_gradients."""
 
-from selectmoe.config import build_settings
-from selectmoe.less import LessSettings, run_less_gradients
-from selectmoe.runtime import run_rule
+from selectmoe.stages.less import LessSettings, run_less_gradients
+from selectmoe.workflow.config import build_settings
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

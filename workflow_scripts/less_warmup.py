@@ -1,8 +1,8 @@
-"""Glue: rule less_warmup -> selectmoe.less.run_less_warmup."""
+"""Glue: rule less_warmup -> selectmoe.stages.less.run_less_warmup."""
 
-from selectmoe.config import build_settings
-from selectmoe.less import LessSettings, run_less_warmup
-from selectmoe.runtime import run_rule
+from selectmoe.stages.less import LessSettings, run_less_warmup
+from selectmoe.workflow.config import build_settings
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

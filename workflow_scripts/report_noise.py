@@ -1,7 +1,7 @@
-"""Glue: rule report_noise -> selectmoe.report.plot_noise_kept."""
+"""Glue: rule report_noise -> selectmoe.evidence.report.plot_noise_kept."""
 
-from selectmoe.report import plot_noise_kept
-from selectmoe.runtime import run_rule
+from selectmoe.evidence.report import plot_noise_kept
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

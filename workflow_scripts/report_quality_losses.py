@@ -1,7 +1,7 @@
-"""Glue: rule report_quality_losses -> selectmoe.report.plot_quality_losses."""
+"""Glue: rule report_quality_losses -> selectmoe.evidence.report.plot_quality_losses."""
 
-from selectmoe.report import plot_quality_losses
-from selectmoe.runtime import run_rule
+from selectmoe.evidence.report import plot_quality_losses
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

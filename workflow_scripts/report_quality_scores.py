@@ -1,7 +1,7 @@
-"""Glue: rule report_quality_scores -> selectmoe.report.plot_quality_scores."""
+"""Glue: rule report_quality_scores -> selectmoe.evidence.report.plot_quality_scores."""
 
-from selectmoe.report import plot_quality_scores
-from selectmoe.runtime import run_rule
+from selectmoe.evidence.report import plot_quality_scores
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,7 +1,7 @@
-"""Glue: rule report_selections -> selectmoe.report.selection_overview."""
+"""Glue: rule report_selections -> selectmoe.evidence.report.selection_overview."""
 
-from selectmoe.report import selection_overview
-from selectmoe.runtime import run_rule
+from selectmoe.evidence.report import selection_overview
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,7 +1,7 @@
-"""Glue: rule report_warmup -> selectmoe.report.plot_warmup_history."""
+"""Glue: rule report_warmup -> selectmoe.evidence.report.plot_warmup_history."""
 
-from selectmoe.report import plot_warmup_history
-from selectmoe.runtime import run_rule
+from selectmoe.evidence.report import plot_warmup_history
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

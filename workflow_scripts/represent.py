@@ -1,8 +1,8 @@
-"""Glue: rule represent -> selectmoe.representations.run_representations."""
+"""Glue: rule represent -> selectmoe.stages.representations.run_representations."""
 
-from selectmoe.config import build_settings
-from selectmoe.representations import RepresentationSettings, run_representations
-from selectmoe.runtime import run_rule
+from selectmoe.stages.representations import RepresentationSettings, run_representations
+from selectmoe.workflow.config import build_settings
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

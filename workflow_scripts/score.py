@@ -1,7 +1,7 @@
-"""Glue: rules score / score_untrained -> selectmoe.scoring.score_dataset."""
+"""Glue: rules score / score_untrained -> selectmoe.stages.scoring.score_dataset."""
 
-from selectmoe.runtime import run_rule
-from selectmoe.scoring import score_dataset
+from selectmoe.stages.scoring import score_dataset
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,8 +1,8 @@
 """Glue: rules select_routed / select_random / select_reference / select_full /
-select_targeted -> selectmoe.selection.run_selection."""
+select_targeted -> selectmoe.selection.select.run_selection."""
 
-from selectmoe.runtime import run_rule
-from selectmoe.selection import run_selection
+from selectmoe.selection.select import run_selection
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

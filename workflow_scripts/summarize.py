@@ -1,7 +1,7 @@
-"""Glue: rule summarize -> selectmoe.summary.summarize."""
+"""Glue: rule summarize -> selectmoe.evidence.summary.summarize."""
 
-from selectmoe.runtime import run_rule
-from selectmoe.summary import SummarySettings, summarize
+from selectmoe.evidence.summary import SummarySettings, summarize
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

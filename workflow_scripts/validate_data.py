@@ -1,8 +1,8 @@
-"""Glue: rule validate_data -> selectmoe.data.validate_data_files."""
+"""Glue: rule validate_data -> selectmoe.data.pool.validate_data_files."""
 
-from selectmoe.data import validate_data_files
+from selectmoe.data.pool import validate_data_files
 from selectmoe.io import atomic_write_json
-from selectmoe.runtime import run_rule
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,7 +1,7 @@
-"""Glue: rule verify_conversion -> selectmoe.conversion.verify_conversion."""
+"""Glue: rule verify_conversion -> selectmoe.model.conversion.verify_conversion."""
 
-from selectmoe.conversion import verify_conversion
-from selectmoe.runtime import run_rule
+from selectmoe.model.conversion import verify_conversion
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -1,7 +1,7 @@
-"""Glue: rule warmup -> selectmoe.launch.run_training_stage("warmup", ...)."""
+"""Glue: rule warmup -> selectmoe.workflow.launch.run_training_stage("warmup", ...)."""
 
-from selectmoe.launch import run_training_stage
-from selectmoe.runtime import run_rule
+from selectmoe.workflow.launch import run_training_stage
+from selectmoe.workflow.runtime import run_rule
 
 
 def main(job):

@@ -32,7 +32,7 @@ target gets fewer steps so that finetuning has room to improve it.
 The tokenizer is byte-level BPE (every string, "\n" and junk included, round-trips exactly) with
 ``<unk>``=0, ``<s>``=1, ``</s>``=2, ``<pad>``=3 and the chat tags as single special tokens; like
 Llama's, it puts ``<s>`` in front when ``add_special_tokens`` is true (so lm-eval's prompts start
-with it, as the pretraining documents and ``selectmoe.data.encode_examples`` do).
+with it, as the pretraining documents and ``selectmoe.data.encoding.encode_examples`` do).
 
 Reproducibility: the pool, labels and task files are byte-identical for a given seed. The models
 are reproducible on the same machine with the same number of torch threads (float reductions may

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selectmoe.data import CHAT_TAGS, render_chat
+from selectmoe.data.encoding import render_chat
+from selectmoe.data.pool import CHAT_TAGS
 from selectmoe.demo.conversations import (
     _GENERATORS,
 )

@@ -131,7 +131,7 @@ def query_examples(
     -------
     list of dict
         Query records ``{"dataset", "id", "task", "subtask", "messages"}``
-        (:mod:`selectmoe.queries`): the question as the user turn, the correct choice as the
+        (:mod:`selectmoe.data.queries`): the question as the user turn, the correct choice as the
         assistant's, as the evaluation prompts them.
     """
     records = []

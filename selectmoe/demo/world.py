@@ -8,7 +8,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from selectmoe.data import CHAT_TAGS
+from selectmoe.data.pool import CHAT_TAGS
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 """Special tokens of the demo tokenizer, in id order (``<unk>`` is 0)."""
 
 # Jinja version of SPEC §4's template, so that ``tokenizer.apply_chat_template`` agrees with
-# ``selectmoe.data.render_chat``.
+# ``selectmoe.data.encoding.render_chat``.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] | trim }}"

@@ -1,0 +1,1 @@
+"""Files and their formats: the pool, its encoding, labels, query sets, router data."""

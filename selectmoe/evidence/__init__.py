@@ -1,0 +1,1 @@
+"""Evidence: statistics, the summary, diagnostics, the cost ledger, the report."""

@@ -1,0 +1,717 @@
+"""Every sweep point's evaluations in one table (CSV + Markdown) and a plot, with intervals.
+
+A *point* is one (target, method, loss type, percentage): the target without adapter (method
+``base``), the ``full`` pool, and each selection, evaluated once per finetune seed. The table has
+one row per point:
+
+- per task, the mean per-question score over seeds and questions (lm-eval's per-document
+  metric, ``acc`` by default) with its two-way bootstrap interval (:mod:`selectmoe.evidence.stats`);
+- the unweighted mean over tasks, with its interval;
+- for every point with a percentage, the paired comparison with the reference method
+  (``random``) at the same target and percentage: the difference, its interval, the p-value and
+  a verdict that says "better" or "worse" only when the interval excludes zero;
+- ``uses_labels``: the reference selections (``oracle``, ``anti_oracle``) that read the pool's
+  quality labels, which a real pool does not have.
+
+Scores come from the per-document samples that the evaluation writes beside each results JSON;
+for every task that is not a group, their mean must equal lm-eval's own number in the results
+file (checked, so that the table can be traced back to lm-eval). A group (``mmlu``) pools the
+questions of its subtasks (lm-eval's size-weighted group mean).
+
+The CSV and Markdown are byte-identical for the same inputs and seed: rows are sorted, columns
+are in a fixed order, floats are written in Python's shortest round-trip form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from selectmoe.errors import SelectMoeError
+from selectmoe.evidence.figures import new_figure, save_figure
+from selectmoe.evidence.stats import bootstrap_means, format_p_value, paired_difference
+from selectmoe.io import atomic_write_text
+from selectmoe.selection.methods import TARGETED_METHODS, marked
+from selectmoe.stages.evaluation import load_results
+
+__all__ = ["METHOD_ORDER", "SummarySettings", "summarize"]
+
+#: Row order of the methods; any other method follows ``selectmoe`` alphabetically, and the label
+#: references come last.
+METHOD_ORDER: tuple[str, ...] = ("base", "full", "selectmoe")
+_LAST_METHODS: tuple[str, ...] = ("oracle", "anti_oracle")
+#: Methods drawn as horizontal reference lines in the plot (they have no percentage axis).
+_REFERENCE_LINES = ("base", "full")
+_KEY_COLUMNS = ("target", "method", "loss", "percentage")
+_PLOT_FORMATS = frozenset({"png", "pdf", "svg"})
+LABELS_NOTE = (
+    "‡ reads the pool's quality labels, which a real pool does not have: a reference for what "
+    "the best and worst selection of that size would give, not a method."
+)
+TARGETED_NOTE = (
+    "† targeted: selects the pool examples most similar to a few held-out examples of the "
+    "evaluation tasks (the query sets; never the test questions), which the untargeted methods "
+    "do not see."
+)
+
+
+@dataclass(frozen=True)
+class SummarySettings:
+    """How the intervals and comparisons are computed (the config's ``summary`` section)."""
+
+    metric: str = "acc"
+    confidence_level: float = 0.95
+    n_resamples: int = 10_000
+    seed: int = 0
+    reference_method: str = "random"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise SelectMoeError(f"summary.metric must be a metric name, got {self.metric!r}")
+        if not 0.0 < self.confidence_level < 1.0:
+            raise SelectMoeError(
+                f"summary.confidence_level is {self.confidence_level}; it must be in (0, 1)"
+            )
+        if isinstance(self.n_resamples, bool) or self.n_resamples < 100:
+            raise SelectMoeError(f"summary.n_resamples is {self.n_resamples}; use at least 100")
+
+
+@dataclass
+class _Point:
+    target: str
+    method: str
+    loss: str | None
+    percentage: float | None
+    seeds: list[Any]
+    results: list[Path]
+    samples: list[Path]
+    uses_labels: bool
+    n_selected: int | None
+    extra: dict[str, Any]
+    # filled when loaded: per task, question keys and the [S, Q] score grid
+    questions: dict[str, list[tuple[str, Any]]] | None = None
+    grids: dict[str, np.ndarray] | None = None
+    metric_of: dict[str, str] | None = None
+
+
+def summarize(
+    points: Sequence[Mapping[str, Any]],
+    *,
+    output_csv: str | os.PathLike[str],
+    output_md: str | os.PathLike[str],
+    plot_path: str | os.PathLike[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    settings: SummarySettings | None = None,
+) -> pd.DataFrame:
+    """Tabulate every sweep point with intervals and paired comparisons; write CSV, MD and a plot.
+
+    Columns, in order: ``target``, ``method``, ``loss``, ``percentage``, ``uses_labels``,
+    ``n_selected``, ``n_seeds``; per task (in ``tasks`` order, default sorted) ``{task}/{metric}``
+    with ``_low`` / ``_high``; ``mean`` (the unweighted mean over tasks) with ``mean_low`` /
+    ``mean_high``; ``vs_{reference}`` (this point minus the reference method at the same target
+    and percentage, paired on seeds and questions) with ``_low``, ``_high``, ``_p`` and
+    ``_verdict`` (``better`` / ``worse`` when the interval excludes 0, else ``no difference
+    shown``); any extra keys of the points, sorted by name; ``results`` (the first seed's
+    results JSON).
+
+    Parameters
+    ----------
+    points : sequence of mapping
+        One per evaluated model: ``{"target": str, "method": str, "loss": str | None,
+        "percentage": float | None, "results": [results.json per seed], "samples":
+        [samples.jsonl per seed], "seeds": [seed per evaluation] (optional), "uses_labels": bool
+        (optional), "n_selected" or "selection_json" (optional), ...extra columns}``.
+    output_csv, output_md : path
+        The table as CSV (full precision) and as Markdown (3 decimals, intervals in brackets,
+        with a note on how to read it).
+    plot_path : path, optional
+        Two panels per target: the mean score versus percentage per (method, loss) with interval
+        bars (``base`` and ``full`` as lines with bands), and the paired difference to the
+        reference method with its interval.
+    tasks : sequence of str, optional
+        Tasks to tabulate; default: every task the points were evaluated on.
+    settings : SummarySettings, optional
+        Metric, confidence level, bootstrap size and seed, reference method.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table as written to the CSV.
+
+    Raises
+    ------
+    SelectMoeError
+        On a malformed point, a missing or invalid results / samples / selection file (named),
+        a task without the metric, samples that disagree with lm-eval's results, seeds of one
+        point evaluated on different questions, or two points with the same key.
+    """
+    settings = settings or SummarySettings()
+    if isinstance(points, Mapping) or not isinstance(points, Sequence) or not points:
+        raise SelectMoeError("summarize needs a non-empty list of evaluation points")
+    if plot_path is not None:
+        plot_format = Path(plot_path).suffix.lstrip(".").lower()
+        if plot_format not in _PLOT_FORMATS:
+            raise SelectMoeError(
+                f"plot path {os.fspath(plot_path)!r} must end in one of "
+                f"{', '.join(sorted('.' + f for f in _PLOT_FORMATS))}"
+            )
+    normalized = [_normalize_point(point, position) for position, point in enumerate(points)]
+    _check_unique(normalized)
+    task_list = _load_points(normalized, tasks, settings.metric)
+    metric_names = {task: normalized[0].metric_of[task] for task in task_list}
+
+    reference = settings.reference_method
+    by_key = {(p.target, p.method, p.percentage): p for p in normalized}
+    rows = []
+    for point in normalized:
+        grids = [point.grids[task] for task in task_list]
+        overall, per_task = bootstrap_means(
+            grids,
+            confidence=settings.confidence_level,
+            n_resamples=settings.n_resamples,
+            seed=settings.seed,
+        )
+        row: dict[str, Any] = {
+            "target": point.target,
+            "method": point.method,
+            "loss": point.loss,
+            "percentage": point.percentage,
+            "uses_labels": point.uses_labels,
+            "n_selected": point.n_selected,
+            "n_seeds": len(point.seeds),
+        }
+        for task, interval in zip(task_list, per_task, strict=True):
+            name = f"{task}/{metric_names[task]}"
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = (
+                interval.estimate,
+                interval.low,
+                interval.high,
+            )
+        row["mean"], row["mean_low"], row["mean_high"] = overall.estimate, overall.low, overall.high
+        other = by_key.get((point.target, reference, point.percentage))
+        comparison = None
+        if other is not None and other is not point and point.percentage is not None:
+            comparison = _compare(point, other, task_list, settings)
+        prefix = f"vs_{reference}"
+        if comparison is None:
+            row[prefix] = row[f"{prefix}_low"] = row[f"{prefix}_high"] = math.nan
+            row[f"{prefix}_p"] = math.nan
+            row[f"{prefix}_verdict"] = None
+        else:
+            row[prefix] = comparison.difference
+            row[f"{prefix}_low"], row[f"{prefix}_high"] = comparison.low, comparison.high
+            row[f"{prefix}_p"] = comparison.p_value
+            row[f"{prefix}_verdict"] = _verdict(comparison.low, comparison.high)
+        rows.append(row)
+
+    frame = pd.DataFrame(rows)
+    frame["percentage"] = frame["percentage"].astype("float64")
+    frame["n_selected"] = pd.array(list(frame["n_selected"]), dtype="Int64")
+    extra_names = sorted({name for point in normalized for name in point.extra})
+    clashes = sorted(set(extra_names) & {*frame.columns, "results"})
+    if clashes:
+        raise SelectMoeError(
+            f"extra point keys {clashes} clash with the summary's own columns; rename them"
+        )
+    for name in extra_names:
+        frame[name] = [point.extra.get(name) for point in normalized]
+    frame["results"] = [os.fspath(point.results[0]) for point in normalized]
+    order = sorted(range(len(normalized)), key=lambda i: _sort_key(normalized[i]))
+    frame = frame.iloc[order].reset_index(drop=True)
+
+    if plot_path is not None:
+        _write_plot(frame, plot_path, reference=reference, settings=settings)
+    atomic_write_text(output_md, _to_markdown(frame, task_list, metric_names, reference, settings))
+    atomic_write_text(output_csv, frame.to_csv(index=False, lineterminator="\n"))
+    return frame
+
+
+# --------------------------------------------------------------------------- points
+
+
+def _normalize_point(point: Any, position: int) -> _Point:
+    """Check one point; fill ``loss`` / ``percentage`` and split off the extra columns."""
+    where = f"evaluation point #{position}"
+    if not isinstance(point, Mapping):
+        raise SelectMoeError(f"{where}: expected a mapping, got {type(point).__name__}")
+    for key in ("target", "method"):
+        if not isinstance(point.get(key), str) or not point[key]:
+            raise SelectMoeError(f"{where}: {key!r} must be a non-empty string (point: {point!r})")
+    where = f"evaluation point #{position} ({point['target']}/{point['method']})"
+    files = {}
+    for key in ("results", "samples"):
+        value = point.get(key)
+        if isinstance(value, str | os.PathLike):
+            value = [value]
+        if not isinstance(value, Sequence) or not value:
+            raise SelectMoeError(f"{where}: {key!r} must be a non-empty list of files")
+        files[key] = [Path(v) for v in value]
+    if len(files["results"]) != len(files["samples"]):
+        raise SelectMoeError(
+            f"{where}: {len(files['results'])} results files but {len(files['samples'])} samples "
+            "files; give one of each per seed"
+        )
+    seeds = list(point.get("seeds") or [None] * len(files["results"]))
+    if len(seeds) != len(files["results"]):
+        raise SelectMoeError(f"{where}: {len(seeds)} seeds for {len(files['results'])} results")
+
+    loss = point.get("loss")
+    if loss == "":
+        loss = None
+    if loss is not None and not isinstance(loss, str):
+        raise SelectMoeError(f"{where}: 'loss' must be a string or None, got {loss!r}")
+    percentage = point.get("percentage")
+    if percentage is not None:
+        try:
+            # Snakemake wildcards arrive as strings ("5", "2.5").
+            percentage = float(percentage)
+        except (TypeError, ValueError):
+            raise SelectMoeError(
+                f"{where}: 'percentage' must be a number or None, got {percentage!r}"
+            ) from None
+        if not math.isfinite(percentage) or percentage < 0:
+            raise SelectMoeError(f"{where}: 'percentage' must be >= 0, got {percentage!r}")
+
+    own = {*_KEY_COLUMNS, "results", "samples", "seeds", "uses_labels", "n_selected"}
+    extra = {}
+    for name, value in point.items():
+        if name in own or name == "selection_json":
+            if name == "selection_json" and value not in (None, ""):
+                extra[name] = os.fspath(value)
+            continue
+        if not isinstance(name, str) or not name:
+            raise SelectMoeError(f"{where}: column names must be non-empty strings, got {name!r}")
+        extra[name] = _cell(value)
+    return _Point(
+        target=point["target"],
+        method=point["method"],
+        loss=loss,
+        percentage=percentage,
+        seeds=seeds,
+        results=files["results"],
+        samples=files["samples"],
+        uses_labels=bool(point.get("uses_labels", False)),
+        n_selected=_n_selected(point, where),
+        extra=extra,
+    )
+
+
+def _cell(value: Any) -> Any:
+    """A CSV-friendly scalar: paths as strings, numbers and strings unchanged, others via str."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()  # numpy scalar
+    return str(value)
+
+
+def _check_unique(points: Sequence[_Point]) -> None:
+    """Two points with the same key would make two indistinguishable rows."""
+    seen: dict[tuple[Any, ...], Path] = {}
+    for point in points:
+        key = (point.target, point.method, point.loss, point.percentage)
+        if key in seen:
+            raise SelectMoeError(
+                f"two evaluation points share target/method/loss/percentage {key}: "
+                f"{seen[key]} and {point.results[0]}"
+            )
+        seen[key] = point.results[0]
+
+
+def _sort_key(point: _Point) -> tuple[Any, ...]:
+    """Target; method (fixed order, others alphabetically, label references last); loss (None
+    first); percentage (None first)."""
+    method = point.method
+    if method in METHOD_ORDER:
+        rank = (0, METHOD_ORDER.index(method))
+    elif method in _LAST_METHODS:
+        rank = (2, _LAST_METHODS.index(method))
+    else:
+        rank = (1, 0)
+    return (
+        point.target,
+        rank,
+        method,
+        point.loss is not None,
+        point.loss or "",
+        point.percentage is not None,
+        point.percentage if point.percentage is not None else 0.0,
+    )
+
+
+def _n_selected(point: Mapping[str, Any], where: str) -> int | None:
+    """The point's ``n_selected``: given directly, read from its ``selection_json``, or None."""
+    value = point.get("n_selected")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SelectMoeError(f"{where}: 'n_selected' must be an integer >= 0, got {value!r}")
+        return value
+    if point.get("selection_json") in (None, ""):
+        return None
+    path = Path(point["selection_json"])
+    if not path.is_file():
+        raise SelectMoeError(f"selection file not found: {path}; run the selection step first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SelectMoeError(f"invalid JSON in selection file {path}: {err}") from err
+    value = data.get("n_selected") if isinstance(data, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SelectMoeError(
+            f"selection file {path} has no non-negative integer 'n_selected' (got {value!r})"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _leaf_tasks(task: str, group_subtasks: Mapping[str, Any]) -> list[str]:
+    """The tasks whose documents make up ``task`` (itself, or a group's subtasks, recursively)."""
+    members = group_subtasks.get(task)
+    if not members:
+        return [task]
+    leaves: list[str] = []
+    for member in members:
+        leaves += _leaf_tasks(str(member), group_subtasks)
+    return leaves
+
+
+def _read_samples(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise SelectMoeError(
+            f"samples file not found: {path}; re-run the evaluate step (it writes the "
+            "per-document samples the intervals are computed from)"
+        )
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SelectMoeError(
+                    f"{path}:{line_number}: invalid JSON ({err.msg}); re-run the evaluate step"
+                ) from None
+            if not isinstance(record, dict) or "task" not in record or "doc_id" not in record:
+                raise SelectMoeError(
+                    f"{path}:{line_number}: not a samples record (needs task, doc_id, metrics)"
+                )
+            records.append(record)
+    return records
+
+
+def _metric_value(record: Mapping[str, Any], metric: str) -> float | None:
+    value = (record.get("metrics") or {}).get(metric)
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _choose_metric(task: str, records: Sequence[Mapping[str, Any]], wanted: str) -> str:
+    """``wanted`` when the task's samples have it, else their first metric (alphabetically)."""
+    available = sorted({name for r in records for name in (r.get("metrics") or {})})
+    if wanted in available:
+        return wanted
+    if not available:
+        raise SelectMoeError(f"task {task!r}: its samples carry no metric")
+    return available[0]
+
+
+def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: str) -> list[str]:
+    """Read every point's samples into ``[seeds, questions]`` grids; return the task list."""
+    chosen: dict[str, str] = {}
+    task_list: list[str] | None = None
+    for point in points:
+        point.questions, point.grids, point.metric_of = {}, {}, {}
+        per_seed: list[dict[str, dict[tuple[str, Any], float]]] = []
+        for results_path, samples_path in zip(point.results, point.samples, strict=True):
+            results = load_results(results_path)
+            requested = (results.get("selectmoe") or {}).get("tasks") or sorted(results["results"])
+            names = list(dict.fromkeys(tasks)) if tasks is not None else sorted(map(str, requested))
+            if task_list is None:
+                task_list = names
+            groups = results.get("group_subtasks") or {}
+            records = _read_samples(samples_path)
+            by_task: dict[str, dict[tuple[str, Any], float]] = {}
+            for task in task_list:
+                leaves = set(_leaf_tasks(task, groups))
+                task_records = [r for r in records if r["task"] in leaves]
+                if not task_records:
+                    raise SelectMoeError(
+                        f"{samples_path}: no samples of task {task!r} (it has: "
+                        f"{', '.join(sorted({str(r['task']) for r in records}))}); re-run its "
+                        "evaluation"
+                    )
+                name = chosen.setdefault(task, _choose_metric(task, task_records, metric))
+                values: dict[tuple[str, Any], float] = {}
+                for record in task_records:
+                    value = _metric_value(record, name)
+                    if value is None:
+                        raise SelectMoeError(
+                            f"{samples_path}: document {record['doc_id']} of task "
+                            f"{record['task']!r} has no numeric {name!r}"
+                        )
+                    key = (str(record["task"]), record["doc_id"])
+                    if key in values:
+                        raise SelectMoeError(
+                            f"{samples_path}: document {record['doc_id']} of task "
+                            f"{record['task']!r} appears twice (several filters?); evaluate "
+                            "with one filter per task"
+                        )
+                    values[key] = value
+                _check_against_results(results, results_path, task, leaves, values, name)
+                by_task[task] = values
+            per_seed.append(by_task)
+        for task in task_list or []:
+            keys = sorted(per_seed[0][task], key=_question_order)
+            for seed_index, by_task in enumerate(per_seed[1:], 1):
+                if set(by_task[task]) != set(keys):
+                    raise SelectMoeError(
+                        f"{point.samples[seed_index]} and {point.samples[0]}: task {task!r} was "
+                        "evaluated on different documents; evaluate every seed on the same ones"
+                    )
+            point.questions[task] = keys
+            point.grids[task] = np.array(
+                [[by_task[task][key] for key in keys] for by_task in per_seed], dtype=np.float64
+            )
+            point.metric_of[task] = chosen[task]
+    assert task_list is not None
+    return task_list
+
+
+def _question_order(key: tuple[str, Any]) -> tuple[str, int, Any]:
+    """Questions by task, then doc id (numbers in numeric order, anything else as text)."""
+    task, doc_id = key
+    if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+        return (task, 0, doc_id)
+    return (task, 1, str(doc_id))
+
+
+def _check_against_results(
+    results: Mapping[str, Any],
+    results_path: Path,
+    task: str,
+    leaves: set[str],
+    values: Mapping[tuple[str, Any], float],
+    metric: str,
+) -> None:
+    """The samples' mean must be lm-eval's own number for a plain task (not a group)."""
+    if leaves != {task}:
+        return
+    entry = (results.get("results") or {}).get(task) or {}
+    reported = entry.get(f"{metric},none", entry.get(metric))
+    if not isinstance(reported, int | float) or isinstance(reported, bool):
+        return
+    mean = float(np.mean(list(values.values())))
+    if abs(mean - float(reported)) > 1e-9:
+        raise SelectMoeError(
+            f"{results_path}: task {task!r} reports {metric} {reported}, but its samples average "
+            f"{mean}; the samples file belongs to another run: re-run the evaluate step"
+        )
+
+
+def _compare(point: _Point, other: _Point, tasks: Sequence[str], settings: SummarySettings):
+    if len(point.seeds) != len(other.seeds):
+        raise SelectMoeError(
+            f"{point.method} and {other.method} at {point.target}/{point.percentage:g} have "
+            f"{len(point.seeds)} and {len(other.seeds)} seeds; a paired comparison needs the same"
+        )
+    for task in tasks:
+        if point.questions[task] != other.questions[task]:
+            raise SelectMoeError(
+                f"{point.samples[0]} and {other.samples[0]}: task {task!r} was evaluated on "
+                "different documents; a paired comparison needs the same questions"
+            )
+    return paired_difference(
+        [point.grids[task] for task in tasks],
+        [other.grids[task] for task in tasks],
+        confidence=settings.confidence_level,
+        n_resamples=settings.n_resamples,
+        seed=settings.seed,
+    )
+
+
+def _verdict(low: float, high: float) -> str:
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no difference shown"
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _method_label(method: str, uses_labels: bool) -> str:
+    return f"{method} ‡" if uses_labels else marked(method)
+
+
+def _interval_text(value: float, low: float, high: float, *, signed: bool = False) -> str:
+    if not math.isfinite(value):
+        return ""
+    number = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return f"{number} [{low:+.3f}, {high:+.3f}]" if signed else f"{number} [{low:.3f}, {high:.3f}]"
+
+
+def _to_markdown(
+    frame: pd.DataFrame,
+    tasks: Sequence[str],
+    metric_names: Mapping[str, str],
+    reference: str,
+    settings: SummarySettings,
+) -> str:
+    """A readable table: every score with its interval, the paired comparison and its verdict."""
+    level = f"{settings.confidence_level:.0%}"
+    header = ["target", "method", "loss", "%", "n", *(f"{t} ({metric_names[t]})" for t in tasks)]
+    header += [f"mean [{level}]", f"vs {reference} [{level}]", "p", "verdict"]
+    lines = [
+        "| " + " | ".join(_escape(h) for h in header) + " |",
+        "| " + " | ".join(["---"] * 3 + ["---:"] * (len(header) - 4) + ["---"]) + " |",
+    ]
+    prefix = f"vs_{reference}"
+    for row in frame.to_dict("records"):
+        cells = [
+            _escape(str(row["target"])),
+            _escape(_method_label(str(row["method"]), bool(row["uses_labels"]))),
+            _escape(row["loss"] if isinstance(row["loss"], str) else ""),
+            "" if pd.isna(row["percentage"]) else f"{100 * row['percentage']:g}",
+            "" if pd.isna(row["n_selected"]) else str(int(row["n_selected"])),
+        ]
+        for task in tasks:
+            name = f"{task}/{metric_names[task]}"
+            cells.append(_interval_text(row[name], row[f"{name}_low"], row[f"{name}_high"]))
+        cells.append(_interval_text(row["mean"], row["mean_low"], row["mean_high"]))
+        cells.append(
+            _interval_text(row[prefix], row[f"{prefix}_low"], row[f"{prefix}_high"], signed=True)
+        )
+        cells.append(format_p_value(row[f"{prefix}_p"], settings.n_resamples))
+        verdict = row[f"{prefix}_verdict"]
+        cells.append(verdict if isinstance(verdict, str) else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = max(int(n) for n in frame["n_seeds"])
+    notes = [
+        "",
+        f"Scores are means over the evaluation questions and the finetune seeds ({seeds} per "
+        f"finetuned row; the base model is evaluated once), with {level} intervals from a "
+        f"two-way bootstrap ({settings.n_resamples} resamples of seeds and questions). "
+        f"`vs {reference}` is the difference to {reference} at the same target and percentage, "
+        "paired on seeds and "
+        "questions, with its interval and two-sided bootstrap p-value. The verdict says better "
+        "or worse only when the interval excludes zero; overlapping rows are not evidence of a "
+        "difference. Several comparisons are made: expect about one in twenty to exclude zero by "
+        "chance.",
+    ]
+    if frame["uses_labels"].any():
+        notes += ["", LABELS_NOTE]
+    if frame["method"].isin(TARGETED_METHODS).any():
+        notes += ["", TARGETED_NOTE]
+    return "\n".join(lines + notes) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _write_plot(
+    frame: pd.DataFrame,
+    plot_path: str | os.PathLike[str],
+    *,
+    reference: str,
+    settings: SummarySettings,
+) -> None:
+    """Per target: mean score with interval bars vs percentage, and the paired difference to the
+    reference method with its interval (a zero line: bars crossing it show no difference)."""
+    targets = list(dict.fromkeys(frame["target"]))
+    figure = new_figure(12.0, 4.6 * len(targets))
+    axes = figure.subplots(len(targets), 2, squeeze=False)
+    level = f"{settings.confidence_level:.0%}"
+    prefix = f"vs_{reference}"
+    for (score_axis, diff_axis), target in zip(axes, targets, strict=True):
+        rows = frame[frame["target"] == target]
+        line_styles = {"base": ":", "full": "--"}
+        for _, row in rows.iterrows():
+            if row["method"] in _REFERENCE_LINES and math.isfinite(row["mean"]):
+                color = "black" if row["method"] == "base" else "tab:gray"
+                score_axis.axhline(
+                    row["mean"],
+                    linestyle=line_styles[row["method"]],
+                    color=color,
+                    label=f"{row['method']} ({level} band)",
+                )
+                score_axis.axhspan(row["mean_low"], row["mean_high"], color=color, alpha=0.12)
+        curves = rows[~rows["method"].isin(_REFERENCE_LINES) & rows["percentage"].notna()]
+        groups = list(curves.groupby([curves["method"], curves["loss"].fillna("")], sort=False))
+        offsets = np.linspace(-0.6, 0.6, max(1, len(groups)))
+        palette = [f"C{i}" for i in range(10)]
+        for index, (offset, ((method, loss), group)) in enumerate(
+            zip(offsets, groups, strict=True)
+        ):
+            group = group.sort_values("percentage")
+            color = palette[index % len(palette)]  # the same color in both panels
+            label = f"{method} ({loss})" if loss else str(method)
+            uses_labels = bool(group["uses_labels"].iloc[0])
+            style = {"linestyle": "--", "alpha": 0.7} if uses_labels else {}
+            if uses_labels:
+                label += " ‡ uses labels"
+            elif method in TARGETED_METHODS:
+                label += " † targeted"
+            x = 100 * group["percentage"] + offset  # small offsets keep the bars apart
+            score_axis.errorbar(
+                x,
+                group["mean"],
+                yerr=[group["mean"] - group["mean_low"], group["mean_high"] - group["mean"]],
+                marker="o",
+                capsize=3,
+                label=label,
+                color=color,
+                **style,
+            )
+            if group[prefix].notna().any() and method != reference:
+                diff_axis.errorbar(
+                    x,
+                    group[prefix],
+                    yerr=[
+                        group[prefix] - group[f"{prefix}_low"],
+                        group[f"{prefix}_high"] - group[prefix],
+                    ],
+                    marker="o",
+                    capsize=3,
+                    label=label,
+                    color=color,
+                    **style,
+                )
+        score_axis.set_title(f"target: {target}: mean score with {level} intervals")
+        score_axis.set_xlabel("selected data (%)")
+        score_axis.set_ylabel("mean score over tasks")
+        score_axis.grid(True, alpha=0.3)
+        score_axis.legend(fontsize="small")
+        diff_axis.axhline(0.0, color="black", linewidth=1)
+        diff_axis.set_title(f"difference to {reference}, paired ({level} intervals)")
+        diff_axis.set_xlabel("selected data (%)")
+        diff_axis.set_ylabel(f"mean score minus {reference}'s")
+        diff_axis.grid(True, alpha=0.3)
+        if diff_axis.has_data():
+            diff_axis.legend(fontsize="small")
+        else:
+            diff_axis.text(
+                0.5,
+                0.5,
+                f"no {reference} point to compare with",
+                ha="center",
+                transform=diff_axis.transAxes,
+            )
+    save_figure(figure, plot_path, dpi=110)

@@ -1,0 +1,1 @@
+"""The Select-MoE model: config, modeling, quality losses, conversion from OLMoE."""

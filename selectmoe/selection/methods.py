@@ -1,0 +1,150 @@
+"""The selection methods: their names and definitions, stated once and importable without torch
+(the command line's choices, the selection code, the plan and the rules read them from here).
+
+A method that reads the router data is a *score* (:mod:`selectmoe.selection.scores`) and an
+*allocation*
+(:mod:`selectmoe.selection.allocation`) with their parameters; a config adds or replaces
+definitions with
+``selection.method_definitions`` (``{name: {score, score_params, allocation,
+allocation_params}}``), so that a method is a name in the config, not code in the rules. The
+other methods select from the pool alone (``random``, ``full``), read the pool's quality labels
+(``oracle``, ``anti_oracle``: references), or are *targeted* (``rds``, ``less``): they select the
+pool examples most similar to a few held-out examples of the evaluation tasks (the query sets),
+from the target model's representations (RDS+) or LoRA gradients (LESS), so they know the tasks
+that the untargeted methods do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "BUILTIN_DEFINITIONS",
+    "LABEL_METHODS",
+    "LOSS_FREE_METHODS",
+    "POOL_ONLY_METHODS",
+    "ROUTER_METHODS",
+    "SEED_METHOD",
+    "SELECTION_METHODS",
+    "TARGETED_METHODS",
+    "marked",
+    "method_definitions",
+    "uses_clusters",
+    "uses_score",
+]
+
+#: The seed's exact Select-MoE: the gate's score as the seed defines it, round robin over the
+#: clusters of the routing features. This name and its definition never change.
+SEED_METHOD = "selectmoe_seed"
+
+BUILTIN_DEFINITIONS: dict[str, dict[str, Any]] = {
+    # Select-MoE as measured best (benchmarks/RESULTS.md, "Scores and allocations"): the MoE
+    # model's own answer loss from the scoring pass ranks clean above planted examples far better
+    # than its quality gate on the demo and on a pool with other noise kinds; the clusters of
+    # its routing and the seed's round robin stay.
+    "selectmoe": {"score": "lm_loss", "allocation": "round_robin"},
+    SEED_METHOD: {"score": "gate", "allocation": "round_robin"},
+    "quality_topk": {"score": "gate", "allocation": "topk"},
+    "diversity": {"score": "random", "allocation": "round_robin"},
+    "perplexity": {"score": "lm_loss", "allocation": "topk"},
+    "ifd": {"score": "ifd", "allocation": "ifd_filter"},
+}
+"""Built-in methods that read the router data: ``{name: {score, allocation, ...params}}``."""
+
+#: Methods whose selection reads the router data (and so depends on the quality-loss type).
+ROUTER_METHODS: tuple[str, ...] = tuple(BUILTIN_DEFINITIONS)
+#: Reference methods that read the pool's quality labels (no real method may).
+LABEL_METHODS: tuple[str, ...] = ("oracle", "anti_oracle")
+#: Targeted methods: they select for the evaluation tasks' query examples, from the target
+#: model's pooled hidden states (``rds``, RDS+) or its projected LoRA gradients (``less``, LESS).
+TARGETED_METHODS: tuple[str, ...] = ("rds", "less")
+#: Every built-in selection method.
+SELECTION_METHODS: tuple[str, ...] = (
+    *ROUTER_METHODS,
+    "random",
+    "full",
+    *LABEL_METHODS,
+    *TARGETED_METHODS,
+)
+#: Methods that select from the pool alone (no router data needed).
+POOL_ONLY_METHODS: tuple[str, ...] = ("random", "full", *LABEL_METHODS)
+#: Methods whose selection does not depend on the quality-loss type (no {loss} in their path).
+LOSS_FREE_METHODS: tuple[str, ...] = (*POOL_ONLY_METHODS, *TARGETED_METHODS)
+
+
+def marked(method: str) -> str:
+    """The method's name as tables and legends show it: ``‡`` for a reference that reads the
+    pool's labels, ``†`` for a targeted method."""
+    if method in LABEL_METHODS:
+        return f"{method} ‡"
+    return f"{method} †" if method in TARGETED_METHODS else method
+
+
+_DEFINITION_KEYS = {"score", "score_params", "allocation", "allocation_params"}
+
+
+def method_definitions(
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The built-in definitions updated by a config's ``selection.method_definitions``.
+
+    Raises
+    ------
+    ValueError
+        For a definition without ``score`` and ``allocation``, with unknown keys, or one that
+        would redefine a pool-only method or the seed's method.
+    """
+    definitions = {name: dict(value) for name, value in BUILTIN_DEFINITIONS.items()}
+    for name, definition in (extra or {}).items():
+        if name in LOSS_FREE_METHODS or name == SEED_METHOD:
+            raise ValueError(f"method {name!r} cannot be redefined; choose another name")
+        unknown = sorted(set(definition) - _DEFINITION_KEYS)
+        missing = sorted({"score", "allocation"} - set(definition))
+        if unknown or missing:
+            raise ValueError(
+                f"method definition {name!r}: "
+                + (f"unknown key(s) {', '.join(unknown)}" if unknown else "")
+                + ("; " if unknown and missing else "")
+                + (f"missing {', '.join(missing)}" if missing else "")
+                + f"; a definition has {', '.join(sorted(_DEFINITION_KEYS))}"
+            )
+        definitions[name] = dict(definition)
+    return definitions
+
+
+def _score_names(score: str, params: Mapping[str, Any] | None) -> set[str]:
+    """``score`` and, for a blend, every score it is made of (recursively)."""
+    names = {score}
+    for part in (params or {}).get("scores") or []:
+        if isinstance(part, Mapping) and "score" in part:
+            names |= _score_names(str(part["score"]), part.get("params"))
+    return names
+
+
+def uses_score(
+    score: str,
+    methods: list[str] | tuple[str, ...],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> bool:
+    """Whether any of ``methods`` ranks by ``score``, alone or inside a ``rank_blend``.
+
+    The score stage runs the answers alone a second time only when a method of the sweep uses
+    ``ifd`` (``uses_score("ifd", ...)``).
+    """
+    definitions = method_definitions(extra)
+    return any(
+        score in _score_names(definitions[m]["score"], definitions[m].get("score_params"))
+        for m in methods
+        if m in definitions
+    )
+
+
+def uses_clusters(method: str, extra: Mapping[str, Mapping[str, Any]] | None = None) -> bool:
+    """Whether ``method`` spends its budget over the clusters of the routing features (and so
+    depends on the clustering settings)."""
+    from selectmoe.selection.allocation import CLUSTERED_ALLOCATIONS  # registered ones included
+    # registered allocations included
+
+    definition = method_definitions(extra).get(method)
+    return definition is not None and definition["allocation"] in CLUSTERED_ALLOCATIONS

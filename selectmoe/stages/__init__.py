@@ -1,0 +1,1 @@
+"""The workflow's compute stages: warmup, scoring, finetune, evaluation, LESS, RDS+."""

@@ -1,0 +1,421 @@
+"""Stage 1: warm up the quality gates and MoE routers of a converted Select-MoE model.
+
+``peft_mode="full_rank"`` trains exactly the tensors whose names end in one of
+:data:`FULL_RANK_TARGETS` (every quality gate and every MoE router weight); all other weights stay
+frozen and bit-identical.
+
+``peft_mode="lora"`` puts LoRA adapters (peft ``target_parameters``) on the raw router weights
+named by ``lora_target_parameters`` (default ``mlp.gate.weight``: OLMoE's ``OlmoeTopKRouter``
+holds a bare ``weight``, not an ``nn.Linear``) and trains the new quality gates in full (a gate
+is a single ``[1, hidden]`` row, which a low-rank adapter could not make smaller).
+
+The output ``full_rank_weights.pt`` holds::
+
+    {"weights": {param_name: tensor}, "peft_mode": "full_rank" | "lora",
+     "target_patterns": [...], "config": {...}, "history": [...],
+     "lora_config": {...}}   # lora only; names are those of the peft-wrapped model
+
+``history`` has one record per logged optimizer step: ``step``, ``epoch``, ``lr``, ``loss``,
+``lm_loss``, ``quality_loss``, ``good_mean`` (the gate output ``sigmoid(quality_score)`` averaged
+over valid tokens and layers) and, per layer ``i``, ``good_mean/layer_{i}`` and
+``good_sq/layer_{i}`` (mean and mean square of the gate output over the valid tokens; the spread
+is ``sqrt(good_sq - good_mean**2)``).
+
+Training checkpoints go to ``checkpoint_dir`` (outside the declared output) and are removed once
+the output is written; a killed job resumes from the newest one (see
+:mod:`selectmoe.training.loop`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from selectmoe.data.encoding import encode_examples, pad_token_id_of
+from selectmoe.data.pool import load_pool, subset_examples
+from selectmoe.errors import ConfigError, ModelError
+from selectmoe.io import atomic_torch_save
+from selectmoe.model.configuration_select_moe import (
+    LOSS_SCALINGS,
+    QUALITY_LOSS_PARAMETERS,
+    QualityLossParameters,
+)
+from selectmoe.model.losses import get_quality_loss
+from selectmoe.model.modeling_select_moe import (
+    SelectMoeForCausalLM,
+    check_trash_expert_mode,
+    register_select_moe,
+)
+from selectmoe.training.checkpoints import clear_checkpoints, settings_fingerprint
+from selectmoe.training.distributed import distributed_info, resolve_device
+from selectmoe.training.loop import (
+    Optimization,
+    accumulation_steps,
+    check_batch_sizes,
+    seed_everything,
+    train_loop,
+)
+
+__all__ = [
+    "FULL_RANK_TARGETS",
+    "MODEL_OVERRIDE_KEYS",
+    "PEFT_MODES",
+    "WarmupSettings",
+    "apply_router_lora",
+    "load_warmed_model",
+    "run_warmup",
+]
+
+logger = logging.getLogger(__name__)
+
+FULL_RANK_TARGETS: tuple[str, ...] = ("quality_gate.weight", "mlp.gate.weight")
+PEFT_MODES: tuple[str, ...] = ("full_rank", "lora")
+QUALITY_GATE_TARGET = "quality_gate.weight"
+# settings that are model-config fields: applied to the model before training and saved with the
+# weights so that scoring runs the model exactly as it was trained
+MODEL_OVERRIDE_KEYS: tuple[str, ...] = (
+    "quality_loss_type",
+    "quality_loss_weight",
+    "trash_expert_mode",
+    *QUALITY_LOSS_PARAMETERS,
+    "quality_loss_debug",
+    "enable_load_balancing",
+    "loss_scaling",
+)
+
+
+@dataclass
+class WarmupSettings(QualityLossParameters):
+    """Stage-1 settings (SPEC §5 defaults); the quality losses' parameters are inherited."""
+
+    peft_mode: str = "full_rank"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_parameters: list[str] = field(default_factory=lambda: ["mlp.gate.weight"])
+    learning_rate: float = 1e-4
+    subset_ratio: float = 0.05
+    epochs: int = 1
+    effective_batch_size: int = 4
+    per_device_batch_size: int = 4
+    warmup_ratio: float = 0.0
+    max_sequence_length: int = 2048
+    seed: int = 42
+    quality_loss_type: str = "sigmoid"
+    quality_loss_weight: float = 0.01
+    trash_expert_mode: str = "zero"
+    quality_loss_debug: bool = False
+    enable_load_balancing: bool = False
+    loss_scaling: str = "separate"
+    full_sequence_prediction: bool = True
+    mask_special_tokens: bool = True
+    log_every: int = 10
+    max_steps: int | None = None
+    checkpoint_every: int = 100
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.peft_mode not in PEFT_MODES:
+            raise ConfigError(
+                f"warmup.peft_mode is {self.peft_mode!r}; allowed: {', '.join(PEFT_MODES)}"
+            )
+        get_quality_loss(self.quality_loss_type)  # unknown names fail here, listing valid ones
+        check_trash_expert_mode(self.trash_expert_mode)  # before any model loads
+        if self.loss_scaling not in LOSS_SCALINGS:
+            raise ConfigError(
+                f"warmup.loss_scaling is {self.loss_scaling!r}; allowed: {', '.join(LOSS_SCALINGS)}"
+            )
+        for key in ("per_device_batch_size", "effective_batch_size", "epochs", "lora_r"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"warmup.{key} is {getattr(self, key)}; it must be >= 1")
+        check_batch_sizes(self.effective_batch_size, self.per_device_batch_size, section="warmup")
+        if not 0 < self.subset_ratio <= 1:
+            raise ConfigError(f"warmup.subset_ratio is {self.subset_ratio}; it must be in (0, 1]")
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"warmup.checkpoint_every is {self.checkpoint_every}; use 0 (never) or more"
+            )
+        if self.peft_mode == "lora" and not self.lora_target_parameters:
+            raise ConfigError("warmup.lora_target_parameters is empty; name the router weights")
+
+    def lora_config_dict(self) -> dict[str, Any]:
+        """Keyword arguments of ``peft.LoraConfig`` for ``peft_mode="lora"``.
+
+        peft's parameter adapters take no dropout, so the adapter has none.
+        """
+        return {
+            "r": self.lora_r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": 0.0,
+            "target_modules": [],
+            "target_parameters": list(self.lora_target_parameters),
+        }
+
+
+def apply_router_lora(
+    model: SelectMoeForCausalLM, lora_config: dict[str, Any]
+) -> tuple[torch.nn.Module, list[str]]:
+    """Wrap ``model`` with LoRA adapters on its router weights; quality gates stay trainable.
+
+    Returns
+    -------
+    peft_model : torch.nn.Module
+        The peft-wrapped model; only the adapters and the quality gates require gradients.
+    adapted : list of str
+        Names of the adapted modules (one per MoE layer for the default targets).
+
+    Raises
+    ------
+    ModelError
+        When no parameter matches ``target_parameters``.
+    """
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.layer import ParamWrapper
+
+    try:
+        peft_model = get_peft_model(model, LoraConfig(**lora_config))
+    except ValueError as error:
+        raise ModelError(
+            f"LoRA on {lora_config.get('target_parameters')}: {error}; "
+            "name parameters such as mlp.gate.weight"
+        ) from None
+    adapted = sorted(
+        {name for name, module in peft_model.named_modules() if isinstance(module, ParamWrapper)}
+    )
+    if not adapted:
+        raise ModelError(
+            f"LoRA target_parameters {lora_config.get('target_parameters')} match no parameter "
+            "of the model; the OLMoE router weight is mlp.gate.weight"
+        )
+    for name, parameter in peft_model.named_parameters():
+        if name.endswith(QUALITY_GATE_TARGET):
+            parameter.requires_grad_(True)
+    return peft_model, adapted
+
+
+def run_warmup(
+    *,
+    model_dir: str | os.PathLike[str],
+    pool_files: list[str | os.PathLike[str]],
+    output_path: str | os.PathLike[str],
+    settings: WarmupSettings,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Train the gates and routers on a ``subset_ratio`` sample of the pool; save their weights.
+
+    Parameters
+    ----------
+    model_dir : path-like
+        A converted Select-MoE model (``selectmoe convert``) with its tokenizer.
+    pool_files : list of path-like
+        LESS-format JSONL files.
+    output_path : path-like
+        ``full_rank_weights.pt``, written atomically (by the main process only when several
+        processes train under ``accelerate launch``).
+    checkpoint_dir : path-like, optional
+        Where training checkpoints go (default ``{output_path}.checkpoints``); removed once the
+        output is written. ``settings.checkpoint_every = 0`` disables them.
+
+    Returns
+    -------
+    dict
+        The saved object without the tensors: peft_mode, target_patterns, config, history.
+    """
+    register_select_moe()
+    if not os.path.isdir(model_dir):
+        raise ModelError(f"{model_dir}: converted model not found; run the convert stage first")
+    info = distributed_info()
+    if checkpoint_dir is None:
+        checkpoint_dir = Path(f"{os.fspath(output_path)}.checkpoints")
+    seed_everything(settings.seed)
+    device = resolve_device(settings.device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = SelectMoeForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    for key in MODEL_OVERRIDE_KEYS:
+        setattr(model.config, key, getattr(settings, key))
+
+    n_layers = model.config.num_hidden_layers
+    lora_config = None
+    if settings.peft_mode == "lora":
+        lora_config = settings.lora_config_dict()
+        model, adapted = apply_router_lora(model, lora_config)
+        target_patterns = [*settings.lora_target_parameters, QUALITY_GATE_TARGET]
+        if info.is_main:
+            logger.info("LoRA r=%d on %d router modules", settings.lora_r, len(adapted))
+    else:
+        target_patterns = list(FULL_RANK_TARGETS)
+        trained = [n for n, _ in model.named_parameters() if n.endswith(FULL_RANK_TARGETS)]
+        if len(trained) != 2 * n_layers:
+            raise ModelError(
+                f"{model_dir}: found {len(trained)} gate/router tensors, expected {2 * n_layers}"
+            )
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in trained)
+    trained_names = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    examples = subset_examples(
+        load_pool(pool_files), ratio=settings.subset_ratio, seed=settings.seed
+    )
+    encoded = encode_examples(
+        examples,
+        tokenizer,
+        full_sequence_prediction=settings.full_sequence_prediction,
+        mask_special_tokens=settings.mask_special_tokens,
+        max_sequence_length=settings.max_sequence_length,
+    )
+    if info.is_main:
+        logger.info("warmup on %d examples (subset_ratio %s)", len(encoded), settings.subset_ratio)
+
+    def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        output = model(**batch, output_router_logits=True)
+        with torch.no_grad():
+            # the gate output good = sigmoid(quality_score) over the valid tokens, per layer: its
+            # mean (the curve that shows the quality loss pulling tokens toward the trash
+            # expert) and its mean square, from which the report derives the spread
+            # sqrt(good_sq - good_mean**2) (moments, unlike standard deviations, average
+            # correctly over micro-batches and processes)
+            mask = batch["attention_mask"].to(torch.float32)
+            n_valid = mask.sum().clamp(min=1.0)
+            good = torch.stack(
+                [torch.sigmoid(r["quality_score"].float()[..., 0]) for r in output.router_logits]
+            )  # (layers, batch, seq_len)
+            layer_mean = (good * mask).sum(dim=(1, 2)) / n_valid
+            layer_sq = (good.square() * mask).sum(dim=(1, 2)) / n_valid
+            good_mean = layer_mean.mean()
+            layer_mean, layer_sq = layer_mean.tolist(), layer_sq.tolist()  # one device sync
+        metrics = {
+            "lm_loss": output.lm_loss.detach(),
+            "quality_loss": output.quality_loss.detach(),
+            "good_mean": good_mean,
+            **{f"good_mean/layer_{i}": value for i, value in enumerate(layer_mean)},
+            **{f"good_sq/layer_{i}": value for i, value in enumerate(layer_sq)},
+        }
+        return output.loss, metrics
+
+    fingerprint = settings_fingerprint(
+        "warmup",
+        settings,
+        examples=[(e.dataset, e.id) for e in examples],
+        model_dir=os.path.abspath(model_dir),
+        world_size=info.world_size,
+    )
+    result = train_loop(
+        model,
+        encoded,
+        parameters=model.parameters(),
+        compute_loss=compute_loss,
+        pad_token_id=pad_token_id_of(tokenizer),
+        optimization=Optimization.of(
+            settings,
+            micro_batch_size=settings.per_device_batch_size,
+            gradient_accumulation_steps=accumulation_steps(
+                settings.effective_batch_size, settings.per_device_batch_size, section="warmup"
+            ),
+        ),
+        seed=settings.seed,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=settings.checkpoint_every,
+        fingerprint=fingerprint,
+    )
+    state = dict(model.named_parameters())
+    payload = {
+        "weights": {
+            name: state[name].detach().to("cpu", torch.float32).clone() for name in trained_names
+        },
+        "peft_mode": settings.peft_mode,
+        "target_patterns": target_patterns,
+        "config": {
+            "settings": asdict(settings),
+            "model_overrides": {key: getattr(settings, key) for key in MODEL_OVERRIDE_KEYS},
+            "model_dir": os.fspath(model_dir),
+            "n_examples": len(encoded),
+            "world_size": info.world_size,
+        },
+        "history": result["history"],
+        "optimizer_steps": result["optimizer_steps"],
+        "tokens_seen": result["tokens_seen"],
+        "seconds": result["seconds"],
+        "resumed_from_step": result["resumed_from_step"],
+    }
+    if lora_config is not None:
+        payload["lora_config"] = lora_config
+    if info.is_main:
+        atomic_torch_save(payload, output_path)
+        clear_checkpoints(checkpoint_dir)
+    return {k: v for k, v in payload.items() if k != "weights"}
+
+
+def load_warmed_model(
+    model_dir: str | os.PathLike[str],
+    weights_path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[SelectMoeForCausalLM, dict[str, Any]]:
+    """A converted model with the warmup's weights and config overrides applied.
+
+    Raises
+    ------
+    ModelError
+        When the weights file is missing, malformed, or names tensors the model does not have.
+    """
+    register_select_moe()
+    if not os.path.isfile(weights_path):
+        raise ModelError(f"{weights_path}: warmup weights not found; run the warmup stage first")
+    try:
+        payload = torch.load(weights_path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        raise ModelError(
+            f"{weights_path}: cannot be read as warmup weights ({type(error).__name__}); "
+            "re-run the warmup stage"
+        ) from None
+    if not isinstance(payload, dict) or "weights" not in payload or "peft_mode" not in payload:
+        raise ModelError(
+            f"{weights_path}: not a warmup weights file (missing 'weights'/'peft_mode')"
+        )
+    if payload["peft_mode"] not in PEFT_MODES:
+        raise ModelError(
+            f"{weights_path}: peft_mode {payload['peft_mode']!r} is not one of "
+            f"{', '.join(PEFT_MODES)}"
+        )
+    # load and merge in float32, then cast: a LoRA update is not rounded twice
+    try:
+        model = SelectMoeForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"{model_dir}: cannot load the converted model ({str(error).splitlines()[0][:200]}); "
+            "re-run the convert stage"
+        ) from None
+    trained_model: torch.nn.Module = model
+    if payload["peft_mode"] == "lora":
+        if "lora_config" not in payload:
+            raise ModelError(f"{weights_path}: peft_mode 'lora' but no 'lora_config' saved")
+        trained_model, _ = apply_router_lora(model, payload["lora_config"])
+    params = dict(trained_model.named_parameters())
+    unknown = [name for name in payload["weights"] if name not in params]
+    if unknown:
+        raise ModelError(f"{weights_path}: tensors not in {model_dir}: {unknown[:3]}")
+    missing = [name for name in params if "lora_" in name and name not in payload["weights"]]
+    if missing:
+        raise ModelError(f"{weights_path}: LoRA tensors missing: {missing[:3]}")
+    with torch.no_grad():
+        for name, tensor in payload["weights"].items():
+            if tensor.shape != params[name].shape:
+                raise ModelError(
+                    f"{weights_path}: {name} has shape {tuple(tensor.shape)}, "
+                    f"the model expects {tuple(params[name].shape)}"
+                )
+            params[name].copy_(tensor)
+    if payload["peft_mode"] == "lora":
+        model = trained_model.merge_and_unload()
+    model = model.to(dtype)
+    for key, value in payload.get("config", {}).get("model_overrides", {}).items():
+        setattr(model.config, key, value)
+    model.eval()
+    return model, payload

@@ -1,0 +1,1 @@
+"""The training loop, checkpoints and devices that the training stages share."""

@@ -1,0 +1,1 @@
+"""The workflow's plumbing: config, layout, launch, runtime, devices, provenance."""

@@ -1,15 +1,17 @@
 import os
+import sys
 
 from snakemake.utils import min_version
 
 min_version("9.0")
 
-# Jobs import the selectmoe package from this checkout (also in --sdm conda environments and on
-# cluster nodes, which inherit the environment).
+# Jobs import the selectmoe package from this checkout (also in --sdm conda environments, on
+# cluster nodes, which inherit the environment, and when another workflow uses this one as a
+# module: the directory is this Snakefile's, not the caller's).
+WORKFLOW_DIR = str(workflow.current_basedir)
+sys.path.insert(0, WORKFLOW_DIR)  # the Snakefile's own imports (rules/common.smk)
 os.environ.update(
-    PYTHONPATH=os.pathsep.join(
-        filter(None, [workflow.basedir, os.getenv("PYTHONPATH")])
-    )
+    PYTHONPATH=os.pathsep.join(filter(None, [WORKFLOW_DIR, os.getenv("PYTHONPATH")]))
 )
 
 

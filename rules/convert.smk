@@ -1,44 +1,40 @@
 rule convert:
     input:
-        get_base_source_input,
+        unpack(get_inputs("convert")),
     output:
-        model=directory(converted_dir()),
-        provenance=f"{converted_dir()}.provenance.json",
+        model=directory(LAYOUT.converted_model()),
+        provenance=provenance(LAYOUT.converted_model()),
     log:
-        f"{RESULTS}/logs/convert.log",
+        get_log("convert"),
     benchmark:
-        f"{RESULTS}/benchmarks/convert.tsv"
+        get_benchmark("convert")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("convert")
+    threads: get_threads("convert")
     resources:
-        mem_mb=mem_mb("convert"),
+        mem_mb=get_mem_mb("convert"),
     params:
-        source=get_base_source(),
-        gate_init_mean=config["base_model"]["quality_gate_init_mean"],
-        gate_init_std=config["base_model"]["quality_gate_init_std"],
-        seed=config["base_model"]["conversion_seed"],
+        conversion=SETTINGS.conversion(),
     script:
         "../workflow_scripts/convert.py"
 
 
 rule verify_conversion:
     input:
-        get_base_source_input,
-        model=converted_dir(),
+        unpack(get_inputs("verify_conversion")),
     output:
-        report=f"{RESULTS}/models/{BASE}/verify_conversion.json",
-        provenance=f"{RESULTS}/models/{BASE}/verify_conversion.json.provenance.json",
+        report=LAYOUT.conversion_report(),
+        provenance=provenance(LAYOUT.conversion_report()),
     log:
-        f"{RESULTS}/logs/verify_conversion.log",
+        get_log("verify_conversion"),
     benchmark:
-        f"{RESULTS}/benchmarks/verify_conversion.tsv"
+        get_benchmark("verify_conversion")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("convert")
+    threads: get_threads("verify_conversion")
     resources:
-        mem_mb=mem_mb("convert"),
+        mem_mb=get_mem_mb("verify_conversion"),
     params:
-        source=get_base_source(),
+        source=SETTINGS.conversion()["source"],
     script:
         "../workflow_scripts/verify_conversion.py"

@@ -1,13 +1,13 @@
 rule validate_data:
     input:
-        pool=get_all_pool_files,
+        unpack(get_inputs("validate_data")),
     output:
-        report=f"{RESULTS}/data/validate_data.json",
-        provenance=f"{RESULTS}/data/validate_data.json.provenance.json",
+        report=LAYOUT.data_report(),
+        provenance=provenance(LAYOUT.data_report()),
     log:
-        f"{RESULTS}/logs/validate_data.log",
+        get_log("validate_data"),
     benchmark:
-        f"{RESULTS}/benchmarks/validate_data.tsv"
+        get_benchmark("validate_data")
     conda:
         "../envs/selectmoe.yaml"
     threads: 1
@@ -22,28 +22,22 @@ if not is_demo():
 
     rule fetch_pool:
         output:
-            pool=update(get_all_pool_files()),
-            provenance=f"{RESULTS}/data/fetch_pool.json.provenance.json",
-            report=f"{RESULTS}/data/fetch_pool.json",
+            pool=update(LAYOUT.pool_files()),
+            provenance=provenance(LAYOUT.output("data/fetch_pool.json")),
+            report=LAYOUT.output("data/fetch_pool.json"),
         log:
-            f"{RESULTS}/logs/fetch_pool.log",
+            get_log("fetch_pool"),
         benchmark:
-            f"{RESULTS}/benchmarks/fetch_pool.tsv"
+            get_benchmark("fetch_pool")
         localrule: True
         conda:
             "../envs/selectmoe.yaml"
         threads: 1
         params:
-            # Arguments of selectmoe.data.fetch.fetch_less_pool. A function of `output`, so that
-            # Snakemake leaves it out of its params rerun trigger: where the pool comes from does
-            # not change what it is, and switching to a local archive after a download must not
-            # re-run fetch_pool and everything after it.
-            settings=lambda wildcards, output: {
-                "pool_dir": config["data"]["pool_dir"],
-                "datasets": DATASETS,
-                "file_pattern": config["data"]["file_pattern"],
-                **config["data"]["fetch"],
-            },
+            # A function of `output`, so that Snakemake leaves it out of its params rerun
+            # trigger: where the pool comes from does not change what it is, and switching to a
+            # local archive after a download must not re-run fetch_pool and everything after it.
+            settings=lambda wildcards, output: SETTINGS.fetch_pool(),
         script:
             "../workflow_scripts/fetch_pool.py"
 
@@ -51,22 +45,22 @@ if not is_demo():
 # The query sets of the targeted methods for a real pool: LESS's dev / few-shot sets of
 # targeted.queries.tasks, from the pool's archive (a user's own file, targeted.queries.file, is
 # read as it is). Without network it fails at once, naming the file to put in place.
-if not is_demo() and not TARGETED.get("queries", {}).get("file"):
+if not is_demo() and not LAYOUT.own_queries_file():
 
     rule fetch_queries:
         output:
-            queries=get_queries_file(),
-            provenance=provenance(get_queries_file()),
+            queries=LAYOUT.queries_file(),
+            provenance=provenance(LAYOUT.queries_file()),
         log:
-            f"{RESULTS}/logs/fetch_queries.log",
+            get_log("fetch_queries"),
         benchmark:
-            f"{RESULTS}/benchmarks/fetch_queries.tsv"
+            get_benchmark("fetch_queries")
         localrule: True
         conda:
             "../envs/selectmoe.yaml"
         threads: 1
         params:
-            tasks=TARGETED.get("queries", {}).get("tasks", ["mmlu", "bbh", "tydiqa"]),
+            tasks=SETTINGS.query_tasks(),
             # where the archive comes from does not change the queries (see fetch_pool)
             fetch=lambda wildcards, output: config["data"]["fetch"],
         script:

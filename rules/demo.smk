@@ -5,44 +5,41 @@ if is_demo():
 
     rule build_demo:
         output:
-            manifest=demo_outputs()["manifest"],
-            provenance=f"{DEMO_DIR}/demo_manifest.json.provenance.json",
-            noise_labels=demo_outputs()["noise_labels"],
-            pool=demo_outputs()["pool"],
-            base_model=directory(demo_outputs()["base_model"]),
-            tokenizer=directory(f"{DEMO_DIR}/tokenizer"),
-            tasks=directory(demo_outputs()["tasks"]),
-            queries=f"{DEMO_DIR}/queries.jsonl",
+            manifest=LAYOUT.demo_file("demo_manifest.json"),
+            provenance=provenance(LAYOUT.demo_file("demo_manifest.json")),
+            noise_labels=LAYOUT.demo_file("noise_labels.jsonl"),
+            pool=LAYOUT.pool_files(),
+            base_model=directory(LAYOUT.demo_file("base_model")),
+            tokenizer=directory(LAYOUT.demo_file("tokenizer")),
+            tasks=directory(LAYOUT.demo_file("tasks")),
+            queries=LAYOUT.demo_file("queries.jsonl"),
         log:
-            f"{RESULTS}/logs/build_demo.log",
+            get_log("build_demo"),
         benchmark:
-            f"{RESULTS}/benchmarks/build_demo.tsv"
+            get_benchmark("build_demo")
         conda:
             "../envs/selectmoe.yaml"
         threads: 1
         params:
-            out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
-            seed=config.get("demo", {}).get("seed", 0),
-            demo_params=config.get("demo", {}).get("params", {}),
+            out_dir=LAYOUT.demo_dir(),
+            demo=SETTINGS.demo(),
         script:
             "../workflow_scripts/build_demo.py"
 
     rule build_demo_target:
         input:
-            manifest=demo_outputs()["manifest"],
-            tokenizer=f"{DEMO_DIR}/tokenizer",
-            tasks=demo_outputs()["tasks"],
+            unpack(get_inputs("build_demo_target")),
         output:
-            target_model=directory(demo_outputs()["target_model"]),
-            provenance=f"{DEMO_DIR}/target_model.provenance.json",
+            target_model=directory(LAYOUT.target_model(LAYOUT.targets[0])),
+            provenance=provenance(LAYOUT.target_model(LAYOUT.targets[0])),
         log:
-            f"{RESULTS}/logs/build_demo_target.log",
+            get_log("build_demo_target"),
         benchmark:
-            f"{RESULTS}/benchmarks/build_demo_target.tsv"
+            get_benchmark("build_demo_target")
         conda:
             "../envs/selectmoe.yaml"
         threads: 1
         params:
-            demo_dir=lambda wildcards, input: os.path.dirname(input.manifest),
+            demo_dir=LAYOUT.demo_dir(),
         script:
             "../workflow_scripts/build_demo_target.py"

@@ -2,28 +2,24 @@ rule evaluate:
     """lm-eval on the target with each seed's adapter of one selection: the base model is loaded
     once for all of them, and a failure loses one selection's evaluations."""
     input:
-        get_target_input,
-        get_eval_inputs,
-        adapters=lambda wildcards: [
-            adapter_dir(wildcards.target, wildcards.selection, seed) for seed in SEEDS
-        ],
+        unpack(get_inputs("evaluate")),
     output:
-        results=seed_results("{target}", "{selection}", "results"),
-        samples=seed_results("{target}", "{selection}", "samples"),
-        provenance=f"{eval_dir('{target}', '{selection}')}/evaluate.provenance.json",
+        results=LAYOUT.eval_results_pattern("results"),
+        samples=LAYOUT.eval_results_pattern("samples"),
+        provenance=LAYOUT.evaluation_provenance("{target}", "{selection}"),
     log:
-        f"{RESULTS}/logs/evaluate/{{target}}/{{selection}}.log",
+        get_log("evaluate"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{target}}/{{selection}}.tsv"
+        get_benchmark("evaluate")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("evaluate")
+    threads: get_threads("evaluate")
     resources:
-        gpu=gpus("evaluate"),
-        mem_mb=mem_mb("evaluate"),
+        gpu=get_gpus("evaluate"),
+        mem_mb=get_mem_mb("evaluate"),
     params:
-        base_model=lambda wildcards: get_target_model(wildcards.target),
-        evaluation=config["evaluation"],
+        base_model=lambda wildcards: str(LAYOUT.target_model(wildcards.target)),
+        evaluation=SETTINGS.evaluation(),
     script:
         "../workflow_scripts/evaluate.py"
 
@@ -32,13 +28,12 @@ rule evaluate:
 # adapters, one results file).
 use rule evaluate as evaluate_base with:
     input:
-        get_target_input,
-        get_eval_inputs,
+        unpack(get_inputs("evaluate_base")),
     output:
-        results=[f"{eval_dir('{target}', 'base')}/results.json"],
-        samples=[f"{eval_dir('{target}', 'base')}/samples.jsonl"],
-        provenance=provenance(f"{eval_dir('{target}', 'base')}/results.json"),
+        results=[LAYOUT.base_results("{target}", "results")],
+        samples=[LAYOUT.base_results("{target}", "samples")],
+        provenance=provenance(LAYOUT.base_results("{target}", "results")),
     log:
-        f"{RESULTS}/logs/evaluate/{{target}}/base.log",
+        get_log("evaluate_base"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{target}}/base.tsv"
+        get_benchmark("evaluate_base")

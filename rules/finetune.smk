@@ -1,24 +1,25 @@
 rule finetune:
     """LoRA on the target with one selection, once per finetune seed."""
     input:
-        get_target_input,
-        selected=selection_file("{selection}", "selected_data.jsonl"),
+        unpack(get_inputs("finetune")),
     output:
-        adapter=directory(adapter_dir("{target}", "{selection}", "{seed}")),
-        provenance=provenance(adapter_dir("{target}", "{selection}", "{seed}")),
+        adapter=directory(LAYOUT.adapter("{target}", "{selection}", "{seed}")),
+        provenance=provenance(LAYOUT.adapter("{target}", "{selection}", "{seed}")),
     log:
-        f"{RESULTS}/logs/finetune/{{target}}/{{selection}}/seed{{seed}}.log",
+        get_log("finetune"),
     benchmark:
-        f"{RESULTS}/benchmarks/finetune/{{target}}/{{selection}}/seed{{seed}}.tsv"
+        get_benchmark("finetune")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("finetune")
+    threads: get_threads("finetune")
     resources:
-        gpu=gpus("finetune"),
-        mem_mb=mem_mb("finetune"),
+        gpu=get_gpus("finetune"),
+        mem_mb=get_mem_mb("finetune"),
     params:
-        checkpoint_dir=lambda wildcards: f"{RESULTS}/checkpoints/finetune/{wildcards.target}/{wildcards.selection}/seed{wildcards.seed}",
-        base_model=lambda wildcards: get_target_model(wildcards.target),
-        settings=lambda wildcards: finetune_settings(wildcards.target, wildcards.seed),
+        checkpoint_dir=lambda wildcards: LAYOUT.finetune_checkpoints(
+            wildcards.target, wildcards.selection, wildcards.seed
+        ),
+        base_model=lambda wildcards: str(LAYOUT.target_model(wildcards.target)),
+        settings=lambda wildcards: SETTINGS.finetune(wildcards.target, wildcards.seed),
     script:
         "../workflow_scripts/finetune.py"

@@ -1,31 +1,31 @@
-# Figures and tables for `snakemake --report report.html` (selectmoe.evidence.report). Their paths come
-# from rules/common.smk (REPORT_DIR, report_outputs), which makes them part of the default target.
+# Figures and tables for `snakemake --report report.html` (selectmoe.evidence's figures). Their
+# paths come from the layout (LAYOUT.report_outputs), which makes them part of the default target.
 
 
 rule report_warmup:
     """Warmup training curves from the history in full_rank_weights.pt."""
     input:
-        weights=warmup_weights("{loss}"),
+        unpack(get_inputs("report_warmup")),
     output:
         losses=report(
-            f"{REPORT_DIR}/warmup/{{loss}}/losses.png",
+            LAYOUT.report_file("warmup/{loss}/losses.png"),
             caption="../report/warmup_losses.rst",
             category="Warmup",
             subcategory="{loss}",
             labels={"loss type": "{loss}", "figure": "LM and quality loss"},
         ),
-        provenance=f"{REPORT_DIR}/warmup/{{loss}}/losses.png.provenance.json",
+        provenance=provenance(LAYOUT.report_file("warmup/{loss}/losses.png")),
         good_ratio=report(
-            f"{REPORT_DIR}/warmup/{{loss}}/good_ratio.png",
+            LAYOUT.report_file("warmup/{loss}/good_ratio.png"),
             caption="../report/warmup_good_ratio.rst",
             category="Warmup",
             subcategory="{loss}",
             labels={"loss type": "{loss}", "figure": "good ratio per layer"},
         ),
     log:
-        f"{RESULTS}/logs/report/warmup/{{loss}}.log",
+        get_log("report_warmup"),
     benchmark:
-        f"{RESULTS}/benchmarks/report/warmup/{{loss}}.tsv"
+        get_benchmark("report_warmup")
     conda:
         "../envs/selectmoe.yaml"
     threads: 1
@@ -36,30 +36,27 @@ rule report_warmup:
 rule report_quality_scores:
     """Per-layer quality score of every dataset, from the router data of one loss type."""
     input:
-        router_data=expand(
-            router_data("{{loss}}", "{dataset}"),
-            dataset=DATASETS,
-        ),
+        unpack(get_inputs("report_quality_scores")),
     output:
         plot=report(
-            f"{REPORT_DIR}/quality_scores/{{loss}}.png",
+            LAYOUT.report_file("quality_scores/{loss}.png"),
             caption="../report/quality_scores.rst",
             category="Quality scores",
             subcategory="{loss}",
             labels={"loss type": "{loss}", "content": "histograms"},
         ),
-        provenance=f"{REPORT_DIR}/quality_scores/{{loss}}.png.provenance.json",
+        provenance=provenance(LAYOUT.report_file("quality_scores/{loss}.png")),
         stats=report(
-            f"{REPORT_DIR}/quality_scores/{{loss}}.csv",
+            LAYOUT.report_file("quality_scores/{loss}.csv"),
             caption="../report/quality_scores_table.rst",
             category="Quality scores",
             subcategory="{loss}",
             labels={"loss type": "{loss}", "content": "statistics"},
         ),
     log:
-        f"{RESULTS}/logs/report/quality_scores/{{loss}}.log",
+        get_log("report_quality_scores"),
     benchmark:
-        f"{RESULTS}/benchmarks/report/quality_scores/{{loss}}.tsv"
+        get_benchmark("report_quality_scores")
     conda:
         "../envs/selectmoe.yaml"
     threads: 1
@@ -71,30 +68,20 @@ rule report_quality_losses:
     """Every quality-loss type as a function of the gate output (no input: selectmoe.model.losses)."""
     output:
         plot=report(
-            f"{REPORT_DIR}/quality_losses.png",
+            LAYOUT.report_file("quality_losses.png"),
             caption="../report/quality_losses.rst",
             category="Quality losses",
         ),
-        provenance=f"{REPORT_DIR}/quality_losses.png.provenance.json",
+        provenance=provenance(LAYOUT.report_file("quality_losses.png")),
     log:
-        f"{RESULTS}/logs/report/quality_losses.log",
+        get_log("report_quality_losses"),
     benchmark:
-        f"{RESULTS}/benchmarks/report/quality_losses.tsv"
+        get_benchmark("report_quality_losses")
     conda:
         "../envs/selectmoe.yaml"
     threads: 1
     params:
-        loss_params={
-            key: config["warmup"][key]
-            for key in (
-                "beta_target_mean",
-                "beta_target_var",
-                "w_mean",
-                "w_var",
-                "lambda_var",
-                "sample_wise_averaging",
-            )
-        },
+        loss_params=SETTINGS.quality_loss_parameters(),
     script:
         "../workflow_scripts/report_quality_losses.py"
 
@@ -102,45 +89,43 @@ rule report_quality_losses:
 rule report_selections:
     """One row per selection; carries the selections' plots into the report."""
     input:
-        info=[selection_file(s, "selection.json") for s in selection_paths()],
+        info=get_inputs("report_selections")(None)["info"],
         # The selections' plot directories (outputs of rules/select.smk), flagged for the report:
         # the four plots of the methods that cluster, the score distribution of the others that
-        # read the router data; random and full have no scores or clusters to show.
+        # score; random and full have no scores or clusters to show.
         plots=[
             report(
-                selection_file(s, "plots"),
+                LAYOUT.selection_file(s.path, "plots"),
                 patterns=(
                     ["{plot}.png"]
-                    if methods.uses_clusters(
-                        parse_selection(s)[0], SELECTION.get("method_definitions", {})
-                    )
+                    if uses_clusters(s.method, LAYOUT.definitions)
                     else ["{plot,score_distribution}.png"]
                 ),
                 caption="../report/selection_plots.rst",
                 category="Selection",
-                subcategory=s,
-                labels={"selection": s, "plot": "{plot}"},
+                subcategory=s.path,
+                labels={"selection": s.path, "plot": "{plot}"},
             )
-            for s in selection_paths()
-            if s.startswith(tuple(f"{method}/" for method in ROUTER_METHODS))
+            for s in LAYOUT.selections()
+            if LAYOUT.kind(s.method).uses_loss
         ],
     output:
         table=report(
-            f"{REPORT_DIR}/selections.csv",
+            LAYOUT.report_file("selections.csv"),
             caption="../report/selections.rst",
             category="Selection",
             subcategory="overview",
         ),
-        provenance=f"{REPORT_DIR}/selections.csv.provenance.json",
+        provenance=provenance(LAYOUT.report_file("selections.csv")),
     log:
-        f"{RESULTS}/logs/report/selections.log",
+        get_log("report_selections"),
     benchmark:
-        f"{RESULTS}/benchmarks/report/selections.tsv"
+        get_benchmark("report_selections")
     conda:
         "../envs/selectmoe.yaml"
     threads: 1
     params:
-        names=selection_paths(),
+        names=LAYOUT.selection_paths(),
     script:
         "../workflow_scripts/report_selections.py"
 
@@ -151,30 +136,27 @@ if is_demo():
     rule report_noise:
         """Share of the planted low-quality examples that each selection kept."""
         input:
-            labels=demo_outputs()["noise_labels"],
-            selected=[
-                selection_file(s, "selected_data.jsonl") for s in selection_paths()
-            ],
+            unpack(get_inputs("report_noise")),
         output:
             plot=report(
-                f"{REPORT_DIR}/noise_kept.png",
+                LAYOUT.report_file("noise_kept.png"),
                 caption="../report/noise_kept.rst",
                 category="Planted noise (demo)",
             ),
-            provenance=f"{REPORT_DIR}/noise_kept.png.provenance.json",
+            provenance=provenance(LAYOUT.report_file("noise_kept.png")),
             table=report(
-                f"{REPORT_DIR}/noise_kept.csv",
+                LAYOUT.report_file("noise_kept.csv"),
                 caption="../report/noise_kept_table.rst",
                 category="Planted noise (demo)",
             ),
         log:
-            f"{RESULTS}/logs/report/noise_kept.log",
+            get_log("report_noise"),
         benchmark:
-            f"{RESULTS}/benchmarks/report/noise_kept.tsv"
+            get_benchmark("report_noise")
         conda:
             "../envs/selectmoe.yaml"
         threads: 1
         params:
-            names=selection_paths(),
+            names=LAYOUT.selection_paths(),
         script:
             "../workflow_scripts/report_noise.py"

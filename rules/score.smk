@@ -1,24 +1,22 @@
 rule score:
     input:
-        model=converted_dir(),
-        weights=warmup_weights("{loss}"),
-        pool=lambda wildcards: get_pool_files(wildcards.dataset),
+        unpack(get_inputs("score")),
     output:
-        router_data=router_data("{loss}", "{dataset}"),
-        provenance=provenance(router_data("{loss}", "{dataset}")),
+        router_data=LAYOUT.router_data("{loss}", "{dataset}"),
+        provenance=provenance(LAYOUT.router_data("{loss}", "{dataset}")),
     log:
-        f"{RESULTS}/logs/score/{{loss}}/{{dataset}}.log",
+        get_log("score"),
     benchmark:
-        f"{RESULTS}/benchmarks/score/{{loss}}/{{dataset}}.tsv"
+        get_benchmark("score")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("score")
+    threads: get_threads("score")
     resources:
-        gpu=gpus("score"),
-        mem_mb=mem_mb("score"),
+        gpu=get_gpus("score"),
+        mem_mb=get_mem_mb("score"),
     params:
-        settings=config["scoring"],
-        ifd=needs_ifd(),
+        settings=SETTINGS.scoring(),
+        ifd=LAYOUT.needs_ifd(),
     script:
         "../workflow_scripts/score.py"
 
@@ -26,23 +24,22 @@ rule score:
 rule score_untrained:
     """The control of the quality diagnostics: the converted model's untrained gates."""
     input:
-        model=converted_dir(),
-        pool=lambda wildcards: get_pool_files(wildcards.dataset),
+        unpack(get_inputs("score_untrained")),
     output:
-        router_data=router_data("untrained", "{dataset}"),
-        provenance=provenance(router_data("untrained", "{dataset}")),
+        router_data=LAYOUT.router_data(LAYOUT.UNTRAINED, "{dataset}"),
+        provenance=provenance(LAYOUT.router_data(LAYOUT.UNTRAINED, "{dataset}")),
     log:
-        f"{RESULTS}/logs/score/untrained/{{dataset}}.log",
+        get_log("score_untrained"),
     benchmark:
-        f"{RESULTS}/benchmarks/score/untrained/{{dataset}}.tsv"
+        get_benchmark("score_untrained")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("score")
+    threads: get_threads("score_untrained")
     resources:
-        gpu=gpus("score"),
-        mem_mb=mem_mb("score"),
+        gpu=get_gpus("score_untrained"),
+        mem_mb=get_mem_mb("score_untrained"),
     params:
-        settings={**config["scoring"], "lm_statistics": False},
+        settings=SETTINGS.scoring(untrained=True),
         ifd=False,
     script:
         "../workflow_scripts/score.py"

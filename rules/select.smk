@@ -2,168 +2,70 @@ rule cluster:
     """The k-means sweep over one loss type's routing features, once for every clustered
     selection (methods and percentages)."""
     input:
-        router_data=expand(
-            router_data("{{loss}}", "{dataset}"),
-            dataset=DATASETS,
-        ),
+        unpack(get_inputs("cluster")),
     output:
-        clusters=clusters_path("{loss}"),
-        provenance=provenance(clusters_path("{loss}")),
+        clusters=LAYOUT.clusters("{loss}"),
+        provenance=provenance(LAYOUT.clusters("{loss}")),
     log:
-        f"{RESULTS}/logs/cluster/{{loss}}.log",
+        get_log("cluster"),
     benchmark:
-        f"{RESULTS}/benchmarks/cluster/{{loss}}.tsv"
+        get_benchmark("cluster")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("select")
+    threads: get_threads("cluster")
     resources:
-        gpu=gpus("select"),
-        mem_mb=mem_mb("select"),
+        gpu=get_gpus("cluster"),
+        mem_mb=get_mem_mb("cluster"),
     params:
-        selection=clustering_settings(),
+        selection=SETTINGS.clustering(),
     script:
         "../workflow_scripts/cluster.py"
 
 
-rule select_routed:
-    """Selections that use the router data (and, for clustered methods, the loss type's
-    clusters)."""
+rule artefact:
+    """An artefact that a plugin's kind of method reads (selectmoe/workflow/artefacts.py)."""
     input:
-        router_data=expand(
-            router_data("{{loss}}", "{dataset}"),
-            dataset=DATASETS,
-        ),
-        clusters=lambda wildcards: (
-            clusters_path(wildcards.loss)
-            if methods.uses_clusters(
-                wildcards.method, SELECTION.get("method_definitions", {})
-            )
-            else []
-        ),
-        pool=get_all_pool_files,
+        unpack(get_inputs("artefact")),
     output:
-        selected=selection_file("{method}/{loss}/p{pct}", "selected_data.jsonl"),
+        artefact=LAYOUT.path("artefacts/{name}/{key}", name="{name}", key="{key}"),
         provenance=provenance(
-            selection_file("{method}/{loss}/p{pct}", "selected_data.jsonl")
+            LAYOUT.path("artefacts/{name}/{key}", name="{name}", key="{key}")
         ),
-        info=selection_file("{method}/{loss}/p{pct}", "selection.json"),
-        plots=directory(selection_file("{method}/{loss}/p{pct}", "plots")),
     log:
-        f"{RESULTS}/logs/select/{{method}}/{{loss}}/p{{pct}}.log",
+        get_log("artefact"),
     benchmark:
-        f"{RESULTS}/benchmarks/select/{{method}}/{{loss}}/p{{pct}}.tsv"
+        get_benchmark("artefact")
     conda:
         "../envs/selectmoe.yaml"
-    threads: 1
-    params:
-        method=lambda wildcards: wildcards.method,
-        percentage=lambda wildcards: float(wildcards.pct),
-        selection=lambda wildcards: selection_settings(wildcards.method),
+    threads: get_threads("artefact")
+    resources:
+        gpu=get_gpus("artefact"),
+        mem_mb=get_mem_mb("artefact"),
     script:
-        "../workflow_scripts/select.py"
+        "../workflow_scripts/artefact.py"
 
 
-rule select_random:
-    """The random baseline: depends on the pool only, not on any loss type."""
+rule select:
+    """Every selection of the sweep: the method's kind names what it reads
+    (selectmoe/selection/kinds.py)."""
     input:
-        pool=get_all_pool_files,
+        unpack(get_inputs("select")),
     output:
-        selected=selection_file("random/p{pct}", "selected_data.jsonl"),
-        provenance=provenance(selection_file("random/p{pct}", "selected_data.jsonl")),
-        info=selection_file("random/p{pct}", "selection.json"),
-        plots=directory(selection_file("random/p{pct}", "plots")),
-    log:
-        f"{RESULTS}/logs/select/random/p{{pct}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/select/random/p{{pct}}.tsv"
-    conda:
-        "../envs/selectmoe.yaml"
-    threads: 1
-    params:
-        method="random",
-        percentage=lambda wildcards: float(wildcards.pct),
-        selection=selection_settings(),
-    script:
-        "../workflow_scripts/select.py"
-
-
-rule select_reference:
-    """oracle / anti_oracle: clean or planted examples first, from the pool's quality labels."""
-    input:
-        pool=get_all_pool_files,
-        labels=get_labels_file() or [],
-    output:
-        selected=selection_file("{reference}/p{pct}", "selected_data.jsonl"),
+        selected=LAYOUT.selection_file("{selection}", "selected_data.jsonl"),
         provenance=provenance(
-            selection_file("{reference}/p{pct}", "selected_data.jsonl")
+            LAYOUT.selection_file("{selection}", "selected_data.jsonl")
         ),
-        info=selection_file("{reference}/p{pct}", "selection.json"),
-        plots=directory(selection_file("{reference}/p{pct}", "plots")),
+        info=LAYOUT.selection_file("{selection}", "selection.json"),
+        scores=LAYOUT.selection_file("{selection}", "scores.npz"),
+        plots=directory(LAYOUT.selection_file("{selection}", "plots")),
     log:
-        f"{RESULTS}/logs/select/{{reference}}/p{{pct}}.log",
+        get_log("select"),
     benchmark:
-        f"{RESULTS}/benchmarks/select/{{reference}}/p{{pct}}.tsv"
+        get_benchmark("select")
     conda:
         "../envs/selectmoe.yaml"
     threads: 1
     params:
-        method=lambda wildcards: wildcards.reference,
-        percentage=lambda wildcards: float(wildcards.pct),
-        selection=selection_settings(),
-    script:
-        "../workflow_scripts/select.py"
-
-
-rule select_full:
-    """The `full` reference: the whole pool."""
-    input:
-        pool=get_all_pool_files,
-    output:
-        selected=selection_file("full", "selected_data.jsonl"),
-        provenance=provenance(selection_file("full", "selected_data.jsonl")),
-        info=selection_file("full", "selection.json"),
-        plots=directory(selection_file("full", "plots")),
-    log:
-        f"{RESULTS}/logs/select/full.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/select/full.tsv"
-    conda:
-        "../envs/selectmoe.yaml"
-    threads: 1
-    params:
-        method="full",
-        percentage=1.0,
-        selection=selection_settings(),
-    script:
-        "../workflow_scripts/select.py"
-
-
-rule select_targeted:
-    """rds / less: the pool examples most similar to the query set (targeted methods)."""
-    input:
-        features=expand(
-            targeted_features("{{targeted}}", "{dataset}"),
-            dataset=DATASETS,
-        ),
-        queries=targeted_features("{targeted}", QUERIES),
-        pool=get_all_pool_files,
-    output:
-        selected=selection_file("{targeted}/p{pct}", "selected_data.jsonl"),
-        provenance=provenance(
-            selection_file("{targeted}/p{pct}", "selected_data.jsonl")
-        ),
-        info=selection_file("{targeted}/p{pct}", "selection.json"),
-        plots=directory(selection_file("{targeted}/p{pct}", "plots")),
-    log:
-        f"{RESULTS}/logs/select/{{targeted}}/p{{pct}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/select/{{targeted}}/p{{pct}}.tsv"
-    conda:
-        "../envs/selectmoe.yaml"
-    threads: 1
-    params:
-        method=lambda wildcards: wildcards.targeted,
-        percentage=lambda wildcards: float(wildcards.pct),
-        selection=selection_settings(),
+        selection=lambda wildcards: SETTINGS.selection(wildcards.selection),
     script:
         "../workflow_scripts/select.py"

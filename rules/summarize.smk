@@ -1,25 +1,20 @@
 rule summarize:
     input:
-        results=[r for p in summary_points() for r in p["results"]],
-        samples=[s for p in summary_points() for s in p["samples"]],
-        provenance=[p["provenance"] for p in summary_points()],
-        selections=[
-            p["selection_json"] for p in summary_points() if "selection_json" in p
-        ],
+        unpack(get_inputs("summarize")),
     output:
-        csv=report(f"{RESULTS}/summary.csv", category="Summary"),
-        provenance=f"{RESULTS}/summary.csv.provenance.json",
-        md=f"{RESULTS}/summary.md",
-        plot=report(f"{RESULTS}/summary_accuracy.png", category="Summary"),
+        csv=report(LAYOUT.output("summary.csv"), category="Summary"),
+        provenance=provenance(LAYOUT.output("summary.csv")),
+        md=LAYOUT.output("summary.md"),
+        plot=report(LAYOUT.output("summary_accuracy.png"), category="Summary"),
     log:
-        f"{RESULTS}/logs/summarize.log",
+        get_log("summarize"),
     benchmark:
-        f"{RESULTS}/benchmarks/summarize.tsv"
+        get_benchmark("summarize")
     conda:
         "../envs/selectmoe.yaml"
     threads: 1
     params:
-        points=summary_points(),
+        points=LAYOUT.summary_points(),
         settings=config["summary"],
     script:
         "../workflow_scripts/summarize.py"
@@ -29,22 +24,24 @@ rule costs:
     """The cost ledger: seconds, memory and bytes of every point beside its score (not in the
     summary, which stays byte-identical: timings vary between runs)."""
     input:
-        summary=f"{RESULTS}/summary.csv",
+        unpack(get_inputs("costs")),
     output:
-        csv=report(f"{RESULTS}/costs.csv", category="Summary"),
-        md=f"{RESULTS}/costs.md",
+        csv=report(LAYOUT.output("costs.csv"), category="Summary"),
+        md=LAYOUT.output("costs.md"),
         plot=report(
-            f"{RESULTS}/costs_accuracy.png",
+            LAYOUT.output("costs_accuracy.png"),
             caption="../report/costs.rst",
             category="Summary",
         ),
-        provenance=f"{RESULTS}/costs.csv.provenance.json",
+        provenance=provenance(LAYOUT.output("costs.csv")),
     log:
-        f"{RESULTS}/logs/costs.log",
+        get_log("costs"),
+    benchmark:
+        get_benchmark("costs")
     conda:
         "../envs/selectmoe.yaml"
     threads: 1
     params:
-        points=cost_points(),
+        points=LAYOUT.cost_points(),
     script:
         "../workflow_scripts/costs.py"

@@ -1,30 +1,28 @@
 # The targeted methods rds (RDS+) and less (LESS): features of every pool dataset and of the
-# query set, computed with the targeted model (targeted.model, else the first target's model);
-# the selections themselves are in select.smk (select_targeted).
+# query set, computed with the targeted model (targeted.model, else the first target's model).
 
 
 rule represent:
     """RDS+: the pooled final hidden states of one pool dataset or of the query set."""
     input:
-        data=targeted_part_data,
-        model=get_targeted_model_input,
+        unpack(get_inputs("represent")),
     output:
-        features=targeted_features("rds", "{part}"),
-        provenance=provenance(targeted_features("rds", "{part}")),
+        features=LAYOUT.features("rds", "{part}"),
+        provenance=provenance(LAYOUT.features("rds", "{part}")),
     log:
-        f"{RESULTS}/logs/represent/{{part}}.log",
+        get_log("represent"),
     benchmark:
-        f"{RESULTS}/benchmarks/represent/{{part}}.tsv"
+        get_benchmark("represent")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("represent")
+    threads: get_threads("represent")
     resources:
-        gpu=gpus("represent"),
-        mem_mb=mem_mb("represent"),
+        gpu=get_gpus("represent"),
+        mem_mb=get_mem_mb("represent"),
     params:
-        model=get_targeted_model(),
-        queries=lambda wildcards: wildcards.part == QUERIES,
-        settings=TARGETED.get("rds", {}),
+        model=str(LAYOUT.targeted_model()),
+        queries=lambda wildcards: wildcards.part == LAYOUT.QUERIES,
+        settings=SETTINGS.representations(),
     script:
         "../workflow_scripts/represent.py"
 
@@ -32,24 +30,23 @@ rule represent:
 rule less_warmup:
     """LESS: LoRA on a random share of the pool, one checkpoint per epoch."""
     input:
-        pool=get_all_pool_files,
-        model=get_targeted_model_input,
+        unpack(get_inputs("less_warmup")),
     output:
-        warmup=directory(less_warmup_dir()),
-        provenance=provenance(less_warmup_dir()),
+        warmup=directory(LAYOUT.less_warmup()),
+        provenance=provenance(LAYOUT.less_warmup()),
     log:
-        f"{RESULTS}/logs/less_warmup.log",
+        get_log("less_warmup"),
     benchmark:
-        f"{RESULTS}/benchmarks/less_warmup.tsv"
+        get_benchmark("less_warmup")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("less_warmup")
+    threads: get_threads("less_warmup")
     resources:
-        gpu=gpus("less_warmup"),
-        mem_mb=mem_mb("less_warmup"),
+        gpu=get_gpus("less_warmup"),
+        mem_mb=get_mem_mb("less_warmup"),
     params:
-        model=get_targeted_model(),
-        settings=less_settings(),
+        model=str(LAYOUT.targeted_model()),
+        settings=SETTINGS.less(),
     script:
         "../workflow_scripts/less_warmup.py"
 
@@ -58,25 +55,23 @@ rule less_gradients:
     """LESS: projected per-example LoRA gradients of one pool dataset (Adam-normalised) or of
     the query set, at every warmup checkpoint; resumable from its shards."""
     input:
-        data=targeted_part_data,
-        warmup=less_warmup_dir(),
-        model=get_targeted_model_input,
+        unpack(get_inputs("less_gradients")),
     output:
-        features=targeted_features("less", "{part}"),
-        provenance=provenance(targeted_features("less", "{part}")),
+        features=LAYOUT.features("less", "{part}"),
+        provenance=provenance(LAYOUT.features("less", "{part}")),
     log:
-        f"{RESULTS}/logs/less_gradients/{{part}}.log",
+        get_log("less_gradients"),
     benchmark:
-        f"{RESULTS}/benchmarks/less_gradients/{{part}}.tsv"
+        get_benchmark("less_gradients")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("less_gradients")
+    threads: get_threads("less_gradients")
     resources:
-        gpu=gpus("less_gradients"),
-        mem_mb=mem_mb("less_gradients"),
+        gpu=get_gpus("less_gradients"),
+        mem_mb=get_mem_mb("less_gradients"),
     params:
-        model=get_targeted_model(),
-        queries=lambda wildcards: wildcards.part == QUERIES,
-        settings=less_settings(),
+        model=str(LAYOUT.targeted_model()),
+        queries=lambda wildcards: wildcards.part == LAYOUT.QUERIES,
+        settings=SETTINGS.less(),
     script:
         "../workflow_scripts/less_gradients.py"

@@ -1,22 +1,21 @@
 rule warmup:
     input:
-        model=converted_dir(),
-        pool=get_all_pool_files,
+        unpack(get_inputs("warmup")),
     output:
-        weights=warmup_weights("{loss}"),
-        provenance=provenance(warmup_weights("{loss}")),
+        weights=LAYOUT.warmup_weights("{loss}"),
+        provenance=provenance(LAYOUT.warmup_weights("{loss}")),
     log:
-        f"{RESULTS}/logs/warmup/{{loss}}.log",
+        get_log("warmup"),
     benchmark:
-        f"{RESULTS}/benchmarks/warmup/{{loss}}.tsv"
+        get_benchmark("warmup")
     conda:
         "../envs/selectmoe.yaml"
-    threads: threads("warmup")
+    threads: get_threads("warmup")
     resources:
-        gpu=gpus("warmup"),
-        mem_mb=mem_mb("warmup"),
+        gpu=get_gpus("warmup"),
+        mem_mb=get_mem_mb("warmup"),
     params:
-        checkpoint_dir=lambda wildcards: f"{RESULTS}/checkpoints/warmup/{wildcards.loss}",
-        settings=lambda wildcards: warmup_settings(wildcards.loss),
+        checkpoint_dir=lambda wildcards: LAYOUT.warmup_checkpoints(wildcards.loss),
+        settings=lambda wildcards: SETTINGS.warmup(wildcards.loss),
     script:
         "../workflow_scripts/warmup.py"

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from selectmoe.errors import ConfigError, SelectMoeError, exit_status
-from selectmoe.selection.methods import POOL_ONLY_METHODS, SELECTION_METHODS, TARGETED_METHODS
 from selectmoe.workflow.config import build_settings
 
 __all__ = ["main"]
@@ -223,27 +222,88 @@ def _targeted_files(directory: str) -> list[Path]:
 _QUERY_FEATURES = "queries_features.pt"
 
 
-def _cmd_select(args: argparse.Namespace) -> None:
-    from selectmoe.selection.select import run_selection
+def _workflow_select(args: argparse.Namespace) -> None:
+    """One selection of a workflow config, run exactly as its select rule runs it: the inputs,
+    settings and outputs come from the workflow's layout."""
+    from selectmoe.workflow.config import check_config, load_workflow_config
+    from selectmoe.workflow.layout import Layout
+    from selectmoe.workflow.plugins import load_plugins
+    from selectmoe.workflow.select_job import run_select_job
+    from selectmoe.workflow.settings import RuleSettings
 
+    config = load_workflow_config(args.configfile)
+    load_plugins(config.get("plugins", []))
+    check_config(config)
+    layout = Layout(config)
+    if args.selection not in layout.selection_paths():
+        raise ConfigError(
+            f"--selection {args.selection!r} is not a selection of {args.configfile}; its "
+            f"selections: {', '.join(layout.selection_paths())}"
+        )
+    inputs = layout.inputs("select", {"selection": args.selection})
+    files = {
+        name: [str(v)] if isinstance(v, str) else [str(x) for x in v] for name, v in inputs.items()
+    }
+    missing = [path for paths in files.values() for path in paths if not Path(path).exists()]
+    if missing:
+        raise SelectMoeError(
+            f"{missing[0]}: input of selection {args.selection} not found ({len(missing)} "
+            "missing); run the workflow up to it first (snakemake ... --until select)"
+        )
+    settings = RuleSettings(layout).selection(args.selection)
+
+    def output(name: str) -> str:
+        return str(layout.selection_file(args.selection, name))
+
+    _print_json(
+        run_select_job(
+            inputs=files,
+            output_jsonl=output("selected_data.jsonl"),
+            output_json=output("selection.json"),
+            output_scores=output("scores.npz"),
+            plot_dir=output("plots"),
+            method=settings["method"],
+            selection_percentage=settings["percentage"],
+            clustering_method=settings.get("clustering_method", "kmeans"),
+            clustering_params=dict(settings.get("clustering_params", {})),
+            seed=settings["seed"],
+            debug_print=settings["debug_print"] or args.debug_print,
+            method_definitions=settings.get("method_definitions") or {},
+        )
+    )
+
+
+def _cmd_select(args: argparse.Namespace) -> None:
+    from selectmoe.selection.kinds import kind_of
+    from selectmoe.workflow.select_job import run_select_job
+
+    if args.configfile is not None:
+        _workflow_select(args)
+        return
+    if args.pool is None or args.output is None or args.percentage is None:
+        raise ConfigError(
+            "select needs --pool, --output and --percentage (or --configfile and --selection)"
+        )
+    kind = kind_of(args.method)
     router_files: list[Path] = []
-    if args.method in TARGETED_METHODS:
+    queries = None
+    if kind.targeted:
         if args.features is None:
             raise SelectMoeError(
                 f"method {args.method} needs --features (the directory of the pool's "
                 "*_features.pt and queries_features.pt)"
             )
         router_files = _targeted_files(args.features)
+        queries = Path(args.features) / _QUERY_FEATURES
     elif args.router_data is not None:
         router_files = _router_files(args.router_data)
-    elif args.method not in POOL_ONLY_METHODS:
+    elif kind.uses_loss:
         raise SelectMoeError(
-            f"method {args.method} needs --router-data (only {', '.join(POOL_ONLY_METHODS)} "
-            "select from the pool alone)"
+            f"method {args.method} needs --router-data (only methods of the pool, reference "
+            "and full kinds select from the pool alone)"
         )
-    params = _parse_overrides(args.set)
     _print_json(
-        run_selection(
+        run_select_job(
             router_files,
             args.pool,
             output_jsonl=args.output,
@@ -252,14 +312,12 @@ def _cmd_select(args: argparse.Namespace) -> None:
             method=args.method,
             selection_percentage=args.percentage,
             clustering_method=args.clustering_method,
-            clustering_params=params,
+            clustering_params=_parse_overrides(args.set),
             seed=args.seed,
             debug_print=args.debug_print,
             labels_path=args.labels,
             clusters_path=args.clusters,
-            queries_path=(
-                Path(args.features) / _QUERY_FEATURES if args.method in TARGETED_METHODS else None
-            ),
+            queries_path=queries,
         )
     )
 
@@ -331,10 +389,11 @@ def _cmd_validate_silhouette(args: argparse.Namespace) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> None:
     from selectmoe.plan import format_plan_markdown, load_config, plan_table
+    from selectmoe.workflow.plugins import load_plugins
 
-    rows = plan_table(
-        load_config(args.configfile), gpu_memory_gib=args.gpu_memory_gib, mfu=args.mfu
-    )
+    config = load_config(args.configfile)
+    load_plugins(config.get("plugins", []))  # a plugin's kinds of method and artefacts
+    rows = plan_table(config, gpu_memory_gib=args.gpu_memory_gib, mfu=args.mfu)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
@@ -437,6 +496,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_cluster)
 
     p = sub.add_parser("select", help="stage 2b: select data from router data")
+    p.add_argument("--configfile", help="a workflow config: run one of its selections as the rule")
+    p.add_argument("--selection", help="with --configfile: the selection (e.g. random/p0.3)")
     p.add_argument(
         "--router-data", help="directory of *_router_data.pt (not needed by pool-only methods)"
     )
@@ -444,20 +505,16 @@ def _parser() -> argparse.ArgumentParser:
         "--features",
         help="rds / less: directory of the pool's {dataset}_features.pt and queries_features.pt",
     )
-    p.add_argument("--pool", nargs="+", required=True)
-    p.add_argument("--output", required=True, help="selected_data.jsonl")
+    p.add_argument("--pool", nargs="+")
+    p.add_argument("--output", help="selected_data.jsonl")
     p.add_argument("--info", help="selection.json (default: beside --output)")
     p.add_argument("--plots", help="directory for PNG plots")
-    p.add_argument(
-        "--method",
-        default="selectmoe",
-        choices=SELECTION_METHODS,
-    )
+    p.add_argument("--method", default="selectmoe", help="a selection method (default selectmoe)")
     p.add_argument(
         "--labels",
         help="quality labels of the pool (JSONL dataset/id/planted/kind): oracle, anti_oracle",
     )
-    p.add_argument("--percentage", type=float, required=True, help="share of the pool, (0, 1]")
+    p.add_argument("--percentage", type=float, help="share of the pool, (0, 1]")
     p.add_argument("--clusters", help="clusters.json of the cluster command (else cluster here)")
     p.add_argument("--clustering-method", default="kmeans")
     p.add_argument("--seed", type=int, default=42)

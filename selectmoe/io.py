@@ -27,6 +27,7 @@ def _umask() -> int:
 __all__ = [
     "atomic_output_dir",
     "atomic_path",
+    "atomic_save_npz",
     "atomic_torch_save",
     "atomic_write_json",
     "atomic_write_jsonl",
@@ -125,3 +126,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def atomic_save_npz(path: str | os.PathLike[str], **arrays: Any) -> None:
+    """``numpy.savez_compressed`` of ``arrays`` to ``path`` atomically (no pickled objects)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.savez_compressed(handle, **{name: np.asarray(value) for name, value in arrays.items()})

@@ -227,10 +227,15 @@ def tiny_pool(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The small demo (``SMALL_DEMO`` of test_workflow.py) run to completion once, shared by
-    every test that inspects a finished run (workflow outputs, reruns, resume, the report)."""
+    every test that inspects a finished run (workflow outputs, reruns, resume, the report).
+
+    It runs from another project's directory that imports the workflow as a Snakemake module,
+    so that every test of a finished run also checks the workflow's use as a module."""
     from tests.test_workflow import _small_demo_dir, _snakemake
 
-    workflow_dir, config = _small_demo_dir(tmp_path_factory.mktemp("finished_demo"))
+    workflow_dir, config = _small_demo_dir(
+        tmp_path_factory.mktemp("finished_demo"), as_module=True
+    )
     result = _snakemake(workflow_dir, "--cores", "2", "--configfile", "small.yaml")
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return workflow_dir, config

@@ -21,7 +21,7 @@ from selectmoe.io import (
     atomic_write_jsonl,
 )
 from selectmoe.workflow.config import (
-    check_registered_names,
+    check_config,
     coerce_command_line_strings,
     load_schema,
     validate_config,
@@ -95,39 +95,44 @@ def test_unknown_loss_type(config: dict[str, Any]) -> None:
         "register more)"
     )
     with pytest.raises(ConfigError, match=pattern):
-        check_registered_names(config)
+        check_config(config)
 
 
 def test_unknown_method_and_clustering(config: dict[str, Any]) -> None:
-    from selectmoe.selection.methods import SELECTION_METHODS
+    from selectmoe.selection.kinds import available_methods
 
     config["selection"]["methods"] = ["kmeans_magic"]
     pattern = re.escape(
         "config key selection.methods: 'kmeans_magic' is not registered; valid: "
-        + ", ".join(SELECTION_METHODS)
+        + ", ".join(available_methods())
     )
     with pytest.raises(ConfigError, match=pattern):
-        check_registered_names(config)
+        check_config(config)
     config["selection"]["methods"] = ["selectmoe"]
     config["selection"]["clustering_method"] = "dbscan"
     with pytest.raises(ConfigError, match=r"selection\.clustering_method: 'dbscan'"):
-        check_registered_names(config)
+        check_config(config)
 
 
 def test_custom_trash_expert_and_the_control_name(config: dict[str, Any]) -> None:
     from selectmoe.model import modeling_select_moe
 
     config["warmup"]["trash_expert_mode"] = "custom"
+    from selectmoe import catalogue
+
     saved = list(modeling_select_moe._CUSTOM_TRASH_EXPERT)
+    saved_names = set(catalogue._REGISTERED["trash_expert"])
     modeling_select_moe._CUSTOM_TRASH_EXPERT.clear()
+    catalogue._REGISTERED["trash_expert"].clear()
     try:
         with pytest.raises(ConfigError, match=r"warmup\.trash_expert_mode: .*no trash expert"):
-            check_registered_names(config)
+            check_config(config)
         config["warmup"]["trash_expert_mode"] = "garbage"
         with pytest.raises(ConfigError, match="unknown trash_expert_mode 'garbage'"):
-            check_registered_names(config)
+            check_config(config)
     finally:
         modeling_select_moe._CUSTOM_TRASH_EXPERT[:] = saved
+        catalogue._REGISTERED["trash_expert"] |= saved_names
     config["warmup"]["trash_expert_mode"] = "zero"
     config["selection"]["loss_types"] = ["untrained"]
     from selectmoe.model.losses import _REGISTRY
@@ -135,7 +140,7 @@ def test_custom_trash_expert_and_the_control_name(config: dict[str, Any]) -> Non
     _REGISTRY["untrained"] = _REGISTRY["sigmoid"]
     try:
         with pytest.raises(ConfigError, match="'untrained' names the control"):
-            check_registered_names(config)
+            check_config(config)
     finally:
         del _REGISTRY["untrained"]
 
@@ -348,25 +353,25 @@ def test_method_definitions_are_checked(config: dict[str, Any]) -> None:
         "gate_topk_last": {"score": "gate", "score_params": {"layers": [-1]}, "allocation": "topk"}
     }
     config["selection"]["methods"] = ["gate_topk_last", "selectmoe"]
-    check_registered_names(config)  # a defined method is a valid method name
+    check_config(config)  # a defined method is a valid method name
     config["selection"]["method_definitions"]["bad"] = {"score": "loss", "allocation": "topk"}
     with pytest.raises(
         ConfigError, match=r"selection\.method_definitions \(score\): 'loss' is not registered"
     ):
-        check_registered_names(config)
+        check_config(config)
     config["selection"]["method_definitions"]["bad"] = {"score": "gate", "allocation": "greedy"}
     with pytest.raises(ConfigError, match=r"\(allocation\): 'greedy' is not registered"):
-        check_registered_names(config)
+        check_config(config)
     config["selection"]["methods"] = ["selectmoe"]
     config["selection"]["method_definitions"] = {
         "selectmoe_seed": {"score": "gate", "allocation": "topk"}
     }
     with pytest.raises(ConfigError, match="'selectmoe_seed' cannot be redefined"):
-        check_registered_names(config)
+        check_config(config)
     config["selection"]["method_definitions"] = {}
     config["selection"]["methods"] = ["selectmoe", "random"]
     config.setdefault("scoring", {})["lm_statistics"] = False
     with pytest.raises(
         ConfigError, match=r"lm_statistics is false, but method\(s\) selectmoe rank by the LM"
     ):
-        check_registered_names(config)
+        check_config(config)

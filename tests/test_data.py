@@ -393,9 +393,8 @@ def test_stages_use_the_same_encoding(
     tiny_llama_dir: Path,
     tiny_write_pool,
 ) -> None:
-    import selectmoe.training.loop as training
-
     import selectmoe.stages.scoring as scoring
+    import selectmoe.training.loop as training
     from selectmoe.stages.finetune import FinetuneSettings, run_finetune
     from selectmoe.stages.scoring import score_dataset
     from selectmoe.stages.warmup import WarmupSettings, run_warmup

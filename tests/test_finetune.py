@@ -143,8 +143,9 @@ def test_tokenizer_without_pad_token(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import selectmoe.training.loop as training
     from transformers import AutoTokenizer
+
+    import selectmoe.training.loop as training
 
     base = tmp_path / "base"
     shutil.copytree(tiny_llama_dir, base)
@@ -240,8 +241,9 @@ def test_finetune_resumes_with_dropout_exactly(
 ) -> None:
     """Killed after a checkpoint and run again, the finetune ends with the weights of one
     uninterrupted run: with LoRA dropout this needs the saved random states."""
-    import selectmoe.training.checkpoints as checkpoints_module
     from safetensors.torch import load_file
+
+    import selectmoe.training.checkpoints as checkpoints_module
 
     records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()]
     data = _write_selection(tmp_path / "selected_data.jsonl", records)

@@ -1,6 +1,6 @@
-"""The report: selectmoe.evidence.report on tiny synthetic inputs, the warmup's per-layer gate
-metrics, and
-`snakemake --report` over a finished small demo run."""
+"""The report: the figures of selectmoe.evidence (warmup, quality, noise, selections) on tiny
+synthetic inputs, the warmup's per-layer gate metrics, and `snakemake --report` over a finished
+small demo run."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from selectmoe.errors import ConfigError, SelectMoeError
-from selectmoe.evidence import report
+from selectmoe.evidence import noise_figures, quality_figures, selection_plots, warmup_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -48,7 +48,9 @@ LOSS_PARAMS = {
 
 
 def test_quality_loss_curves_match_the_closed_forms(tmp_path: Path) -> None:
-    curves = report.plot_quality_losses(tmp_path / "losses.png", params=LOSS_PARAMS, n_points=11)
+    curves = quality_figures.plot_quality_losses(
+        tmp_path / "losses.png", params=LOSS_PARAMS, n_points=11
+    )
     _assert_png(tmp_path / "losses.png")
     g = curves["g"]
     assert np.allclose(g, np.linspace(0, 1, 11))
@@ -82,17 +84,17 @@ def test_quality_loss_curves_call_the_registered_functions() -> None:
 
     from selectmoe.model.losses import get_quality_loss
 
-    curves = report.quality_loss_curves(["beta_moment_matching"], params={"w_var": 0.0})
+    curves = quality_figures.quality_loss_curves(["beta_moment_matching"], params={"w_var": 0.0})
     assert list(curves["uniform"]) == ["beta_moment_matching"]
-    config = SimpleNamespace(**{**report.LOSS_PARAMETER_DEFAULTS, "w_var": 0.0})
+    config = SimpleNamespace(**{**quality_figures.LOSS_PARAMETER_DEFAULTS, "w_var": 0.0})
     good = torch.tensor([[0.7, 0.3]], dtype=torch.float64)
     expected = float(get_quality_loss("beta_moment_matching")(good, torch.ones(1, 2), config))
     index = int(np.argmin(np.abs(curves["g"] - 0.7)))
     assert curves["two_point"]["beta_moment_matching"][index] == pytest.approx(expected)
     with pytest.raises(ConfigError, match="unknown quality_loss_type 'hinge'"):
-        report.quality_loss_curves(["hinge"])
+        quality_figures.quality_loss_curves(["hinge"])
     with pytest.raises(SelectMoeError, match="n_points"):
-        report.quality_loss_curves(n_points=1)
+        quality_figures.quality_loss_curves(n_points=1)
 
 
 # ----------------------------------------------------------------------------- planted noise
@@ -131,7 +133,7 @@ def noise_files(tmp_path: Path) -> dict[str, Path]:
 
 def test_noise_kept_counts_and_shares(noise_files: dict[str, Path], tmp_path: Path) -> None:
     selections = {name: noise_files[name] for name in ("clean", "mixed", "full")}
-    table = report.plot_noise_kept(
+    table = noise_figures.plot_noise_kept(
         noise_files["labels"],
         selections,
         tmp_path / "noise.png",
@@ -159,12 +161,12 @@ def test_noise_kept_rejects_foreign_or_repeated_examples(
 ) -> None:
     foreign = _write_jsonl(tmp_path / "foreign.jsonl", [{"dataset": "c", "id": "c_0"}])
     with pytest.raises(SelectMoeError, match=r"foreign\.jsonl: 1 selected example\(s\) have no"):
-        report.noise_kept(noise_files["labels"], {"x": foreign})
+        noise_figures.noise_kept(noise_files["labels"], {"x": foreign})
     twice = _write_jsonl(tmp_path / "twice.jsonl", [{"dataset": "a", "id": "a_0"}] * 2)
     with pytest.raises(SelectMoeError, match="selected twice"):
-        report.noise_kept(noise_files["labels"], {"x": twice})
+        noise_figures.noise_kept(noise_files["labels"], {"x": twice})
     with pytest.raises(SelectMoeError, match="noise labels not found"):
-        report.noise_kept(tmp_path / "missing.jsonl", {"x": twice})
+        noise_figures.noise_kept(tmp_path / "missing.jsonl", {"x": twice})
 
 
 # ----------------------------------------------------------------------------- warmup history
@@ -199,7 +201,7 @@ def _history_payload(path: Path, *, per_layer: bool) -> Path:
 
 def test_warmup_history_spread_per_layer(tmp_path: Path) -> None:
     weights = _history_payload(tmp_path / "full_rank_weights.pt", per_layer=True)
-    frame = report.plot_warmup_history(
+    frame = warmup_figures.plot_warmup_history(
         weights, losses_png=tmp_path / "losses.png", good_ratio_png=tmp_path / "good.png"
     )
     _assert_png(tmp_path / "losses.png")
@@ -215,16 +217,16 @@ def test_warmup_history_spread_per_layer(tmp_path: Path) -> None:
 
 def test_warmup_history_without_per_layer_metrics(tmp_path: Path) -> None:
     weights = _history_payload(tmp_path / "old.pt", per_layer=False)
-    frame = report.plot_warmup_history(
+    frame = warmup_figures.plot_warmup_history(
         weights, losses_png=tmp_path / "losses.png", good_ratio_png=tmp_path / "good.png"
     )
     assert frame.attrs["n_layers"] == 0
     _assert_png(tmp_path / "good.png")
     with pytest.raises(SelectMoeError, match="warmup weights not found"):
-        report.load_warmup_history(tmp_path / "missing.pt")
+        warmup_figures.load_warmup_history(tmp_path / "missing.pt")
     torch.save({"weights": {}}, tmp_path / "no_history.pt")
     with pytest.raises(SelectMoeError, match="no training history"):
-        report.load_warmup_history(tmp_path / "no_history.pt")
+        warmup_figures.load_warmup_history(tmp_path / "no_history.pt")
 
 
 def test_warmup_logs_gate_mean_and_spread_per_layer(
@@ -273,7 +275,7 @@ def test_warmup_logs_gate_mean_and_spread_per_layer(
         means.append(float(good.mean()))
     assert record["good_mean"] == pytest.approx(sum(means) / len(means), abs=1e-5)
 
-    frame = report.load_warmup_history(tmp_path / "full_rank_weights.pt")
+    frame = warmup_figures.load_warmup_history(tmp_path / "full_rank_weights.pt")
     assert frame.attrs["n_layers"] == model.config.num_hidden_layers
     spread = math.sqrt(record["good_sq/layer_0"] - record["good_mean/layer_0"] ** 2)
     assert frame["good_std/layer_0"].iloc[0] == pytest.approx(spread)
@@ -305,7 +307,7 @@ def test_quality_score_distribution_per_dataset_and_layer(tmp_path: Path) -> Non
         "beta": torch.randn(7, 3, generator=generator) + 1.0,
     }
     files = [_router_file(tmp_path / f"{d}_router_data.pt", d, s) for d, s in scores.items()]
-    stats = report.plot_quality_scores(
+    stats = quality_figures.plot_quality_scores(
         files, tmp_path / "scores.png", stats_csv=tmp_path / "scores.csv", title="mse"
     )
     _assert_png(tmp_path / "scores.png")
@@ -357,7 +359,7 @@ def test_selection_overview(tmp_path: Path) -> None:
     for name, info in (("selectmoe/mse/p0.25", clustered), ("random/p0.25", random)):
         paths[name] = tmp_path / f"{name.replace('/', '_')}.json"
         paths[name].write_text(json.dumps(info))
-    table = report.selection_overview(paths, tmp_path / "selections.csv")
+    table = selection_plots.selection_overview(paths, tmp_path / "selections.csv")
     rows = table.set_index("selection")
     assert rows.loc["selectmoe/mse/p0.25", "k"] == 4
     assert rows.loc["selectmoe/mse/p0.25", "silhouette"] == 0.3  # the silhouette at the chosen k
@@ -367,7 +369,7 @@ def test_selection_overview(tmp_path: Path) -> None:
     assert rows["selected/a"].tolist() == [6, 5]
     assert (tmp_path / "selections.csv").read_text().startswith("selection,method,percentage,")
     with pytest.raises(SelectMoeError, match="selection file not found"):
-        report.selection_overview({"x": tmp_path / "missing.json"})
+        selection_plots.selection_overview({"x": tmp_path / "missing.json"})
 
 
 # ----------------------------------------------------------------------------- the workflow report

@@ -11,16 +11,12 @@ import pytest
 import torch
 
 from selectmoe.clustering import ClusteringResult, register_clustering_method
+from selectmoe.data.router_data import find_router_data, load_router_data
 from selectmoe.errors import RouterDataError, SelectionError
-from selectmoe.selection.select import (
-    PLOT_FILES,
-    budget,
-    find_router_data,
-    load_router_data,
-    round_robin,
-    run_selection,
-    select_indices,
-)
+from selectmoe.evidence.selection_plots import PLOT_FILES
+from selectmoe.selection import round_robin
+from selectmoe.selection.select import budget, select_indices
+from selectmoe.workflow.select_job import run_select_job
 
 # ------------------------------------------------------------------------------------------
 # round robin
@@ -447,7 +443,7 @@ def test_run_selection_writes_reproducible_outputs(tmp_path, router_files, capsy
 
     def run(name: str) -> tuple[bytes, dict]:
         out = tmp_path / name
-        info = run_selection(
+        info = run_select_job(
             router_files,
             pool,
             output_jsonl=out / "selected_data.jsonl",
@@ -500,7 +496,7 @@ def test_run_selection_rejects_ids_missing_from_pool_and_writes_nothing(tmp_path
     with pytest.raises(
         RouterDataError, match=r"beta_router_data.pt: 18 sample id\(s\) of dataset 'beta'"
     ):
-        run_selection(
+        run_select_job(
             router_files,
             pool,
             output_jsonl=out / "selected_data.jsonl",
@@ -515,7 +511,7 @@ def test_run_selection_rejects_ids_missing_from_pool_and_writes_nothing(tmp_path
 
 def test_run_selection_baseline_writes_placeholder_plots(tmp_path, router_files):
     pool = write_pool(tmp_path, [torch.load(p) for p in router_files])
-    info = run_selection(
+    info = run_select_job(
         router_files,
         pool,
         output_jsonl=tmp_path / "o" / "selected_data.jsonl",

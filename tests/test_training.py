@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import selectmoe.training.checkpoints as checkpoints_module
 import torch
 
+import selectmoe.training.checkpoints as checkpoints_module
 from selectmoe.errors import ConfigError, ModelError
 from selectmoe.stages.warmup import WarmupSettings, apply_router_lora, load_warmed_model, run_warmup
 from selectmoe.training.checkpoints import latest_checkpoint, run_fingerprint

@@ -286,10 +286,41 @@ def _deep_update(base: dict, update: dict) -> dict:
     return base
 
 
-def _small_demo_dir(destination: Path) -> tuple[Path, dict]:
-    """A workflow copy with the small demo config written to small.yaml."""
-    workflow_dir = _copy_workflow(destination)
-    config = yaml.safe_load((workflow_dir / "config/config.yaml").read_text())
+# Another project's Snakefile that imports this workflow as a Snakemake module (its rules,
+# scripts, schema, environments and report captions resolve from the module's directory).
+MODULE_SNAKEFILE = """\
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+module selectmoe:
+    snakefile:
+        "{snakefile}"
+    config:
+        config
+
+
+use rule * from selectmoe
+"""
+
+
+def _small_demo_dir(destination: Path, *, as_module: bool = False) -> tuple[Path, dict]:
+    """A workflow copy with the small demo config written to small.yaml; ``as_module``: the
+    copy sits in ``destination/workflow`` and the returned directory is another project's
+    (``destination/project``) that uses it as a Snakemake module."""
+    if as_module:
+        module_dir = destination / "workflow"
+        module_dir.mkdir()
+        _copy_workflow(module_dir)
+        workflow_dir = destination / "project"
+        workflow_dir.mkdir()
+        (workflow_dir / "Snakefile").write_text(
+            MODULE_SNAKEFILE.format(snakefile=module_dir / "Snakefile")
+        )
+    else:
+        workflow_dir = _copy_workflow(destination)
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     _deep_update(config, SMALL_DEMO)
     (workflow_dir / "small.yaml").write_text(yaml.safe_dump(config))
     return workflow_dir, config

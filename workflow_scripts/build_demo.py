@@ -8,8 +8,8 @@ def main(job):
     """The rule's work, given the Snakemake job object."""
     return build_demo(
         job.params.out_dir,
-        seed=job.params.seed,
-        **job.params.demo_params,
+        seed=job.params.demo["seed"],
+        **job.params.demo["params"],
         build_target=False,  # rule build_demo_target pretrains it, beside the base model
     )
 

@@ -6,12 +6,13 @@ from selectmoe.workflow.runtime import run_rule
 
 def main(job):
     """The rule's work, given the Snakemake job object."""
+    conversion = job.params.conversion
     return convert_olmoe(
-        job.params.source,
+        conversion["source"],
         job.output.model,
-        quality_gate_init_mean=job.params.gate_init_mean,
-        quality_gate_init_std=job.params.gate_init_std,
-        seed=job.params.seed,
+        quality_gate_init_mean=conversion["gate_init_mean"],
+        quality_gate_init_std=conversion["gate_init_std"],
+        seed=conversion["seed"],
     )
 
 

@@ -8,22 +8,15 @@ from selectmoe.workflow.runtime import run_rule
 
 def main(job):
     """The rule's work, given the Snakemake job object."""
-    losses = list(job.params.losses)
-    n_datasets = len(job.params.datasets)
-    warmed = list(job.input.warmed)
-    selected = list(job.input.selections)
     return write_diagnostics(
-        warmed={
-            loss: warmed[i * n_datasets : (i + 1) * n_datasets] for i, loss in enumerate(losses)
-        },
+        warmed=job.params.warmed,
         untrained=list(job.input.untrained),
         output_dir=Path(job.output.markdown).parent,
         labels_path=job.input.get("labels") or None,
-        selections=dict(zip(job.params.selections, selected, strict=True)),
+        selections=dict(zip(job.params.selections, job.input.selections, strict=True)),
         pool_files=list(job.input.pool),
-        methods=list(job.params.methods),
+        method_scores=job.params.method_scores,
         definitions=job.params.definitions,
-        targeted=job.params.targeted,
     )
 
 

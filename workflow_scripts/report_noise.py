@@ -1,6 +1,6 @@
-"""Glue: rule report_noise -> selectmoe.evidence.report.plot_noise_kept."""
+"""Glue: rule report_noise -> selectmoe.evidence.noise_figures.plot_noise_kept."""
 
-from selectmoe.evidence.report import plot_noise_kept
+from selectmoe.evidence.noise_figures import plot_noise_kept
 from selectmoe.workflow.runtime import run_rule
 
 

@@ -1,6 +1,6 @@
-"""Glue: rule report_quality_losses -> selectmoe.evidence.report.plot_quality_losses."""
+"""Glue: rule report_quality_losses -> selectmoe.evidence.quality_figures.plot_quality_losses."""
 
-from selectmoe.evidence.report import plot_quality_losses
+from selectmoe.evidence.quality_figures import plot_quality_losses
 from selectmoe.workflow.runtime import run_rule
 
 

@@ -1,6 +1,6 @@
-"""Glue: rule report_quality_scores -> selectmoe.evidence.report.plot_quality_scores."""
+"""Glue: rule report_quality_scores -> selectmoe.evidence.quality_figures.plot_quality_scores."""
 
-from selectmoe.evidence.report import plot_quality_scores
+from selectmoe.evidence.quality_figures import plot_quality_scores
 from selectmoe.workflow.runtime import run_rule
 
 

@@ -1,6 +1,6 @@
-"""Glue: rule report_selections -> selectmoe.evidence.report.selection_overview."""
+"""Glue: rule report_selections -> selectmoe.evidence.selection_plots.selection_overview."""
 
-from selectmoe.evidence.report import selection_overview
+from selectmoe.evidence.selection_plots import selection_overview
 from selectmoe.workflow.runtime import run_rule
 
 

@@ -1,6 +1,6 @@
-"""Glue: rule report_warmup -> selectmoe.evidence.report.plot_warmup_history."""
+"""Glue: rule report_warmup -> selectmoe.evidence.warmup_figures.plot_warmup_history."""
 
-from selectmoe.evidence.report import plot_warmup_history
+from selectmoe.evidence.warmup_figures import plot_warmup_history
 from selectmoe.workflow.runtime import run_rule
 
 

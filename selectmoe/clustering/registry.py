@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from selectmoe.catalogue import register_name
 from selectmoe.clustering._inputs import (
     DEFAULT_K_RANGE,
     ArrayLike,
@@ -67,6 +68,7 @@ def register_clustering_method(name: str, fn: ClusteringMethod, *, overwrite: bo
             f"clustering method {name!r} is already registered; pass overwrite=True to replace it"
         )
     _REGISTRY[name] = fn
+    register_name("clustering_method", name)
 
 
 def get_clustering_method(name: str) -> ClusteringMethod:

@@ -37,7 +37,6 @@ from selectmoe.data.pool import read_selected_keys
 from selectmoe.data.router_data import load_router_data
 from selectmoe.evidence.figures import new_figure, save_figure
 from selectmoe.io import atomic_write_text
-from selectmoe.selection.targeted import load_features, select_targeted
 
 __all__ = [
     "auroc",
@@ -173,52 +172,66 @@ def auroc_intervals(
 def method_score_table(
     paths: Sequence[str | os.PathLike[str]],
     *,
-    methods: Sequence[str],
+    scores: Mapping[str, str | os.PathLike[str]],
     definitions: Mapping[str, Mapping[str, Any]],
     labels_path: str | os.PathLike[str],
     n_resamples: int = 1000,
     seed: int = 0,
-    targeted: Mapping[str, tuple[Sequence[str | os.PathLike[str]], str | os.PathLike[str]]]
-    | None = None,
 ) -> pd.DataFrame:
     """How well the score of each method ranks clean examples above planted ones.
 
-    One row per method that reads the router data: its score (:mod:`selectmoe.selection.scores`),
-    AUROC
-    with a 95% bootstrap interval, the paired difference to the seed's gate score
-    (``selectmoe_seed``'s) with its interval, Spearman with length, and AUROC per planted kind.
-    Examples a score cannot rank (no answer tokens, say) rank lowest. ``targeted``: per targeted
-    method (``rds``, ``less``) its pool features files and its query features file; its row
-    ranks by its similarity to the query set (:mod:`selectmoe.selection.targeted`), a score that is
-    not
-    about quality at all.
+    One row per method that scores (routed or targeted), from the scores its selection wrote
+    (:func:`selectmoe.selection.select.load_selection_scores`): AUROC with a 95% bootstrap
+    interval, the paired difference to the seed's gate score (``selectmoe_seed``'s, computed
+    from ``paths`` when no selection of the sweep wrote it) with its interval, Spearman with
+    length, and AUROC per planted kind. Examples a score cannot rank (no answer tokens, say)
+    rank lowest; IFD ranks low first (what the IFD filter keeps). A targeted method ranks by its
+    similarity to the query set (:mod:`selectmoe.selection.targeted`), a score that is not about
+    quality at all.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        The router data of one loss type.
+    scores : mapping of str to path
+        Method -> the scores file of one of its selections under this loss type.
+    definitions : mapping
+        The method definitions (:func:`selectmoe.selection.methods.method_definitions`).
+    labels_path : path
+        The pool's quality labels.
     """
     from selectmoe.selection.methods import SEED_METHOD
     from selectmoe.selection.scores import compute_score, describe
+    from selectmoe.selection.select import load_selection_scores
 
     router = load_router_data(paths)
     keys = list(zip(router.datasets, router.sample_ids, strict=True))
     labels = align_labels(labels_path, keys)
     clean = ~labels.planted
     kinds = sorted(set(labels.kinds) - {CLEAN})
-    chosen = [SEED_METHOD, *(m for m in methods if m in definitions and m != SEED_METHOD)]
     values, described = {}, {}
-    for method in chosen:
-        definition = definitions[method]
-        score = compute_score(
-            router, definition["score"], params=definition.get("score_params"), seed=seed
-        )
-        if definition["score"] == "ifd":  # low IFD first is what the IFD filter keeps
-            score = -score
-        values[method] = np.where(np.isfinite(score), score, -np.inf)
-        described[method] = describe(definition["score"], definition.get("score_params"))
-    for method, (pool_paths, query_path) in (targeted or {}).items():
-        pool = load_features(pool_paths)
-        _, score, _ = select_targeted(method, pool, load_features([query_path]), 1)
-        row_of = {key: i for i, key in enumerate(zip(pool.datasets, pool.sample_ids, strict=True))}
-        values[method] = np.asarray([score[row_of[key]] for key in keys], dtype=np.float64)
-        described[method] = f"{method}: similarity to the query set (targeted)"
-        chosen.append(method)
+    if SEED_METHOD not in scores:
+        gate = compute_score(router, "gate", params={}, seed=seed)
+        values[SEED_METHOD] = np.where(np.isfinite(gate), gate, -np.inf)
+        described[SEED_METHOD] = describe("gate", {})
+    for method, path in scores.items():
+        saved = load_selection_scores(path)
+        row_of = {key: i for i, key in enumerate(zip(saved["dataset"], saved["id"], strict=True))}
+        missing = [key for key in keys if key not in row_of]
+        if missing:
+            raise ValueError(
+                f"{path}: the scores of {method} lack {len(missing)} example(s) of the router "
+                f"data (e.g. {missing[0]}); rerun its select job"
+            )
+        score = saved["score"][[row_of[key] for key in keys]].astype(np.float64)
+        definition = definitions.get(method)
+        if definition is not None:
+            if definition["score"] == "ifd":  # low IFD first is what the IFD filter keeps
+                score = -score
+            score = np.where(np.isfinite(score), score, -np.inf)
+        values[method] = score
+        described[method] = str(saved["score_definition"])
+    chosen = [SEED_METHOD, *(m for m in values if m != SEED_METHOD)]
     intervals = auroc_intervals(
         values, clean, reference=SEED_METHOD, n_resamples=n_resamples, seed=seed
     )
@@ -489,10 +502,8 @@ def write_diagnostics(
     labels_path: str | os.PathLike[str] | None = None,
     selections: Mapping[str, str | os.PathLike[str]] | None = None,
     pool_files: Sequence[str | os.PathLike[str]] | None = None,
-    methods: Sequence[str] = (),
+    method_scores: Mapping[str, Mapping[str, str | os.PathLike[str]]] | None = None,
     definitions: Mapping[str, Mapping[str, Any]] | None = None,
-    targeted: Mapping[str, tuple[Sequence[str | os.PathLike[str]], str | os.PathLike[str]]]
-    | None = None,
 ) -> dict[str, Any]:
     """Write ``quality_{loss}.csv`` / ``.png`` per loss type, with labels ``method_scores.csv``
     and ``planted_share.csv``, and ``diagnostics.md`` (the overview) into ``output_dir``.
@@ -510,12 +521,11 @@ def write_diagnostics(
         Selection name -> ``selected_data.jsonl`` (planted shares; needs labels and pool_files).
     pool_files : sequence of path, optional
         The pool (for the planted shares).
-    methods, definitions : optional
-        The sweep's methods and the method definitions (:mod:`selectmoe.selection.methods`): with
-        labels,
-        the AUROC of every router method's score per loss type (:func:`method_score_table`).
-    targeted : mapping, optional
-        Per targeted method its pool and query features files (rows in ``method_scores.csv``).
+    method_scores : mapping, optional
+        Loss type -> {method: the scores file one of its selections wrote}: with labels, the
+        AUROC of every scoring method per loss type (:func:`method_score_table`).
+    definitions : mapping, optional
+        The config's method definitions (:mod:`selectmoe.selection.methods`).
 
     Returns
     -------
@@ -557,10 +567,9 @@ def write_diagnostics(
         for loss, paths in warmed.items():
             table = method_score_table(
                 paths,
-                methods=methods,
-                definitions=definitions or method_definitions(),
+                scores=(method_scores or {}).get(loss, {}),
+                definitions=method_definitions(definitions),
                 labels_path=labels_path,
-                targeted=targeted,
             )
             frames.append(table.assign(loss=loss))
         scores = pd.concat(frames, ignore_index=True)

@@ -39,7 +39,9 @@ from selectmoe.errors import SelectMoeError
 from selectmoe.evidence.figures import new_figure, save_figure
 from selectmoe.evidence.stats import bootstrap_means, format_p_value, paired_difference
 from selectmoe.io import atomic_write_text
-from selectmoe.selection.methods import TARGETED_METHODS, marked
+from selectmoe.schema import section_defaults
+from selectmoe.selection.kinds import is_targeted
+from selectmoe.selection.methods import marked
 from selectmoe.stages.evaluation import load_results
 
 __all__ = ["METHOD_ORDER", "SummarySettings", "summarize"]
@@ -63,15 +65,18 @@ TARGETED_NOTE = (
 )
 
 
+_SUMMARY_DEFAULTS = section_defaults("summary")
+
+
 @dataclass(frozen=True)
 class SummarySettings:
     """How the intervals and comparisons are computed (the config's ``summary`` section)."""
 
-    metric: str = "acc"
-    confidence_level: float = 0.95
-    n_resamples: int = 10_000
-    seed: int = 0
-    reference_method: str = "random"
+    metric: str = _SUMMARY_DEFAULTS["metric"]
+    confidence_level: float = _SUMMARY_DEFAULTS["confidence_level"]
+    n_resamples: int = _SUMMARY_DEFAULTS["n_resamples"]
+    seed: int = _SUMMARY_DEFAULTS["seed"]
+    reference_method: str = _SUMMARY_DEFAULTS["reference_method"]
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, str) or not self.metric:
@@ -617,7 +622,7 @@ def _to_markdown(
     ]
     if frame["uses_labels"].any():
         notes += ["", LABELS_NOTE]
-    if frame["method"].isin(TARGETED_METHODS).any():
+    if any(is_targeted(method) for method in frame["method"]):
         notes += ["", TARGETED_NOTE]
     return "\n".join(lines + notes) + "\n"
 
@@ -667,7 +672,7 @@ def _write_plot(
             style = {"linestyle": "--", "alpha": 0.7} if uses_labels else {}
             if uses_labels:
                 label += " ‡ uses labels"
-            elif method in TARGETED_METHODS:
+            elif is_targeted(method):
                 label += " † targeted"
             x = 100 * group["percentage"] + offset  # small offsets keep the bars apart
             score_axis.errorbar(

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from selectmoe.catalogue import register_name
 from selectmoe.errors import ConfigError
 
 __all__ = [
@@ -54,6 +55,7 @@ def register_quality_loss(name: str, fn: QualityLossFn | None = None, *, overwri
         if name in _REGISTRY and not overwrite:
             raise ConfigError(f"quality loss {name!r} is already registered; pass overwrite=True")
         _REGISTRY[name] = function
+        register_name("quality_loss", name)
         return function
 
     return decorator(fn) if fn is not None else decorator

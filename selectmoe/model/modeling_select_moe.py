@@ -33,6 +33,7 @@ from transformers.models.olmoe.modeling_olmoe import (
     load_balancing_loss_func,
 )
 
+from selectmoe.catalogue import register_name
 from selectmoe.errors import ConfigError
 from selectmoe.model.configuration_select_moe import TRASH_EXPERT_MODES, SelectMoeConfig
 from selectmoe.model.losses import causal_lm_loss, quality_loss
@@ -60,6 +61,7 @@ def register_trash_expert(fn: TrashExpertFn) -> TrashExpertFn:
     It receives ``h`` (``[B, T, H]``) and the config and returns a tensor of the same shape.
     """
     _CUSTOM_TRASH_EXPERT[:] = [fn]
+    register_name("trash_expert", "custom")
     return fn
 
 

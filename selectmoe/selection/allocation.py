@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from selectmoe.catalogue import register_name
 from selectmoe.errors import SelectionError
 
 __all__ = [
@@ -58,6 +59,7 @@ def register_allocation(
     if name in _REGISTRY and not overwrite:
         raise SelectionError(f"allocation {name!r} is already registered")
     _REGISTRY[name] = fn
+    register_name("allocation", name)
     if clustered:
         CLUSTERED_ALLOCATIONS.add(name)
 

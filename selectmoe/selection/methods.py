@@ -1,17 +1,12 @@
-"""The selection methods: their names and definitions, stated once and importable without torch
-(the command line's choices, the selection code, the plan and the rules read them from here).
+"""The definitions of the routed selection methods: a score and an allocation each, stated once
+and importable without torch.
 
 A method that reads the router data is a *score* (:mod:`selectmoe.selection.scores`) and an
-*allocation*
-(:mod:`selectmoe.selection.allocation`) with their parameters; a config adds or replaces
-definitions with
-``selection.method_definitions`` (``{name: {score, score_params, allocation,
-allocation_params}}``), so that a method is a name in the config, not code in the rules. The
-other methods select from the pool alone (``random``, ``full``), read the pool's quality labels
-(``oracle``, ``anti_oracle``: references), or are *targeted* (``rds``, ``less``): they select the
-pool examples most similar to a few held-out examples of the evaluation tasks (the query sets),
-from the target model's representations (RDS+) or LoRA gradients (LESS), so they know the tasks
-that the untargeted methods do not.
+*allocation* (:mod:`selectmoe.selection.allocation`) with their parameters; a config adds or
+replaces definitions with ``selection.method_definitions`` (``{name: {score, score_params,
+allocation, allocation_params}}``), so that a method is a name in the config, not code in the
+rules. The other kinds of method (pool, reference, targeted, full, and a plugin's) are entries
+of :mod:`selectmoe.selection.kinds`.
 """
 
 from __future__ import annotations
@@ -21,18 +16,16 @@ from typing import Any
 
 __all__ = [
     "BUILTIN_DEFINITIONS",
-    "LABEL_METHODS",
-    "LOSS_FREE_METHODS",
-    "POOL_ONLY_METHODS",
-    "ROUTER_METHODS",
+    "LM_SCORES",
     "SEED_METHOD",
-    "SELECTION_METHODS",
-    "TARGETED_METHODS",
     "marked",
     "method_definitions",
     "uses_clusters",
     "uses_score",
 ]
+
+#: Scores that read the LM statistics of the scoring pass (``scoring.lm_statistics``).
+LM_SCORES: tuple[str, ...] = ("lm_loss", "eos_loss", "ifd")
 
 #: The seed's exact Select-MoE: the gate's score as the seed defines it, round robin over the
 #: clusters of the routing features. This name and its definition never change.
@@ -52,33 +45,17 @@ BUILTIN_DEFINITIONS: dict[str, dict[str, Any]] = {
 }
 """Built-in methods that read the router data: ``{name: {score, allocation, ...params}}``."""
 
-#: Methods whose selection reads the router data (and so depends on the quality-loss type).
-ROUTER_METHODS: tuple[str, ...] = tuple(BUILTIN_DEFINITIONS)
-#: Reference methods that read the pool's quality labels (no real method may).
-LABEL_METHODS: tuple[str, ...] = ("oracle", "anti_oracle")
-#: Targeted methods: they select for the evaluation tasks' query examples, from the target
-#: model's pooled hidden states (``rds``, RDS+) or its projected LoRA gradients (``less``, LESS).
-TARGETED_METHODS: tuple[str, ...] = ("rds", "less")
-#: Every built-in selection method.
-SELECTION_METHODS: tuple[str, ...] = (
-    *ROUTER_METHODS,
-    "random",
-    "full",
-    *LABEL_METHODS,
-    *TARGETED_METHODS,
-)
-#: Methods that select from the pool alone (no router data needed).
-POOL_ONLY_METHODS: tuple[str, ...] = ("random", "full", *LABEL_METHODS)
-#: Methods whose selection does not depend on the quality-loss type (no {loss} in their path).
-LOSS_FREE_METHODS: tuple[str, ...] = (*POOL_ONLY_METHODS, *TARGETED_METHODS)
-
 
 def marked(method: str) -> str:
     """The method's name as tables and legends show it: ``‡`` for a reference that reads the
-    pool's labels, ``†`` for a targeted method."""
-    if method in LABEL_METHODS:
-        return f"{method} ‡"
-    return f"{method} †" if method in TARGETED_METHODS else method
+    pool's labels, ``†`` for a targeted method (the kind's ``marker``); a config's own
+    definition is shown as it is."""
+    from selectmoe.selection.kinds import method_kinds
+
+    for kind in method_kinds().values():
+        if method in kind.methods and kind.marker:
+            return f"{method} {kind.marker}"
+    return method
 
 
 _DEFINITION_KEYS = {"score", "score_params", "allocation", "allocation_params"}
@@ -95,9 +72,12 @@ def method_definitions(
         For a definition without ``score`` and ``allocation``, with unknown keys, or one that
         would redefine a pool-only method or the seed's method.
     """
+    from selectmoe.selection.kinds import method_kinds
+
+    fixed = {m for kind in method_kinds().values() if kind.name != "routed" for m in kind.methods}
     definitions = {name: dict(value) for name, value in BUILTIN_DEFINITIONS.items()}
     for name, definition in (extra or {}).items():
-        if name in LOSS_FREE_METHODS or name == SEED_METHOD:
+        if name in fixed or name == SEED_METHOD:
             raise ValueError(f"method {name!r} cannot be redefined; choose another name")
         unknown = sorted(set(definition) - _DEFINITION_KEYS)
         missing = sorted({"score", "allocation"} - set(definition))

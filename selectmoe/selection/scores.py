@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from selectmoe.catalogue import register_name
 from selectmoe.errors import SelectionError
+from selectmoe.selection.methods import LM_SCORES
 
 __all__ = ["LM_SCORES", "SCORE_PARAMS", "available_scores", "compute_score", "register_score"]
 
-#: Scores that read the LM statistics of the scoring pass (``scoring.lm_statistics``).
-LM_SCORES: tuple[str, ...] = ("lm_loss", "eos_loss", "ifd")
 
 ScoreFn = Callable[..., np.ndarray]
 _REGISTRY: dict[str, ScoreFn] = {}
@@ -59,6 +59,7 @@ def register_score(name: str, fn: ScoreFn, *, overwrite: bool = False) -> None:
     if name in _REGISTRY and not overwrite:
         raise SelectionError(f"score {name!r} is already registered")
     _REGISTRY[name] = fn
+    register_name("score", name)
 
 
 def available_scores() -> list[str]:

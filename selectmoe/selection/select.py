@@ -1,27 +1,24 @@
-"""Stage 2b: select a share of the pool from its router data (SPEC §5).
+"""Stage 2b: select a share of the pool (SPEC §5).
 
-A method that reads the router data is a *score* (:mod:`selectmoe.selection.scores`: what it ranks
-by) and
-an *allocation* (:mod:`selectmoe.selection.allocation`: how it spends the budget), named in
-:mod:`selectmoe.selection.methods`: ``selectmoe`` ranks by the MoE's answer loss and takes the best
-of
-every cluster of the routing features (``moe_probs[n].reshape(L * E)``) in turn; ``selectmoe_seed``
-does the same with the seed's gate score ``mean_l sigmoid(quality_score[n, l])``;
-``quality_topk``, ``diversity``, ``perplexity`` and ``ifd`` are references. The clusters come
-from :mod:`selectmoe.selection.clusters` (computed once per loss type) or are computed here. The
-other
-methods select from the pool alone: ``random`` (a seeded uniform sample), ``full`` (everything),
-and ``oracle`` / ``anti_oracle``, reference selections for a pool with quality labels
-(:mod:`selectmoe.data.labels`): clean examples first (the best any method could do at that size) or
-planted ones first (the worst), in a seeded random order within each group. They use labels a
-real pool does not have, and every table and plot marks them so.
+Every method has a *kind* (:mod:`selectmoe.selection.kinds`) that reads its inputs and chooses:
+a method that reads the router data is a *score* (:mod:`selectmoe.selection.scores`) and an
+*allocation* (:mod:`selectmoe.selection.allocation`), named in
+:mod:`selectmoe.selection.methods`; ``selectmoe`` ranks by the MoE's answer loss and takes the
+best of every cluster of the routing features (``moe_probs[n].reshape(L * E)``) in turn,
+``selectmoe_seed`` does the same with the seed's gate score ``mean_l sigmoid(quality_score[n,
+l])``. The clusters come from :mod:`selectmoe.selection.clusters` (computed once per loss type)
+or are computed here. The other kinds select from the pool alone: ``random`` (a seeded uniform
+sample), ``full`` (everything), and ``oracle`` / ``anti_oracle``, reference selections for a
+pool with quality labels (:mod:`selectmoe.data.labels`): clean examples first (the best any
+method could do at that size) or planted ones first (the worst), in a seeded random order within
+each group; or they are targeted (``rds``, ``less``, :mod:`selectmoe.selection.targeted`).
 
 The budget is global over the pooled router data of all datasets:
 ``n = round_half_up(selection_percentage * N)`` clipped to ``[1, N]``; the per-dataset counts that
 result are reported. :func:`run_selection` writes ``selected_data.jsonl`` (selection order),
-``selection.json`` and the plots (:func:`selectmoe.evidence.report.write_plots`), all atomically;
-the same
-inputs and seed give byte-identical ``selected_data.jsonl``.
+``selection.json`` and the scores of every candidate, all atomically; the same inputs and seed
+give byte-identical ``selected_data.jsonl``. The plots of a selection are the report's
+(:mod:`selectmoe.evidence.selection_plots`), made from these files.
 """
 
 from __future__ import annotations
@@ -33,55 +30,31 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from selectmoe.clustering import ClusteringResult
-from selectmoe.data.labels import PoolLabels, align_labels, describe
-from selectmoe.data.router_data import (
-    OPTIONAL_STATISTICS,
-    ROUTER_DATA_KEYS,
-    RouterData,
-    find_router_data,
-    load_router_data,
-)
 from selectmoe.errors import RouterDataError, SelectionError
-from selectmoe.evidence.report import PLOT_FILES, write_plots
-from selectmoe.io import atomic_write_json, atomic_write_jsonl
-from selectmoe.selection.allocation import CLUSTERED_ALLOCATIONS, allocate, round_robin
-from selectmoe.selection.clusters import cluster_router, read_clusters
-from selectmoe.selection.methods import (
-    LABEL_METHODS,
-    POOL_ONLY_METHODS,
-    SELECTION_METHODS,
-    TARGETED_METHODS,
-    method_definitions,
-    uses_clusters,
+from selectmoe.io import atomic_save_npz, atomic_write_json, atomic_write_jsonl
+from selectmoe.selection.kinds import (
+    Loaded,
+    SelectionRequest,
+    available_methods,
+    kind_of,
+    register_selection_method,
 )
-from selectmoe.selection.scores import compute_score
-from selectmoe.selection.scores import describe as describe_score
-from selectmoe.selection.targeted import TargetedFeatures, load_features, select_targeted
 
 __all__ = [
-    "LABEL_METHODS",
-    "OPTIONAL_STATISTICS",
-    "PLOT_FILES",
-    "ROUTER_DATA_KEYS",
-    "SELECTION_METHODS",
-    "RouterData",
+    "PoolExamples",
     "SelectionResult",
     "available_selection_methods",
     "budget",
-    "find_router_data",
-    "load_router_data",
+    "load_selection_scores",
     "register_selection_method",
-    "round_robin",
     "run_selection",
     "select_indices",
-    "write_plots",
 ]
 
 logger = logging.getLogger(__name__)
@@ -144,46 +117,13 @@ class SelectionResult:
     info: dict[str, Any]
 
 
-#: ``(router, *, n, scores, seed) -> indices``: a plugged-in selection method.
-SelectionMethod = Callable[..., np.ndarray]
-_CUSTOM_METHODS: dict[str, SelectionMethod] = {}
-
-
-def register_selection_method(name: str, fn: SelectionMethod, *, overwrite: bool = False) -> None:
-    """Register a selection method under ``name`` (from a plugin module,
-    :mod:`selectmoe.workflow.plugins`).
-
-    ``fn(router, *, n, scores, seed)`` gets the pooled :class:`RouterData`, the budget ``n``, the
-    seed's score of every sample (``[N]``) and the selection seed, and returns ``n`` distinct row
-    indices in selection order. In the workflow it is a method that reads the router data (one
-    selection per quality-loss type and percentage).
-
-    Raises
-    ------
-    SelectionError
-        For a built-in name, or a name registered before (unless ``overwrite``).
-    """
-    if name in SELECTION_METHODS:
-        raise SelectionError(f"{name!r} is a built-in selection method; choose another name")
-    if name in _CUSTOM_METHODS and not overwrite:
-        raise SelectionError(f"selection method {name!r} is already registered")
-    _CUSTOM_METHODS[name] = fn
-
-
 def available_selection_methods() -> list[str]:
-    """Built-in and registered selection methods."""
-    return [*SELECTION_METHODS, *sorted(_CUSTOM_METHODS)]
-
-
-def _check_method(method: str) -> None:
-    if method not in SELECTION_METHODS and method not in _CUSTOM_METHODS:
-        raise SelectionError(
-            f"unknown selection method {method!r}; valid: {available_selection_methods()}"
-        )
+    """Built-in and registered selection methods (:func:`.kinds.available_methods`)."""
+    return available_methods()
 
 
 def select_indices(
-    router: RouterData | PoolExamples | TargetedFeatures,
+    router: Any,
     *,
     method: str,
     selection_percentage: float,
@@ -191,25 +131,27 @@ def select_indices(
     clustering_params: Mapping[str, Any] | None = None,
     seed: int = 42,
     debug_print: bool = False,
-    quality_labels: PoolLabels | None = None,
+    quality_labels: Any = None,
     definitions_extra: Mapping[str, Mapping[str, Any]] | None = None,
-    clustering: ClusteringResult | None = None,
-    queries: TargetedFeatures | None = None,
+    clustering: Any = None,
+    queries: Any = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> SelectionResult:
-    """Choose samples of the router data by one of the methods (module docstring).
+    """Choose samples by one of the methods: its kind (:mod:`selectmoe.selection.kinds`) chooses.
 
     Parameters
     ----------
-    router : RouterData or PoolExamples
-        Pooled router data of all datasets, or the pool's examples alone (enough for
-        ``random``, ``full``, ``oracle`` and ``anti_oracle``).
-    method : {"selectmoe", "random", "quality_topk", "diversity", "full"}
-        Selection method.
+    router : RouterData, PoolExamples or TargetedFeatures
+        The candidates: pooled router data of all datasets, the pool's examples alone (enough
+        for ``random``, ``full``, ``oracle`` and ``anti_oracle``), or the pool's features of a
+        targeted method.
+    method : str
+        A built-in, registered or defined selection method.
     selection_percentage : float
         Fraction of all samples to select, in (0, 1]; the budget is
         ``floor(p * N + 0.5)`` clipped to ``[1, N]`` (see :func:`budget`). Ignored by ``full``.
     clustering_method : str, default="kmeans"
-        A registered clustering method (``selectmoe`` and ``diversity``).
+        A registered clustering method (methods whose allocation is clustered).
     clustering_params : dict, optional
         Its parameters (for ``kmeans``: ``auto_k``, ``k``, ``k_range``, ``k_step``,
         ``max_iters``, ``n_init``, ``tol``, ``enable_parallel_kmeans``, ``parallel_processes``,
@@ -229,17 +171,17 @@ def select_indices(
         (:mod:`selectmoe.selection.clusters`); without it a clustered method clusters here, with
         ``clustering_method``, ``clustering_params`` and ``seed``.
     queries : TargetedFeatures, optional
-        The query examples' features; with ``router`` the pool's features (of the same kind),
-        required by the targeted methods ``rds`` and ``less`` (:mod:`selectmoe.selection.targeted`).
+        The query examples' features, required by the targeted methods ``rds`` and ``less``.
+    extra : mapping, optional
+        What a plugin kind's loader read beside the candidates.
 
     Returns
     -------
     SelectionResult
     """
-    if method not in (definitions_extra or {}):
-        _check_method(method)
+    kind = kind_of(method, definitions_extra)
     percentage = _check_percentage(selection_percentage)
-    if method in LABEL_METHODS and quality_labels is None:
+    if kind.uses_labels and quality_labels is None:
         raise SelectionError(
             f"method {method!r} needs the pool's quality labels; set data.labels (the demo "
             "provides its own)"
@@ -252,88 +194,31 @@ def select_indices(
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise SelectionError(f"seed must be an integer >= 0, got {seed!r}")
     n_samples = router.n_samples
-    n = n_samples if method == "full" else budget(percentage, n_samples)
-    timings: dict[str, float] = {}
-    definitions = method_definitions(definitions_extra)
-    definition = definitions.get(method)
-    labels = np.full(n_samples, -1, dtype=np.int64)
-    clustered = bool(definition) and definition["allocation"] in CLUSTERED_ALLOCATIONS
-    score_name = definition["score"] if definition else "gate"
-    score_params = dict(definition.get("score_params") or {}) if definition else {}
-    targeted_info: dict[str, Any] = {}
-    # the method's own score (the seed's gate score for the pool-only and plugged-in methods)
-    if method in TARGETED_METHODS:
-        if not isinstance(router, TargetedFeatures) or queries is None:
-            raise SelectionError(
-                f"method {method!r} needs the pool's and the queries' features (rules "
-                "represent / less_gradients), not router data"
-            )
-        targeted_indices, scores, targeted_info = select_targeted(method, router, queries, n)
-    elif definition or method not in POOL_ONLY_METHODS:
-        if not isinstance(router, RouterData):
-            raise SelectionError(f"method {method!r} needs router data, not the pool alone")
-        scores = compute_score(router, score_name, params=score_params, seed=int(seed))
-    elif isinstance(router, RouterData):
-        scores = router.scores
-    else:  # the pool alone: nothing is scored
-        scores = np.full(router.n_samples, np.nan)
-
-    start = time.perf_counter()
-    if not clustered:
-        clustering = None
-    elif clustering is None:
-        clustering = cluster_router(
-            router,
-            clustering_method=clustering_method,
-            clustering_params=clustering_params or {},
-            seed=int(seed),
-            debug_print=debug_print,
-        )
-    elif clustering.labels.shape != (n_samples,):
-        raise SelectionError(
-            f"the given clustering labels {clustering.labels.shape[0]} rows; the router data "
-            f"has {n_samples}"
-        )
-    if clustering is not None:
-        labels = clustering.labels
-    timings["clustering"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    rng = np.random.default_rng(int(seed))
-    if definition:
-        indices = allocate(
-            definition["allocation"],
-            scores,
-            labels if clustering is not None else None,
-            n,
-            params=definition.get("allocation_params") or {},
-            seed=int(seed),
-        )
-    elif method in TARGETED_METHODS:
-        indices = targeted_indices
-    elif method == "random":
-        indices = rng.permutation(n_samples)[:n].astype(np.int64)
-    elif method in LABEL_METHODS:
-        assert quality_labels is not None  # checked above
-        planted = quality_labels.planted
-        first = ~planted if method == "oracle" else planted
-        # the preferred group first, a seeded random order within each group
-        indices = np.lexsort((rng.random(n_samples), ~first))[:n].astype(np.int64)
-    elif method in _CUSTOM_METHODS:
-        indices = np.asarray(
-            _CUSTOM_METHODS[method](router, n=n, scores=scores, seed=int(seed)), dtype=np.int64
-        )
-        if indices.shape != (n,) or len(np.unique(indices)) != n:
-            raise SelectionError(
-                f"selection method {method!r} returned {indices.shape} indices; expected {n} "
-                "distinct rows"
-            )
-        if n and (indices.min() < 0 or indices.max() >= n_samples):
-            raise SelectionError(f"selection method {method!r} returned rows outside the data")
-    else:  # full
-        indices = np.arange(n_samples, dtype=np.int64)
-    timings["selection"] = time.perf_counter() - start
-
+    n = budget(percentage, n_samples) if kind.uses_percentage else n_samples
+    request = SelectionRequest(
+        method=method,
+        n=n,
+        seed=int(seed),
+        definitions=dict(definitions_extra or {}),
+        clustering_method=clustering_method,
+        clustering_params=dict(clustering_params or {}),
+        debug_print=debug_print,
+    )
+    loaded = Loaded(
+        candidates=router,
+        queries=queries,
+        quality_labels=quality_labels,
+        clustering=clustering,
+        extra=dict(extra or {}),
+    )
+    chosen = kind.choose(loaded, request)
+    indices = np.asarray(chosen.indices, dtype=np.int64)
+    scores = np.asarray(chosen.scores, dtype=np.float64)
+    labels = (
+        chosen.clustering.labels
+        if chosen.clustering is not None
+        else np.full(n_samples, -1, dtype=np.int64)
+    )
     info = _selection_info(
         router,
         method=method,
@@ -342,40 +227,16 @@ def select_indices(
         indices=indices,
         scores=scores,
         labels=labels,
-        clustering=clustering,
-        clustering_method=clustering_method if clustering is not None else None,
+        clustering=chosen.clustering,
+        clustering_method=clustering_method if chosen.clustering is not None else None,
         seed=int(seed),
-        timings=timings,
-        score_definition=(
-            _TARGETED_SCORES[method]
-            if method in TARGETED_METHODS
-            else describe_score(score_name, score_params)
-            if definition or method not in POOL_ONLY_METHODS
-            else "none (selects without a score)"
-        ),
+        timings=dict(chosen.timings),
+        score_definition=chosen.score_definition,
     )
-    info.update(targeted_info)
-    if definition:
-        info["allocation"] = {
-            "name": definition["allocation"],
-            "params": dict(definition.get("allocation_params") or {}),
-        }
-    if method in LABEL_METHODS:
-        assert quality_labels is not None
-        info["uses_labels"] = True
-        info["labels"] = describe(quality_labels)
-        info["n_planted_selected"] = int(quality_labels.planted[indices].sum())
+    info.update(chosen.info)
     if debug_print:
         _debug_print(info, router, scores, labels, indices)
     return SelectionResult(indices=indices, scores=scores, labels=labels, info=info)
-
-
-_TARGETED_SCORES = {
-    "rds": "RDS+: max over tasks of the max cosine of the target's position-weighted mean-pooled "
-    "final hidden states to the task's query examples; tasks take turns (round robin)",
-    "less": "LESS: max over query subtasks of the mean checkpoint-weighted cosine of projected "
-    "LoRA gradients (Adam-normalised for the pool); top n",
-}
 
 
 def _summary(values: np.ndarray) -> dict[str, float | None]:
@@ -397,7 +258,7 @@ def _cluster_ids(labels: np.ndarray, k: int) -> list[int]:
 
 
 def _selection_info(
-    router: RouterData,
+    router: Any,
     *,
     method: str,
     percentage: float,
@@ -405,7 +266,7 @@ def _selection_info(
     indices: np.ndarray,
     scores: np.ndarray,
     labels: np.ndarray,
-    clustering: ClusteringResult | None,
+    clustering: Any,
     clustering_method: str | None,
     seed: int,
     timings: dict[str, float],
@@ -478,7 +339,7 @@ def _selection_info(
 
 def _debug_print(
     info: Mapping[str, Any],
-    router: RouterData,
+    router: Any,
     scores: np.ndarray,
     labels: np.ndarray,
     indices: np.ndarray,
@@ -558,12 +419,12 @@ class PoolExamples:
 
 
 def run_selection(
-    router_data_paths: Sequence[str | os.PathLike[str]],
-    pool_paths: Sequence[str | os.PathLike[str]],
+    router_data_paths: Sequence[str | os.PathLike[str]] = (),
+    pool_paths: Sequence[str | os.PathLike[str]] = (),
     *,
     output_jsonl: str | os.PathLike[str],
     output_json: str | os.PathLike[str],
-    plot_dir: str | os.PathLike[str] | None = None,
+    output_scores: str | os.PathLike[str] | None = None,
     method: str,
     selection_percentage: float,
     clustering_method: str = "kmeans",
@@ -574,26 +435,29 @@ def run_selection(
     method_definitions: Mapping[str, Mapping[str, Any]] | None = None,
     clusters_path: str | os.PathLike[str] | None = None,
     queries_path: str | os.PathLike[str] | None = None,
+    inputs: Mapping[str, Sequence[str | os.PathLike[str]]] | None = None,
 ) -> dict[str, Any]:
-    """Select from router data and write ``selected_data.jsonl``, ``selection.json`` and plots.
+    """Select and write ``selected_data.jsonl``, ``selection.json`` and the scores.
 
     ``selected_data.jsonl`` has one line per selected example, in selection order:
     ``{"dataset", "id", "score", "cluster", "messages"}`` (``score`` rounded to 8 decimals,
     ``cluster`` -1 for methods without clusters). Same inputs and seed give a byte-identical file.
     ``selection.json`` holds the method, budget, k and both curves, cluster sizes, per-dataset
-    counts, timings and seed. Every file is written atomically; nothing is written on error.
+    counts, timings and seed. The scores file (:func:`load_selection_scores`) holds the score
+    and cluster of every candidate, which the evidence (plots, diagnostics) reads. Every file is
+    written atomically; nothing is written on error.
 
     Parameters
     ----------
     router_data_paths : sequence of path
-        ``{dataset}_router_data.pt`` files.
+        ``{dataset}_router_data.pt`` files, or a targeted method's pool features files.
     pool_paths : sequence of path
         The pool JSONL files the router data was computed from (read with
         :func:`selectmoe.data.pool.load_pool`); every router sample must be in them.
     output_jsonl, output_json : path
         Where to write ``selected_data.jsonl`` and ``selection.json``.
-    plot_dir : path, optional
-        Directory for the PNG plots (:data:`PLOT_FILES`); no plots when None.
+    output_scores : path, optional
+        Where to write the scores file (``.npz``); none when None.
     method, selection_percentage, clustering_method, clustering_params, seed, debug_print
         As in :func:`select_indices`.
     labels_path : path, optional
@@ -602,12 +466,13 @@ def run_selection(
     method_definitions : mapping, optional
         The config's ``selection.method_definitions`` (:mod:`selectmoe.selection.methods`).
     clusters_path : path, optional
-        ``clusters.json`` of this router data
-        (:func:`selectmoe.selection.clusters.run_clustering`), read
-        by a clustered method instead of clustering again.
+        ``clusters.json`` of this router data (:func:`selectmoe.selection.clusters.run_clustering`),
+        read by a clustered method instead of clustering again.
     queries_path : path, optional
-        The query examples' features file; the targeted methods (``rds``, ``less``) read it with
-        ``router_data_paths`` holding the pool's features files.
+        The query examples' features file (targeted methods).
+    inputs : mapping, optional
+        The select job's named inputs as the method's kind declares them
+        (:attr:`selectmoe.selection.kinds.MethodKind.inputs`); replaces the path arguments above.
 
     Returns
     -------
@@ -627,32 +492,32 @@ def run_selection(
     from selectmoe.data.pool import load_pool
 
     total_start = time.perf_counter()
-    if method not in (method_definitions or {}):
-        _check_method(method)
+    kind = kind_of(method, method_definitions)
     _check_percentage(selection_percentage)
+    if inputs is None:
+        inputs = {
+            "router_data": list(router_data_paths),
+            "pool": list(pool_paths),
+            "labels": [labels_path] if labels_path is not None else [],
+            "clusters": [clusters_path] if clusters_path is not None else [],
+            "queries": [queries_path] if queries_path is not None else [],
+        }
+    files = {name: [os.fspath(p) for p in paths] for name, paths in inputs.items()}
+    pool_paths = files.get("pool", [])
+    request = SelectionRequest(
+        method=method,
+        n=0,
+        seed=int(seed) if isinstance(seed, int | np.integer) else 0,
+        definitions=dict(method_definitions or {}),
+        clustering_method=clustering_method,
+        clustering_params=dict(clustering_params or {}),
+        debug_print=debug_print,
+    )
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    queries = None
-    if method in TARGETED_METHODS:
-        if not router_data_paths or queries_path is None:
-            raise RouterDataError(
-                f"method {method!r} needs the pool's features files and the queries' features "
-                "file (rules represent / less_gradients)"
-            )
-        router = load_features(router_data_paths)
-        queries = load_features([queries_path])
-    elif router_data_paths:
-        router = load_router_data(router_data_paths)
-    elif method in POOL_ONLY_METHODS:
-        # random and full need no scores: select straight from the pool, so that these
-        # baselines do not depend on any warmup (and on its quality-loss type)
-        router = PoolExamples.of_pool(pool_paths)
-    else:
-        raise RouterDataError(
-            f"method {method!r} needs router data; pass the *_router_data.pt files "
-            f"(only {', '.join(POOL_ONLY_METHODS)} can select from the pool alone)"
-        )
+    loaded = kind.load(files, request)
+    router = loaded.candidates
     timings["load_router_data"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -678,19 +543,6 @@ def run_selection(
         logger.warning("%d pool example(s) have no router data and cannot be selected", unscored)
     timings["load_pool"] = time.perf_counter() - start
 
-    quality_labels = None
-    if method in LABEL_METHODS:
-        if labels_path is None:
-            raise SelectionError(
-                f"method {method!r} needs the pool's quality labels; set data.labels (the demo "
-                "provides its own)"
-            )
-        quality_labels = align_labels(
-            labels_path, list(zip(router.datasets, router.sample_ids, strict=True))
-        )
-    clustering = None
-    if clusters_path is not None and uses_clusters(method, method_definitions):
-        clustering = read_clusters(clusters_path, router)
     result = select_indices(
         router,
         method=method,
@@ -699,18 +551,19 @@ def run_selection(
         clustering_params=clustering_params,
         seed=seed,
         debug_print=debug_print,
-        quality_labels=quality_labels,
+        quality_labels=loaded.quality_labels,
         definitions_extra=method_definitions,
-        clustering=clustering,
-        queries=queries,
+        clustering=loaded.clustering,
+        queries=loaded.queries,
+        extra=loaded.extra,
     )
     timings.update(result.info["timings"])
-
+    scored = bool(np.isfinite(result.scores).any())  # a pool method scores nothing
     records = (
         {
             "dataset": pool[rows[i]].dataset,
             "id": pool[rows[i]].id,
-            "score": round(float(result.scores[i]), _SCORE_DECIMALS) if router_data_paths else None,
+            "score": round(float(result.scores[i]), _SCORE_DECIMALS) if scored else None,
             "cluster": int(result.labels[i]),
             "messages": [dict(message) for message in pool[rows[i]].messages],
         }
@@ -719,23 +572,32 @@ def run_selection(
     info = dict(result.info)
     info["n_pool_examples"] = len(pool)
     info["n_unscored_pool_examples"] = unscored
-    info["pool_files"] = [os.fspath(p) for p in pool_paths]
+    info["pool_files"] = list(pool_paths)
     info["output"] = os.fspath(output_jsonl)
+    info["scored"] = scored
     written: list[Path] = []
     try:
-        # Plots, then the data, then selection.json: the JSON is the last file to appear, and a
+        # The data, the scores, then selection.json: the JSON is the last file to appear, and a
         # failure part-way removes what this call wrote.
-        if plot_dir is not None:
-            start = time.perf_counter()
-            info["plots"] = write_plots(
-                info, scores=result.scores, datasets=router.datasets, plot_dir=plot_dir
-            )
-            written += [Path(p) for p in info["plots"].values()]
-            timings["plots"] = time.perf_counter() - start
         start = time.perf_counter()
         atomic_write_jsonl(output_jsonl, records)
         written.append(Path(output_jsonl))
         timings["write_jsonl"] = time.perf_counter() - start
+        if output_scores is not None:
+            selected = np.zeros(router.n_samples, dtype=bool)
+            selected[result.indices] = True
+            atomic_save_npz(
+                output_scores,
+                dataset=np.asarray(router.datasets, dtype=str),
+                id=np.asarray(router.sample_ids, dtype=str),
+                score=result.scores,
+                cluster=result.labels,
+                selected=selected,
+                method=np.asarray(method),
+                score_definition=np.asarray(info["score_definition"]),
+            )
+            written.append(Path(output_scores))
+            info["scores_file"] = os.fspath(output_scores)
         timings["total"] = time.perf_counter() - total_start
         info["timings"] = {key: round(value, 4) for key, value in timings.items()}
         atomic_write_json(output_json, info)
@@ -752,3 +614,26 @@ def run_selection(
         output_jsonl,
     )
     return info
+
+
+_SCORES_KEYS = ("dataset", "id", "score", "cluster", "selected", "method", "score_definition")
+
+
+def load_selection_scores(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The scores file a selection wrote: per candidate (router-data row order) its ``dataset``,
+    ``id``, ``score`` (float64, NaN where the method reads none), ``cluster`` (int64, -1 without
+    clusters) and ``selected`` (bool); and the ``method`` and its ``score_definition`` (0-d).
+
+    Raises
+    ------
+    SelectionError
+        When the file is missing or lacks a key (rerun the select job).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            values = {key: data[key] for key in _SCORES_KEYS}
+    except (OSError, KeyError, ValueError) as error:
+        raise SelectionError(
+            f"{path}: not a scores file written by a selection ({error}); rerun the select job"
+        ) from None
+    return values

@@ -18,6 +18,7 @@ from selectmoe.errors import ConfigError, DataError
 from selectmoe.io import atomic_output_dir, atomic_write_json
 from selectmoe.model.losses import causal_lm_loss
 from selectmoe.model.source import require_model_source
+from selectmoe.schema import section_defaults
 from selectmoe.training.checkpoints import clear_checkpoints, settings_fingerprint
 from selectmoe.training.distributed import (
     SHARDING_MODES,
@@ -44,24 +45,27 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+_FINETUNE_DEFAULTS = section_defaults("finetune")
+
+
 @dataclass
 class LoraTrainingSettings:
     """LoRA on a target and its optimisation, LESS's defaults: the part of the settings that
     finetuning and LESS's warmup (:class:`selectmoe.stages.less.LessSettings`) share."""
 
-    lora_r: int = 128
-    lora_alpha: float = 512
-    lora_dropout: float = 0.1
+    lora_r: int = _FINETUNE_DEFAULTS["lora_r"]
+    lora_alpha: float = _FINETUNE_DEFAULTS["lora_alpha"]
+    lora_dropout: float = _FINETUNE_DEFAULTS["lora_dropout"]
     target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+        default_factory=lambda: list(_FINETUNE_DEFAULTS["target_modules"])
     )
-    learning_rate: float = 2e-5
-    epochs: int = 4
-    effective_batch_size: int = 128
-    per_device_batch_size: int = 1
-    warmup_ratio: float = 0.03
-    max_sequence_length: int = 2048
-    bf16: bool = True
+    learning_rate: float = _FINETUNE_DEFAULTS["learning_rate"]
+    epochs: int = _FINETUNE_DEFAULTS["epochs"]
+    effective_batch_size: int = _FINETUNE_DEFAULTS["effective_batch_size"]
+    per_device_batch_size: int = _FINETUNE_DEFAULTS["per_device_batch_size"]
+    warmup_ratio: float = _FINETUNE_DEFAULTS["warmup_ratio"]
+    max_sequence_length: int = _FINETUNE_DEFAULTS["max_sequence_length"]
+    bf16: bool = _FINETUNE_DEFAULTS["bf16"]
 
 
 def attach_lora(model: torch.nn.Module, settings: LoraTrainingSettings) -> torch.nn.Module:
@@ -82,16 +86,16 @@ def attach_lora(model: torch.nn.Module, settings: LoraTrainingSettings) -> torch
 class FinetuneSettings(LoraTrainingSettings):
     """Stage-3 settings; defaults as in LESS (SPEC §5)."""
 
-    weight_decay: float = 0.0
-    gradient_checkpointing: bool = False
-    sharding: str = "ddp"
-    sample_wise_averaging: bool = False
-    mask_special_tokens: bool = True
+    weight_decay: float = _FINETUNE_DEFAULTS["weight_decay"]
+    gradient_checkpointing: bool = _FINETUNE_DEFAULTS["gradient_checkpointing"]
+    sharding: str = _FINETUNE_DEFAULTS["sharding"]
+    sample_wise_averaging: bool = _FINETUNE_DEFAULTS["sample_wise_averaging"]
+    mask_special_tokens: bool = _FINETUNE_DEFAULTS["mask_special_tokens"]
     seed: int = 42
-    log_every: int = 10
-    max_steps: int | None = None
-    checkpoint_every: int = 20
-    device: str = "auto"
+    log_every: int = _FINETUNE_DEFAULTS["log_every"]
+    max_steps: int | None = _FINETUNE_DEFAULTS["max_steps"]
+    checkpoint_every: int = _FINETUNE_DEFAULTS["checkpoint_every"]
+    device: str = _FINETUNE_DEFAULTS["device"]
 
     def __post_init__(self) -> None:
         for key in ("per_device_batch_size", "effective_batch_size", "epochs", "lora_r"):

@@ -44,6 +44,7 @@ from selectmoe.hashing import file_sha256, text_sha256
 from selectmoe.io import atomic_output_dir, atomic_torch_save, atomic_write_json
 from selectmoe.model.losses import causal_lm_loss
 from selectmoe.model.source import require_model_source
+from selectmoe.schema import section_defaults
 from selectmoe.selection.targeted import save_features
 from selectmoe.stages.finetune import LoraTrainingSettings, attach_lora
 from selectmoe.stages.gradients import (
@@ -66,6 +67,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+_TARGETED_LESS_DEFAULTS = section_defaults("targeted.less")
+
+
 @dataclass
 class LessSettings(LoraTrainingSettings):
     """``targeted.less`` of the config (defaults: LESS's): the LoRA warmup (the LoRA and
@@ -73,13 +77,13 @@ class LessSettings(LoraTrainingSettings):
     batch
     of 32), the share of the pool it trains on, and the gradient features."""
 
-    effective_batch_size: int = 32
-    warmup_share: float = 0.05
-    projection_dim: int = 8192
-    projection_seed: int = 0
-    batch_size: int = 8
-    shard_size: int = 1024
-    device: str = "auto"
+    effective_batch_size: int = _TARGETED_LESS_DEFAULTS["effective_batch_size"]
+    warmup_share: float = _TARGETED_LESS_DEFAULTS["warmup_share"]
+    projection_dim: int = _TARGETED_LESS_DEFAULTS["projection_dim"]
+    projection_seed: int = _TARGETED_LESS_DEFAULTS["projection_seed"]
+    batch_size: int = _TARGETED_LESS_DEFAULTS["batch_size"]
+    shard_size: int = _TARGETED_LESS_DEFAULTS["shard_size"]
+    device: str = _TARGETED_LESS_DEFAULTS["device"]
     seed: int = 42
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ from selectmoe.data.pool import Example, load_jsonl_examples
 from selectmoe.data.queries import load_queries
 from selectmoe.errors import ConfigError
 from selectmoe.model.source import require_model_source
+from selectmoe.schema import section_defaults
 from selectmoe.selection.targeted import save_features
 from selectmoe.training.distributed import resolve_device
 
@@ -46,14 +47,17 @@ logger = logging.getLogger(__name__)
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+_TARGETED_RDS_DEFAULTS = section_defaults("targeted.rds")
+
+
 @dataclass(frozen=True)
 class RepresentationSettings:
     """``targeted.rds`` of the config."""
 
-    batch_size: int = 16
-    max_sequence_length: int = 2048
-    dtype: str = "float32"
-    device: str = "auto"
+    batch_size: int = _TARGETED_RDS_DEFAULTS["batch_size"]
+    max_sequence_length: int = _TARGETED_RDS_DEFAULTS["max_sequence_length"]
+    dtype: str = _TARGETED_RDS_DEFAULTS["dtype"]
+    device: str = _TARGETED_RDS_DEFAULTS["device"]
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

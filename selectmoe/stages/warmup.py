@@ -53,6 +53,7 @@ from selectmoe.model.modeling_select_moe import (
     check_trash_expert_mode,
     register_select_moe,
 )
+from selectmoe.schema import section_defaults
 from selectmoe.training.checkpoints import clear_checkpoints, settings_fingerprint
 from selectmoe.training.distributed import distributed_info, resolve_device
 from selectmoe.training.loop import (
@@ -91,34 +92,39 @@ MODEL_OVERRIDE_KEYS: tuple[str, ...] = (
 )
 
 
+_WARMUP_DEFAULTS = section_defaults("warmup")
+
+
 @dataclass
 class WarmupSettings(QualityLossParameters):
     """Stage-1 settings (SPEC §5 defaults); the quality losses' parameters are inherited."""
 
-    peft_mode: str = "full_rank"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_target_parameters: list[str] = field(default_factory=lambda: ["mlp.gate.weight"])
-    learning_rate: float = 1e-4
-    subset_ratio: float = 0.05
-    epochs: int = 1
-    effective_batch_size: int = 4
-    per_device_batch_size: int = 4
-    warmup_ratio: float = 0.0
-    max_sequence_length: int = 2048
-    seed: int = 42
+    peft_mode: str = _WARMUP_DEFAULTS["peft_mode"]
+    lora_r: int = _WARMUP_DEFAULTS["lora_r"]
+    lora_alpha: int = _WARMUP_DEFAULTS["lora_alpha"]
+    lora_target_parameters: list[str] = field(
+        default_factory=lambda: list(_WARMUP_DEFAULTS["lora_target_parameters"])
+    )
+    learning_rate: float = _WARMUP_DEFAULTS["learning_rate"]
+    subset_ratio: float = _WARMUP_DEFAULTS["subset_ratio"]
+    epochs: int = _WARMUP_DEFAULTS["epochs"]
+    effective_batch_size: int = _WARMUP_DEFAULTS["effective_batch_size"]
+    per_device_batch_size: int = _WARMUP_DEFAULTS["per_device_batch_size"]
+    warmup_ratio: float = _WARMUP_DEFAULTS["warmup_ratio"]
+    max_sequence_length: int = _WARMUP_DEFAULTS["max_sequence_length"]
+    seed: int = _WARMUP_DEFAULTS["seed"]
     quality_loss_type: str = "sigmoid"
-    quality_loss_weight: float = 0.01
-    trash_expert_mode: str = "zero"
-    quality_loss_debug: bool = False
-    enable_load_balancing: bool = False
-    loss_scaling: str = "separate"
-    full_sequence_prediction: bool = True
-    mask_special_tokens: bool = True
-    log_every: int = 10
-    max_steps: int | None = None
-    checkpoint_every: int = 100
-    device: str = "auto"
+    quality_loss_weight: float = _WARMUP_DEFAULTS["quality_loss_weight"]
+    trash_expert_mode: str = _WARMUP_DEFAULTS["trash_expert_mode"]
+    quality_loss_debug: bool = _WARMUP_DEFAULTS["quality_loss_debug"]
+    enable_load_balancing: bool = _WARMUP_DEFAULTS["enable_load_balancing"]
+    loss_scaling: str = _WARMUP_DEFAULTS["loss_scaling"]
+    full_sequence_prediction: bool = _WARMUP_DEFAULTS["full_sequence_prediction"]
+    mask_special_tokens: bool = _WARMUP_DEFAULTS["mask_special_tokens"]
+    log_every: int = _WARMUP_DEFAULTS["log_every"]
+    max_steps: int | None = _WARMUP_DEFAULTS["max_steps"]
+    checkpoint_every: int = _WARMUP_DEFAULTS["checkpoint_every"]
+    device: str = _WARMUP_DEFAULTS["device"]
 
     def __post_init__(self) -> None:
         if self.peft_mode not in PEFT_MODES:

@@ -7,30 +7,88 @@ researcher needs to fix a config at a glance.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
 from selectmoe.errors import ConfigError
+from selectmoe.schema import SCHEMA_PATH, load_schema
 
 __all__ = [
+    "SCHEMA_PATH",
     "build_settings",
-    "check_registered_names",
+    "check_config",
     "coerce_command_line_strings",
     "format_schema_error",
     "load_schema",
+    "load_workflow_config",
     "validate_config",
+    "with_defaults",
 ]
 
 
-def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML JSON-schema file."""
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+def _defaulting_validator() -> type:
+    """A JSON-schema validator that fills in every ``default`` of a ``properties`` keyword it
+    passes, as Snakemake's ``validate(..., set_default=True)`` does."""
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties(validator: Any, given: Any, instance: Any, schema: Any) -> Any:
+        if isinstance(instance, dict):
+            for name, subschema in given.items():
+                if isinstance(subschema, Mapping) and "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from check_properties(validator, given, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": properties})
+
+
+def with_defaults(
+    config: Mapping[str, Any], schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A validated copy of ``config`` with the schema's defaults filled in.
+
+    Raises
+    ------
+    ConfigError
+        One line per problem (see :func:`validate_config`).
+    """
+    schema = schema if schema is not None else load_schema()
+    validate_config(config, schema)
+    filled = copy.deepcopy(dict(config))
+    for _ in _defaulting_validator()(schema).iter_errors(filled):
+        pass  # validated above; the pass fills the defaults
+    return filled
+
+
+def load_workflow_config(
+    path: str | os.PathLike[str], *, schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Read a workflow config file, validate it and fill in the schema's defaults, as the
+    Snakefile does (plugins are not imported: their names must be registered by the caller).
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, not YAML, not a mapping, or not valid.
+    """
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: config file not found; pass e.g. config/paper.yaml")
+    try:
+        loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        first = str(error).splitlines()[0]
+        raise ConfigError(f"{config_path}: not valid YAML ({first})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{config_path}: a config must be a mapping of sections")
+    return with_defaults(loaded, schema)
 
 
 def _key_path(path: Any) -> str:
@@ -178,80 +236,90 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> Non
         raise ConfigError("invalid configuration: " + " | ".join(lines))
 
 
-def check_registered_names(config: Mapping[str, Any]) -> None:
-    """Check the names the config gives to registries (after the plugins were imported).
+def check_config(config: Mapping[str, Any]) -> None:
+    """Check what the schema cannot: the names the config gives to registries (after the
+    plugins were imported) and the combinations of settings that cannot run.
 
-    Quality-loss types, selection methods, the clustering method and the trash-expert mode must
-    be built in or registered by a plugin.
+    Quality-loss types, selection methods, scores and allocations of method definitions, the
+    clustering method and the trash-expert mode must be built in or registered by a plugin; the
+    names are read from the torch-free :mod:`selectmoe.catalogue` and the method kinds
+    (:mod:`selectmoe.selection.kinds`), so that the check loads no model code.
 
     Raises
     ------
     ConfigError
-        Naming the key, the unknown name and the valid ones.
+        Naming the key, the bad value and the valid ones.
     """
-    from selectmoe.clustering import list_clustering_methods
-    from selectmoe.model.losses import available_quality_losses
-    from selectmoe.model.modeling_select_moe import check_trash_expert_mode
-    from selectmoe.selection.allocation import available_allocations
-    from selectmoe.selection.scores import available_scores
-    from selectmoe.selection.select import available_selection_methods
+    from selectmoe.catalogue import names
+    from selectmoe.selection.kinds import available_methods, kind_of
+    from selectmoe.selection.methods import LM_SCORES, method_definitions
 
     selection = config.get("selection", {})
     defined = selection.get("method_definitions", {}) or {}
+    if "untrained" in selection.get("loss_types", []):
+        raise ConfigError(
+            "config key selection.loss_types: 'untrained' names the control of the diagnostics; "
+            "register the loss under another name"
+        )
     checks = [
-        ("selection.loss_types", selection.get("loss_types", []), available_quality_losses()),
-        (
-            "selection.methods",
-            selection.get("methods", []),
-            list(dict.fromkeys([*available_selection_methods(), *defined])),
-        ),
+        ("selection.loss_types", selection.get("loss_types", []), names("quality_loss")),
+        ("selection.methods", selection.get("methods", []), available_methods(defined)),
         (
             "selection.method_definitions (score)",
             [d.get("score") for d in defined.values()],
-            available_scores(),
+            names("score"),
         ),
         (
             "selection.method_definitions (allocation)",
             [d.get("allocation") for d in defined.values()],
-            available_allocations(),
+            names("allocation"),
         ),
         (
             "selection.clustering_method",
             [selection.get("clustering_method", "kmeans")],
-            list_clustering_methods(),
+            names("clustering_method"),
         ),
     ]
-    for key, names, valid in checks:
-        for name in names:
+    for key, given, valid in checks:
+        for name in given:
             if name not in valid:
                 raise ConfigError(
                     f"config key {key}: {name!r} is not registered; valid: {', '.join(valid)} "
                     "(a plugin module listed in plugins can register more)"
                 )
-    from selectmoe.selection.methods import method_definitions
-    from selectmoe.selection.scores import LM_SCORES
-
     try:
         definitions = method_definitions(defined)
     except ValueError as error:
         raise ConfigError(f"config key selection.method_definitions: {error}") from None
+    methods = list(selection.get("methods", []))
     if not config.get("scoring", {}).get("lm_statistics", True):
-        methods = selection.get("methods", [])
         needing = [m for m in methods if definitions.get(m, {}).get("score") in LM_SCORES]
         if needing:
             raise ConfigError(
                 f"config key scoring.lm_statistics is false, but method(s) {', '.join(needing)} "
                 "rank by the LM's losses; set it to true or drop those methods"
             )
-    if "untrained" in selection.get("loss_types", []):
+    mode = config.get("warmup", {}).get("trash_expert_mode", "zero")
+    modes = names("trash_expert")
+    if mode not in modes:
+        if mode == "custom":
+            raise ConfigError(
+                "config key warmup.trash_expert_mode: trash_expert_mode is 'custom' but no trash "
+                "expert is registered; register one with selectmoe.model.modeling_select_moe."
+                "register_trash_expert in a plugin module (config key plugins)"
+            )
         raise ConfigError(
-            "config key selection.loss_types: 'untrained' names the control of the diagnostics; "
-            "register the loss under another name"
+            f"config key warmup.trash_expert_mode: unknown trash_expert_mode {mode!r}; valid "
+            f"modes: {', '.join(sorted({*modes, 'custom'}))}"
         )
-    try:
-        check_trash_expert_mode(config.get("warmup", {}).get("trash_expert_mode", "zero"))
-    except ConfigError as error:
-        raise ConfigError(f"config key warmup.trash_expert_mode: {error}") from None
+    demo = bool((config.get("demo") or {}).get("activate", False))
+    labelled = [m for m in methods if kind_of(m, defined).uses_labels]
+    if labelled and not demo and not config.get("data", {}).get("labels"):
+        raise ConfigError(
+            f"selection.methods lists {', '.join(labelled)}, which read the pool's quality "
+            "labels, but data.labels is null; set it to a labels file of the pool or drop those "
+            "methods"
+        )
 
 
 def build_settings(cls: type, values: Mapping[str, Any], *, section: str) -> Any:

@@ -17,7 +17,7 @@ from selectmoe.workflow.devices import gpu_environment
 from selectmoe.workflow.plugins import load_plugins_from_environment
 from selectmoe.workflow.provenance import write_provenance
 
-__all__ = ["run_job", "run_rule"]
+__all__ = ["named_files", "run_job", "run_rule"]
 
 
 def run_job(
@@ -88,3 +88,12 @@ def run_rule(job: Any, work: Callable[[Any], Any]) -> Any:
         gpus=int(job.resources.get("gpu", 0)),
         provenance=job_provenance(job),
     )
+
+
+def named_files(files: Any) -> dict[str, list[str]]:
+    """A job's named inputs (Snakemake's ``input``) as ``{name: [paths]}``: a name with one file
+    is a string there, a list here."""
+    return {
+        name: [value] if isinstance(value, str) else [str(v) for v in value]
+        for name, value in files.items()
+    }

@@ -1,0 +1,129 @@
+"""The settings each job reads: exactly the slice of the config that its rule passes as params.
+
+A rule's params are Snakemake's rerun triggers, so each function here returns what one job
+uses and nothing else: adding a percentage must not rerun every selection, nor a clustering
+setting the selections that do not cluster. The values are JSON-ready dicts, taken from the
+validated config whose defaults come from the schema alone (``config/schema.yaml``); each job
+builds its typed settings object from them once (:func:`selectmoe.workflow.config.build_settings`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from selectmoe.selection.methods import uses_clusters
+from selectmoe.workflow.layout import Layout, Selection
+
+__all__ = ["RuleSettings"]
+
+
+class RuleSettings:
+    """The params of every rule, for one validated config.
+
+    Parameters
+    ----------
+    layout : Layout
+        The workflow's layout of the same config.
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.config: Mapping[str, Any] = layout.config
+
+    def _section(self, name: str) -> dict[str, Any]:
+        return dict(self.config.get(name) or {})
+
+    def conversion(self) -> dict[str, Any]:
+        """The converted model's source and the gates' initialisation."""
+        base = self.config["base_model"]
+        return {
+            "source": str(self.layout.base_source()),
+            "gate_init_mean": base["quality_gate_init_mean"],
+            "gate_init_std": base["quality_gate_init_std"],
+            "seed": base["conversion_seed"],
+        }
+
+    def warmup(self, loss: str) -> dict[str, Any]:
+        """The warmup section with the loss type of the job."""
+        return {**self._section("warmup"), "quality_loss_type": loss}
+
+    def scoring(self, *, untrained: bool = False) -> dict[str, Any]:
+        """The scoring section; the untrained control records no LM statistics."""
+        settings = self._section("scoring")
+        if untrained:
+            settings["lm_statistics"] = False
+        return settings
+
+    def clustering(self) -> dict[str, Any]:
+        """The settings of the cluster jobs."""
+        selection = self.config["selection"]
+        keys = ("clustering_method", "clustering_params", "seed", "debug_print")
+        return {key: selection.get(key, {}) for key in keys}
+
+    def selection(self, selection_path: str) -> dict[str, Any]:
+        """The selection keys one selection uses: its method and percentage, the seed, and only
+        what its method reads (a definition of its own, the clustering when it clusters).
+
+        Passing the whole section would rerun every selection when a sweep value (a percentage,
+        a method, a loss type) is added, the baselines and unclustered methods when a clustering
+        setting changes, and every method when one method's definition changes.
+        """
+        chosen = Selection.from_path(selection_path)
+        section = self.config["selection"]
+        settings: dict[str, Any] = {
+            "method": chosen.method,
+            "percentage": chosen.percentage,
+            "seed": section["seed"],
+            "debug_print": section["debug_print"],
+        }
+        own = dict(section.get("method_definitions") or {})
+        if chosen.method in own:
+            settings["method_definitions"] = {chosen.method: own[chosen.method]}
+        if uses_clusters(chosen.method, own):
+            settings["clustering_method"] = section["clustering_method"]
+            settings["clustering_params"] = section.get("clustering_params", {})
+        return settings
+
+    def finetune(self, target: str, seed: Any) -> dict[str, Any]:
+        """The finetune section with the target's overrides, for one finetune seed."""
+        settings = {k: v for k, v in self._section("finetune").items() if k != "seeds"}
+        settings.update(self.config["targets"][target].get("finetune", {}))
+        settings["seed"] = int(seed)
+        return settings
+
+    def evaluation(self) -> dict[str, Any]:
+        return self._section("evaluation")
+
+    def representations(self) -> dict[str, Any]:
+        """targeted.rds."""
+        return dict((self.config.get("targeted") or {}).get("rds") or {})
+
+    def less(self) -> dict[str, Any]:
+        """targeted.less with the selection seed (the warmup's random share and its training)."""
+        less = dict((self.config.get("targeted") or {}).get("less") or {})
+        return {**less, "seed": self.config["selection"]["seed"]}
+
+    def query_tasks(self) -> list[str]:
+        """The LESS tasks whose query sets fetch_queries takes."""
+        return list(self.config["targeted"]["queries"]["tasks"])
+
+    def fetch_pool(self) -> dict[str, Any]:
+        """Arguments of :func:`selectmoe.data.fetch.fetch_less_pool`."""
+        data = self.config["data"]
+        return {
+            "pool_dir": data["pool_dir"],
+            "datasets": list(self.layout.datasets),
+            "file_pattern": data["file_pattern"],
+            **data["fetch"],
+        }
+
+    def quality_loss_parameters(self) -> dict[str, Any]:
+        """The warmup's quality-loss parameters (the report draws the losses with them)."""
+        keys = ("beta_target_mean", "beta_target_var", "w_mean", "w_var", "lambda_var")
+        warmup = self.config["warmup"]
+        return {key: warmup[key] for key in (*keys, "sample_wise_averaging")}
+
+    def demo(self) -> dict[str, Any]:
+        demo = self._section("demo")
+        return {"seed": demo.get("seed", 0), "params": dict(demo.get("params") or {})}

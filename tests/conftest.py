@@ -233,9 +233,7 @@ def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     so that every test of a finished run also checks the workflow's use as a module."""
     from tests.test_workflow import _small_demo_dir, _snakemake
 
-    workflow_dir, config = _small_demo_dir(
-        tmp_path_factory.mktemp("finished_demo"), as_module=True
-    )
+    workflow_dir, config = _small_demo_dir(tmp_path_factory.mktemp("finished_demo"), as_module=True)
     result = _snakemake(workflow_dir, "--cores", "2", "--configfile", "small.yaml")
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return workflow_dir, config

@@ -249,7 +249,7 @@ def full_child(args: argparse.Namespace) -> None:
     """Runs in a child process so that its peak memory is its own."""
     import logging
 
-    from selectmoe.selection.select import run_selection
+    from selectmoe.workflow.select_job import run_select_job
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     directory = Path(args.full_child)
@@ -266,7 +266,7 @@ def full_child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     sampler = MemorySampler()
     with sampler:
-        info = run_selection(
+        info = run_select_job(
             router_paths,
             pool_paths,
             output_jsonl=directory / "out" / "selected_data.jsonl",

@@ -103,7 +103,7 @@ def compare(model, encoded, *, pad_id: int, batch_size: int, k: int) -> dict:
 def demo_case(results_dir: Path, loss: str, batch_size: int) -> dict:
     from transformers import AutoTokenizer
 
-    from selectmoe.stages.warmup import load_warmed_model
+    from selectmoe.model.warmed import load_warmed_model
 
     model_dir = next((results_dir / "models").glob("*/converted"))
     model, _ = load_warmed_model(model_dir, results_dir / "warmup" / loss / "full_rank_weights.pt")

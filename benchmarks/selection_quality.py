@@ -48,10 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import replace_section  # noqa: E402
 
 from selectmoe.data.labels import align_labels  # noqa: E402
+from selectmoe.data.router_data import load_router_data  # noqa: E402
 from selectmoe.evidence.diagnostics import auroc, auroc_intervals  # noqa: E402
 from selectmoe.selection.allocation import allocate  # noqa: E402
 from selectmoe.selection.scores import compute_score  # noqa: E402
-from selectmoe.selection.select import budget, load_router_data, select_indices  # noqa: E402
+from selectmoe.selection.select import budget, select_indices  # noqa: E402
 from selectmoe.stages.scoring import score_dataset  # noqa: E402
 from selectmoe.stages.warmup import WarmupSettings, run_warmup  # noqa: E402
 from selectmoe.workflow.config import build_settings  # noqa: E402

@@ -1,6 +1,6 @@
 """The targeted methods' per-example work against the plain way of doing it, on the demo target.
 
-1. LESS's per-example LoRA gradients: ``selectmoe.stages.gradients.per_example_gradients``
+1. LESS's per-example LoRA gradients: ``selectmoe.training.gradients.per_example_gradients``
 (``torch.func``
    ``vmap`` over a padded, length-sorted batch) against one ``backward()`` per example (what LESS
    does, batch size 1), on the same examples; the largest difference between the two is printed.
@@ -34,9 +34,9 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 from selectmoe.data.encoding import collate_encoded, encode_examples, length_sorted_batches
 from selectmoe.data.pool import load_pool
 from selectmoe.model.losses import causal_lm_loss
-from selectmoe.stages.gradients import per_example_gradients
 from selectmoe.stages.less import LessSettings, lora_target_model
 from selectmoe.stages.representations import RepresentationSettings, compute_representations
+from selectmoe.training.gradients import per_example_gradients
 
 
 def _gradients(model_dir: str, examples, batch_size: int) -> dict[str, float]:

@@ -337,7 +337,8 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from selectmoe.stages.evaluation import evaluate_adapters, read_task_metrics
+    from selectmoe.data.lm_eval_results import read_task_metrics
+    from selectmoe.stages.evaluation import evaluate_adapters
 
     adapters = args.adapter or [None] * len(args.output)
     outputs = evaluate_adapters(

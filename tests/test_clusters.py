@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from selectmoe.data.router_data import load_router_data
 from selectmoe.errors import SelectionError
 from selectmoe.selection.clusters import read_clusters, run_clustering, sample_keys_sha256
-from selectmoe.selection.select import load_router_data, run_selection, select_indices
+from selectmoe.selection.select import run_selection, select_indices
 from tests.test_selection import make_router_payload, save, write_pool
 
 PARAMS = {"k_range": [2, 8], "k_step": 1, "n_init": 2, "device": "cpu"}

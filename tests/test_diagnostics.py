@@ -19,6 +19,7 @@ from selectmoe.evidence.diagnostics import (
     spearman,
     write_diagnostics,
 )
+from selectmoe.selection.select import run_selection
 from tests.test_labels import write_labels
 from tests.test_selection import make_router_payload, save, write_pool
 
@@ -196,9 +197,26 @@ def test_method_score_table_ranks_each_method_by_its_own_score(tmp_path):
         losses.append(payload["answer_loss"])
         save(payload, path)
     labels = _labels(tmp_path, payloads)
+    pool = write_pool(tmp_path, payloads)
+    # the scores each method's selection wrote (the diagnostics read them, not recompute them)
+    scores = {}
+    for method in ("selectmoe", "perplexity"):
+        out = tmp_path / method
+        run_selection(
+            paths,
+            pool,
+            output_jsonl=out / "selected_data.jsonl",
+            output_json=out / "selection.json",
+            output_scores=out / "scores.npz",
+            method=method,
+            selection_percentage=0.25,
+            clustering_params={"auto_k": False, "k": 3, "n_init": 1},
+            seed=0,
+        )
+        scores[method] = out / "scores.npz"
     table = method_score_table(
         paths,
-        methods=["selectmoe", "random", "perplexity"],
+        scores=scores,
         definitions=method_definitions(),
         labels_path=labels,
         n_resamples=200,

@@ -12,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from selectmoe.data.lm_eval_results import load_results, read_task_metrics
 from selectmoe.errors import EvaluationError, SelectMoeError
-from selectmoe.stages.evaluation import (
-    evaluate_adapters,
-    load_results,
-    read_task_metrics,
-    run_lm_eval,
-)
+from selectmoe.stages.evaluation import evaluate_adapters, run_lm_eval
 
 N_DOCS = 10
 COLOURS = ["red", "blue", "green", "yellow"]

@@ -30,9 +30,7 @@ from selectmoe.plan import (
     BUILTIN_SHAPES,
     GIB,
     HOUR,
-    SCHEMA_DEFAULTS,
     SCORING_CHUNK_TOKENS,
-    TARGETED_DEFAULTS,
     Assumptions,
     ModelShape,
     less_gradients_plan,
@@ -542,12 +540,35 @@ def test_padding_factor() -> None:
     assert Assumptions(length_sigma=0.0).padding_factor(4) == 1.0
 
 
-def test_schema_defaults_are_the_schema_s() -> None:
+def test_settings_defaults_are_the_schema_s() -> None:
+    """Every settings dataclass takes each default the schema has from the schema (its one home):
+    no field of a config key keeps a default of its own."""
+    import dataclasses
+
+    from selectmoe.evidence.summary import SummarySettings
+    from selectmoe.schema import section_defaults
+    from selectmoe.stages.finetune import FinetuneSettings
+    from selectmoe.stages.less import LessSettings
+    from selectmoe.stages.representations import RepresentationSettings
+    from selectmoe.stages.warmup import WarmupSettings
+
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
-    for section, values in SCHEMA_DEFAULTS.items():
-        properties = schema["properties"][section]["properties"]
-        for key, value in values.items():
-            assert properties[key]["default"] == value, (section, key)
+    for cls, section in [
+        (WarmupSettings, "warmup"),
+        (FinetuneSettings, "finetune"),
+        (LessSettings, "targeted.less"),
+        (RepresentationSettings, "targeted.rds"),
+        (SummarySettings, "summary"),
+    ]:
+        node = schema
+        for part in section.split("."):
+            node = node["properties"][part]
+        defaults = section_defaults(section)
+        settings = cls()
+        for item in dataclasses.fields(cls):
+            if item.name in node["properties"]:
+                assert item.name in defaults, (section, item.name)  # the schema has it
+                assert getattr(settings, item.name) == defaults[item.name], (section, item.name)
 
 
 def test_bad_inputs_are_one_line_errors(paper: dict[str, Any]) -> None:
@@ -563,7 +584,7 @@ def test_bad_inputs_are_one_line_errors(paper: dict[str, Any]) -> None:
         plan_table(bad)
     bad = copy.deepcopy(paper)
     del bad["selection"]["loss_types"]
-    with pytest.raises(ConfigError, match="config key 'loss_types' is missing"):
+    with pytest.raises(ConfigError, match=r"selection\.loss_types: missing \(required\)"):
         plan_table(bad)
     with pytest.raises(ConfigError, match="qk_norm"):
         ModelShape("x", 8, 1, 2, 2, 8, 10, False, qk_norm="rms")
@@ -789,18 +810,10 @@ def test_targeted_model_override(targeted: dict[str, Any]) -> None:
         plan_table(targeted)
 
 
-def test_targeted_defaults_are_the_schema_s() -> None:
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
-    sections = schema["properties"]["targeted"]["properties"]
-    for method, values in TARGETED_DEFAULTS.items():
-        properties = sections[method]["properties"]
-        for key, value in values.items():
-            assert properties[key]["default"] == value, (method, key)
-
-
 def test_cli_prints_the_targeted_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))
-    config["selection"]["methods"] = [*config["selection"]["methods"], *TARGETED]
+    methods = config["selection"]["methods"]
+    config["selection"]["methods"] = [*methods, *(m for m in TARGETED if m not in methods)]
     path = tmp_path / "targeted.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     assert main(["plan", "--configfile", str(path)]) == 0

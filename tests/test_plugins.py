@@ -76,7 +76,7 @@ def test_a_plugin_registers_a_loss_a_trash_expert_and_a_method(tmp_path, monkeyp
     loss.backward()
     assert loss.item() == pytest.approx(0.35) and good.grad.abs().sum() > 0
     assert "plugin_topk" in available_selection_methods()
-    from selectmoe.selection.select import load_router_data
+    from selectmoe.data.router_data import load_router_data
 
     router = load_router_data([save(make_router_payload("a", 20, seed=0), tmp_path / "a.pt")])
     result = select_indices(router, method="plugin_topk", selection_percentage=0.25, seed=0)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from selectmoe.data.router_data import load_router_data
 from selectmoe.errors import RouterDataError, SelectionError
 from selectmoe.selection.allocation import allocate, round_robin
 from selectmoe.selection.methods import (
@@ -18,7 +19,7 @@ from selectmoe.selection.methods import (
     uses_score,
 )
 from selectmoe.selection.scores import compute_score
-from selectmoe.selection.select import load_router_data, select_indices
+from selectmoe.selection.select import select_indices
 from tests.test_selection import MANUAL_K, make_router_payload, save
 
 N = 40

@@ -21,12 +21,6 @@ from selectmoe.errors import DataError, RouterDataError
 from selectmoe.model.losses import causal_lm_loss
 from selectmoe.selection.select import run_selection
 from selectmoe.selection.targeted import less_scores, load_features, rds_round_robin, save_features
-from selectmoe.stages.gradients import (
-    PROJECTION_BLOCK_ROWS,
-    RademacherProjection,
-    adam_update_direction,
-    per_example_gradients,
-)
 from selectmoe.stages.less import (
     LessSettings,
     checkpoint_files,
@@ -35,6 +29,12 @@ from selectmoe.stages.less import (
     run_less_warmup,
 )
 from selectmoe.stages.representations import RepresentationSettings, run_representations
+from selectmoe.training.gradients import (
+    PROJECTION_BLOCK_ROWS,
+    RademacherProjection,
+    adam_update_direction,
+    per_example_gradients,
+)
 
 TASKS = ("alpha", "beta")
 REPO = Path(__file__).resolve().parents[1]

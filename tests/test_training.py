@@ -15,7 +15,8 @@ import torch
 
 import selectmoe.training.checkpoints as checkpoints_module
 from selectmoe.errors import ConfigError, ModelError
-from selectmoe.stages.warmup import WarmupSettings, apply_router_lora, load_warmed_model, run_warmup
+from selectmoe.model.warmed import apply_router_lora, load_warmed_model
+from selectmoe.stages.warmup import WarmupSettings, run_warmup
 from selectmoe.training.checkpoints import latest_checkpoint, run_fingerprint
 from selectmoe.training.distributed import local_share as _local_share
 from selectmoe.workflow.launch import launch_command, run_training_stage

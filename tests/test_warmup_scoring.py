@@ -15,8 +15,9 @@ from selectmoe.data.pool import load_pool
 from selectmoe.data.router_data import ROUTER_DATA_KEYS
 from selectmoe.errors import ConfigError, DataError, ModelError
 from selectmoe.hashing import file_sha256
+from selectmoe.model.warmed import load_warmed_model
 from selectmoe.stages.scoring import answer_alone_losses, score_dataset
-from selectmoe.stages.warmup import FULL_RANK_TARGETS, WarmupSettings, load_warmed_model, run_warmup
+from selectmoe.stages.warmup import FULL_RANK_TARGETS, WarmupSettings, run_warmup
 
 TRAINED = [f"model.layers.{i}.{suffix}" for i in range(2) for suffix in FULL_RANK_TARGETS]
 LM_STATISTICS = ("answer_loss", "eos_loss")

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from selectmoe.errors import SelectMoeError
+from selectmoe.errors import SelectionError, SelectMoeError
 from selectmoe.evidence.figures import new_figure, save_figure, write_csv
+from selectmoe.selection.kinds import kind_of
 
 __all__ = [
     "PLOT_FILES",
@@ -43,6 +44,18 @@ def _silhouette_at_k(info: Mapping[str, Any]) -> float:
         value = silhouettes[ks.index(k)]
         return math.nan if value is None else float(value)
     return math.nan
+
+
+def _scored(info: Mapping[str, Any]) -> bool:
+    """Whether a selection ranked by a score (a method of the pool, reference or full kinds
+    selects without one); ``selection.json`` says so, else the method's kind."""
+    if "scored" in info:
+        return bool(info["scored"])
+    try:
+        kind = kind_of(str(info.get("method")))
+    except SelectionError:
+        return True  # a config's own definition: routed
+    return kind.uses_loss or kind.targeted
 
 
 def selection_overview(
@@ -94,8 +107,7 @@ def selection_overview(
             "k_selection": info.get("k_selection"),
             "silhouette": _silhouette_at_k(info),
         }
-        # methods that select from the pool alone score nothing
-        scored = bool(info.get("scored", True))
+        scored = _scored(info)
         for column, key in (("score_mean", "score"), ("selected_score_mean", "selected_score")):
             row[column] = (info.get(key) or {}).get("mean") if scored else None
         for dataset, counts in (info.get("per_dataset") or {}).items():

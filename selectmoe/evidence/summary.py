@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from selectmoe.data.lm_eval_results import load_results
 from selectmoe.errors import SelectMoeError
 from selectmoe.evidence.figures import new_figure, save_figure
 from selectmoe.evidence.stats import bootstrap_means, format_p_value, paired_difference
@@ -42,7 +43,6 @@ from selectmoe.io import atomic_write_text
 from selectmoe.schema import section_defaults
 from selectmoe.selection.kinds import is_targeted
 from selectmoe.selection.methods import marked
-from selectmoe.stages.evaluation import load_results
 
 __all__ = ["METHOD_ORDER", "SummarySettings", "summarize"]
 

@@ -729,7 +729,7 @@ def less_gradients_plan(
     autocast copies), the batch's per-example gradients, its saved activations and loss logits,
     and one projection block. Batches are sorted by length (no padding counted).
     """
-    from selectmoe.stages.gradients import PROJECTION_BLOCK_ROWS
+    from selectmoe.training.gradients import PROJECTION_BLOCK_ROWS
 
     settings = _targeted_settings(config, "less")
     bf16 = bool(settings["bf16"])

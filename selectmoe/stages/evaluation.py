@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from selectmoe.data.lm_eval_results import load_results, read_task_metrics
 from selectmoe.errors import EvaluationError, ModelError
 from selectmoe.io import atomic_write_json, atomic_write_jsonl
 
@@ -43,8 +43,6 @@ __all__ = ["evaluate_adapters", "load_results", "read_task_metrics", "run_lm_eva
 logger = logging.getLogger(__name__)
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
-# Keys of an lm-eval per-task result entry that are not metrics (``sample_len`` is numeric).
-_NON_METRIC_KEYS = frozenset({"alias", "name", "sample_len", "samples"})
 _MAX_SUGGESTIONS = 10
 
 
@@ -312,92 +310,6 @@ def _run_times(raw_runs: Sequence[Mapping[str, Any]], started: float) -> list[fl
     if times:
         times[0] = max(times[0], time.perf_counter() - started - sum(times[1:]))
     return times
-
-
-def load_results(results_json: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read an lm-eval results JSON and check that it has a non-empty ``results`` block.
-
-    Parameters
-    ----------
-    results_json : path
-        A file written by :func:`run_lm_eval` (or lm-eval's own ``results_*.json``).
-
-    Returns
-    -------
-    dict
-        The parsed JSON object.
-
-    Raises
-    ------
-    EvaluationError
-        If the file is missing, is not valid JSON, or has no per-task results.
-    """
-    path = Path(results_json)
-    if not path.is_file():
-        raise EvaluationError(f"results file not found: {path}; run the evaluate step first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise EvaluationError(
-            f"invalid JSON in results file {path}: line {err.lineno}, column {err.colno}: "
-            f"{err.msg}; delete it and re-run the evaluate step"
-        ) from err
-    except UnicodeDecodeError as err:
-        raise EvaluationError(f"results file {path} is not UTF-8 text: {err}") from err
-    _check_results_block(data, where=str(path))
-    return data
-
-
-def read_task_metrics(
-    results_json: str | os.PathLike[str] | Mapping[str, Any],
-) -> dict[str, dict[str, float]]:
-    """Per-task metrics of an lm-eval results JSON, without stderr and without the ``,none`` suffix.
-
-    lm-eval keys a metric as ``"<metric>,<filter>"`` (``"acc,none"``) and stores its standard
-    error beside it (``"acc_stderr,none"``). The default filter ``none`` is stripped; other filter
-    names are kept (``"exact_match,strict-match"``). Non-numeric values (lm-eval writes ``"N/A"``
-    for a stderr it could not compute) are skipped.
-
-    Parameters
-    ----------
-    results_json : path or mapping
-        A results file, or the already-parsed object.
-
-    Returns
-    -------
-    dict of str to dict of str to float
-        ``{task: {metric: value}}``, tasks and metrics in file order; groups appear as tasks.
-
-    Raises
-    ------
-    EvaluationError
-        If the file cannot be read or holds no per-task results.
-
-    Examples
-    --------
-    >>> read_task_metrics({"results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.5,
-    ...                                             "acc_stderr,none": 0.05}}})
-    {'arc_easy': {'acc': 0.5}}
-    """
-    if isinstance(results_json, Mapping):
-        data: Mapping[str, Any] = results_json
-        _check_results_block(data, where="results object")
-    else:
-        data = load_results(results_json)
-    metrics: dict[str, dict[str, float]] = {}
-    for task, entry in data["results"].items():
-        task_metrics: dict[str, float] = {}
-        for key, value in entry.items():
-            name, _, filter_name = str(key).partition(",")
-            if name in _NON_METRIC_KEYS or name.endswith("_stderr"):
-                continue
-            # bool is an int subclass but never a metric value here.
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            label = name if filter_name in ("", "none") else f"{name},{filter_name}"
-            task_metrics[label] = float(value)
-        metrics[str(task)] = task_metrics
-    return metrics
 
 
 # --------------------------------------------------------------------------- validation
@@ -895,17 +807,3 @@ def _sample_records(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> Itera
                     "metrics": metrics,
                 }
             )
-
-
-def _check_results_block(data: Any, *, where: str) -> None:
-    """Require ``{"results": {task: {...}, ...}}`` with at least one task."""
-    if not isinstance(data, Mapping):
-        raise EvaluationError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    results = data.get("results")
-    if not isinstance(results, Mapping) or not results:
-        raise EvaluationError(
-            f"{where}: no per-task 'results' block; is this an lm-eval results file?"
-        )
-    for task, entry in results.items():
-        if not isinstance(entry, Mapping):
-            raise EvaluationError(f"{where}: results for task {task!r} are not an object")

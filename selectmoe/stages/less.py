@@ -6,7 +6,7 @@ of the LoRA weights at each of its checkpoints.
   learning rate (the checkpoint's weight in the score), in ``checkpoint-{epoch}.pt``.
 * :func:`run_less_gradients`: for one pool dataset (Adam-normalised gradients) or the query set
   (plain gradients), per checkpoint, the per-example gradients of the LoRA weights
-  (:func:`selectmoe.stages.gradients.per_example_gradients`, batched and exact), projected to
+  (:func:`selectmoe.training.gradients.per_example_gradients`, batched and exact), projected to
   ``projection_dim`` with a seeded Rademacher matrix. They are written in shards of
   ``shard_size`` examples beside the output; a killed job keeps its finished shards and resumes
   after them to the same features; the shards are removed once the features file is written.
@@ -46,15 +46,15 @@ from selectmoe.model.losses import causal_lm_loss
 from selectmoe.model.source import require_model_source
 from selectmoe.schema import section_defaults
 from selectmoe.selection.targeted import save_features
-from selectmoe.stages.finetune import LoraTrainingSettings, attach_lora
-from selectmoe.stages.gradients import (
+from selectmoe.training.distributed import resolve_device
+from selectmoe.training.gradients import (
     RademacherProjection,
     adam_update_direction,
     flat_moments,
     per_example_gradients,
 )
-from selectmoe.training.distributed import resolve_device
 from selectmoe.training.loop import Optimization, accumulation_steps, seed_everything, train_loop
+from selectmoe.training.lora import LoraTrainingSettings, attach_lora
 
 __all__ = [
     "LessSettings",
@@ -73,7 +73,7 @@ _TARGETED_LESS_DEFAULTS = section_defaults("targeted.less")
 @dataclass
 class LessSettings(LoraTrainingSettings):
     """``targeted.less`` of the config (defaults: LESS's): the LoRA warmup (the LoRA and
-    optimisation fields of :class:`~selectmoe.stages.finetune.LoraTrainingSettings`, an effective
+    optimisation fields of :class:`~selectmoe.training.lora.LoraTrainingSettings`, an effective
     batch
     of 32), the share of the pool it trains on, and the gradient features."""
 
@@ -232,7 +232,7 @@ def _load_lora(
     model: torch.nn.Module, names: Sequence[str], trainable: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Put a checkpoint's LoRA weights into ``model``; return them by name, detached (what
-    :func:`selectmoe.stages.gradients.per_example_gradients` differentiates)."""
+    :func:`selectmoe.training.gradients.per_example_gradients` differentiates)."""
     parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name in names:

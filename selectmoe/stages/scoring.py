@@ -38,7 +38,7 @@ from selectmoe.data.router_data import save_router_data
 from selectmoe.errors import DataError, ModelError
 from selectmoe.hashing import file_sha256
 from selectmoe.model.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
-from selectmoe.stages.warmup import load_warmed_model
+from selectmoe.model.warmed import load_warmed_model
 from selectmoe.training.distributed import resolve_device
 
 __all__ = [

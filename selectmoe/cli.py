@@ -10,11 +10,12 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from selectmoe.errors import ConfigError, SelectMoeError, exit_status
+from selectmoe.schema import section_defaults
 from selectmoe.workflow.config import build_settings
 
 __all__ = ["main"]
@@ -401,18 +402,13 @@ def _cmd_plan(args: argparse.Namespace) -> None:
         print(format_plan_markdown(rows))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selectmoe", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    set_help = "KEY=VALUE setting (repeatable; VALUE parsed as YAML)"
-    settings_help = "YAML/JSON file of settings (--set pairs override it)"
-    checkpoint_help = "training checkpoints (default: OUTPUT.checkpoints); removed when done"
+def _add_data_commands(sub: Any, helps: Mapping[str, str]) -> None:
+    """Commands of the demo and the pool."""
 
     p = sub.add_parser("build-demo", help="generate the embedded demo (tokenizer, data, models)")
     p.add_argument("--output", required=True, help="directory to create")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.add_argument("--set", action="append", default=[], help=helps["set"])
     p.set_defaults(func=_cmd_build_demo)
 
     p = sub.add_parser("validate-data", help="check LESS-format pool files")
@@ -420,13 +416,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the counts as JSON here")
     p.set_defaults(func=_cmd_validate_data)
 
+
+def _add_selector_commands(sub: Any, helps: Mapping[str, str]) -> None:
+    """Commands of the selector model: conversion, warmup, scoring."""
+
     p = sub.add_parser("convert", help="OLMoE checkpoint -> Select-MoE model")
     p.add_argument("--source", required=True, help="OLMoE directory or hub id")
     p.add_argument("--output", required=True)
-    p.add_argument("--gate-init-mean", type=float, default=0.0)
-    p.add_argument("--gate-init-std", type=float, default=0.02)
-    p.add_argument("--trash-expert-mode", default="zero", choices=["zero", "noise", "custom"])
-    p.add_argument("--seed", type=int, default=42)
+    base = section_defaults("base_model")
+    p.add_argument("--gate-init-mean", type=float, default=base["quality_gate_init_mean"])
+    p.add_argument("--gate-init-std", type=float, default=base["quality_gate_init_std"])
+    p.add_argument(
+        "--trash-expert-mode",
+        default=section_defaults("warmup")["trash_expert_mode"],
+        choices=["zero", "noise", "custom"],
+    )
+    p.add_argument("--seed", type=int, default=base["conversion_seed"])
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("verify-conversion", help="prove a conversion bit-exact")
@@ -440,9 +445,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="converted Select-MoE directory")
     p.add_argument("--pool", nargs="+", required=True, help="pool JSONL files")
     p.add_argument("--output", required=True, help="full_rank_weights.pt")
-    p.add_argument("--settings", help=settings_help)
-    p.add_argument("--set", action="append", default=[], help=set_help)
-    p.add_argument("--checkpoint-dir", help=checkpoint_help)
+    p.add_argument("--settings", help=helps["settings"])
+    p.add_argument("--set", action="append", default=[], help=helps["set"])
+    p.add_argument("--checkpoint-dir", help=helps["checkpoint"])
     p.set_defaults(func=_cmd_warmup)
 
     p = sub.add_parser("score", help="stage 2: router data of one dataset")
@@ -454,27 +459,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", nargs="+", required=True, help="the dataset's JSONL files")
     p.add_argument("--dataset", required=True)
     p.add_argument("--output", required=True, help="{dataset}_router_data.pt")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    scoring = section_defaults("scoring")
+    p.add_argument("--batch-size", type=int, default=scoring["batch_size"])
+    p.add_argument("--max-length", type=int, default=scoring["max_sequence_length"])
+    p.add_argument("--device", default=scoring["device"])
+    p.add_argument("--dtype", default=scoring["dtype"], choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=_cmd_score)
+
+
+def _add_targeted_commands(sub: Any, helps: Mapping[str, str]) -> None:
+    """Commands of the targeted methods' features (rds, less)."""
 
     p = sub.add_parser("represent", help="rds: pooled hidden states of a dataset or the queries")
     p.add_argument("--model", required=True, help="the targeted model (the target's base)")
     p.add_argument("--data", required=True, help="a pool dataset's JSONL file, or the queries'")
     p.add_argument("--queries", action="store_true", help="--data is a query file")
     p.add_argument("--output", required=True, help="{dataset}_features.pt")
-    p.add_argument("--settings", help=settings_help)
-    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.add_argument("--settings", help=helps["settings"])
+    p.add_argument("--set", action="append", default=[], help=helps["set"])
     p.set_defaults(func=_cmd_represent)
 
     p = sub.add_parser("less-warmup", help="less: LoRA warmup with one checkpoint per epoch")
     p.add_argument("--model", required=True, help="the targeted model (the target's base)")
     p.add_argument("--pool", nargs="+", required=True, help="pool JSONL files")
     p.add_argument("--output", required=True, help="directory of checkpoint-{epoch}.pt")
-    p.add_argument("--settings", help=settings_help)
-    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.add_argument("--settings", help=helps["settings"])
+    p.add_argument("--set", action="append", default=[], help=helps["set"])
     p.set_defaults(func=_cmd_less_warmup)
 
     p = sub.add_parser("less-gradients", help="less: projected per-example LoRA gradients")
@@ -483,17 +493,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a pool dataset's JSONL file, or the queries'")
     p.add_argument("--queries", action="store_true", help="--data is a query file (plain grads)")
     p.add_argument("--output", required=True, help="{dataset}_features.pt")
-    p.add_argument("--settings", help=settings_help)
-    p.add_argument("--set", action="append", default=[], help=set_help)
+    p.add_argument("--settings", help=helps["settings"])
+    p.add_argument("--set", action="append", default=[], help=helps["set"])
     p.set_defaults(func=_cmd_less_gradients)
+
+
+def _add_selection_commands(sub: Any, helps: Mapping[str, str]) -> None:
+    """Commands of clustering and selection."""
+    selection = section_defaults("selection")
 
     p = sub.add_parser("cluster", help="stage 2b: cluster the routing features of router data")
     p.add_argument("--router-data", required=True, help="directory of *_router_data.pt")
     p.add_argument("--output", required=True, help="clusters.json")
-    p.add_argument("--clustering-method", default="kmeans")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--clustering-method", default=selection["clustering_method"])
+    p.add_argument("--seed", type=int, default=selection["seed"])
     p.add_argument("--debug-print", action="store_true")
-    p.add_argument("--set", action="append", default=[], help="clustering_params " + set_help)
+    p.add_argument("--set", action="append", default=[], help="clustering_params " + helps["set"])
     p.set_defaults(func=_cmd_cluster)
 
     p = sub.add_parser("select", help="stage 2b: select data from router data")
@@ -517,19 +532,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--percentage", type=float, help="share of the pool, (0, 1]")
     p.add_argument("--clusters", help="clusters.json of the cluster command (else cluster here)")
-    p.add_argument("--clustering-method", default="kmeans")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--clustering-method", default=selection["clustering_method"])
+    p.add_argument("--seed", type=int, default=selection["seed"])
     p.add_argument("--debug-print", action="store_true")
-    p.add_argument("--set", action="append", default=[], help="clustering_params " + set_help)
+    p.add_argument("--set", action="append", default=[], help="clustering_params " + helps["set"])
     p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser("validate-silhouette", help="compare the silhouette with scikit-learn")
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--quick", action="store_true", help="skip the N=20,000 case")
+    p.set_defaults(func=_cmd_validate_silhouette)
+
+
+def _add_target_commands(sub: Any, helps: Mapping[str, str]) -> None:
+    """Commands of finetuning and evaluating a target."""
 
     p = sub.add_parser("finetune", help="stage 3: LoRA finetuning on selected data")
     p.add_argument("--base-model", required=True)
     p.add_argument("--data", required=True, help="selected_data.jsonl")
     p.add_argument("--output", required=True, help="adapter directory")
-    p.add_argument("--settings", help=settings_help)
-    p.add_argument("--set", action="append", default=[], help=set_help)
-    p.add_argument("--checkpoint-dir", help=checkpoint_help)
+    p.add_argument("--settings", help=helps["settings"])
+    p.add_argument("--set", action="append", default=[], help=helps["set"])
+    p.add_argument("--checkpoint-dir", help=helps["checkpoint"])
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", help="stage 4: lm-eval on base model (+ adapter)")
@@ -546,12 +570,19 @@ def _parser() -> argparse.ArgumentParser:
         type=_parse_fewshot,
         help="few-shot count for every task (N), or per task (mmlu=5,bbh_cot_fewshot=3)",
     )
-    p.add_argument("--batch-size", default=16)
+    evaluation = section_defaults("evaluation")
+    p.add_argument("--batch-size", default=evaluation["batch_size"])
     p.add_argument("--limit", type=float)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default=evaluation["device"])
+    p.add_argument(
+        "--dtype", default=evaluation["dtype"], choices=["auto", "float32", "float16", "bfloat16"]
+    )
+    p.add_argument("--seed", type=int, default=evaluation["seed"])
     p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_evidence_commands(sub: Any, helps: Mapping[str, str]) -> None:
+    """Commands of the summary and the plan."""
 
     p = sub.add_parser("summarize", help="gather results into CSV/Markdown")
     p.add_argument(
@@ -562,17 +593,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)
     p.add_argument("--plot")
-    p.add_argument("--metric", default="acc", help="per-document metric of the samples")
-    p.add_argument("--confidence-level", type=float, default=0.95)
-    p.add_argument("--n-resamples", type=int, default=10_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reference-method", default="random")
+    summary = section_defaults("summary")
+    p.add_argument("--metric", default=summary["metric"], help="per-document metric of the samples")
+    p.add_argument("--confidence-level", type=float, default=summary["confidence_level"])
+    p.add_argument("--n-resamples", type=int, default=summary["n_resamples"])
+    p.add_argument("--seed", type=int, default=summary["seed"])
+    p.add_argument("--reference-method", default=summary["reference_method"])
     p.set_defaults(func=_cmd_summarize)
-
-    p = sub.add_parser("validate-silhouette", help="compare the silhouette with scikit-learn")
-    p.add_argument("--tol", type=float, default=1e-6)
-    p.add_argument("--quick", action="store_true", help="skip the N=20,000 case")
-    p.set_defaults(func=_cmd_validate_silhouette)
 
     p = sub.add_parser("plan", help="GPU memory and time of every stage (computed estimate)")
     p.add_argument("--configfile", required=True, help="workflow config, e.g. config/paper.yaml")
@@ -580,6 +607,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=float, default=0.4, help="sustained share of the peak FLOP/s")
     p.add_argument("--format", default="markdown", choices=["markdown", "json"])
     p.set_defaults(func=_cmd_plan)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selectmoe", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "set": "KEY=VALUE setting (repeatable; VALUE parsed as YAML)",
+        "settings": "YAML/JSON file of settings (--set pairs override it)",
+        "checkpoint": "training checkpoints (default: OUTPUT.checkpoints); removed when done",
+    }
+    _add_data_commands(sub, helps)
+    _add_selector_commands(sub, helps)
+    _add_targeted_commands(sub, helps)
+    _add_selection_commands(sub, helps)
+    _add_target_commands(sub, helps)
+    _add_evidence_commands(sub, helps)
     return parser
 
 

@@ -74,8 +74,11 @@ def budget(selection_percentage: float, n_samples: int) -> int:
     >>> budget(0.001, 10)
     1
     """
-    _check_percentage(selection_percentage)
-    return int(min(n_samples, max(1, math.floor(selection_percentage * n_samples + 0.5))))
+    return _budget(_check_percentage(selection_percentage), n_samples)
+
+
+def _budget(percentage: float, n_samples: int) -> int:
+    return int(min(n_samples, max(1, math.floor(percentage * n_samples + 0.5))))
 
 
 def _check_percentage(value: Any) -> float:
@@ -179,8 +182,40 @@ def select_indices(
     -------
     SelectionResult
     """
-    kind = kind_of(method, definitions_extra)
     percentage = _check_percentage(selection_percentage)
+    return _select(
+        router,
+        method=method,
+        percentage=percentage,
+        clustering_method=clustering_method,
+        clustering_params=clustering_params,
+        seed=seed,
+        debug_print=debug_print,
+        quality_labels=quality_labels,
+        definitions_extra=definitions_extra,
+        clustering=clustering,
+        queries=queries,
+        extra=extra,
+    )
+
+
+def _select(
+    router: Any,
+    *,
+    method: str,
+    percentage: float,
+    clustering_method: str,
+    clustering_params: Mapping[str, Any] | None,
+    seed: int,
+    debug_print: bool,
+    quality_labels: Any,
+    definitions_extra: Mapping[str, Mapping[str, Any]] | None,
+    clustering: Any,
+    queries: Any,
+    extra: Mapping[str, Any] | None,
+) -> SelectionResult:
+    """:func:`select_indices` with ``percentage`` checked by the caller."""
+    kind = kind_of(method, definitions_extra)
     if kind.uses_labels and quality_labels is None:
         raise SelectionError(
             f"method {method!r} needs the pool's quality labels; set data.labels (the demo "
@@ -194,7 +229,7 @@ def select_indices(
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise SelectionError(f"seed must be an integer >= 0, got {seed!r}")
     n_samples = router.n_samples
-    n = budget(percentage, n_samples) if kind.uses_percentage else n_samples
+    n = _budget(percentage, n_samples) if kind.uses_percentage else n_samples
     request = SelectionRequest(
         method=method,
         n=n,
@@ -493,7 +528,7 @@ def run_selection(
 
     total_start = time.perf_counter()
     kind = kind_of(method, method_definitions)
-    _check_percentage(selection_percentage)
+    percentage = _check_percentage(selection_percentage)  # before anything is read
     if inputs is None:
         inputs = {
             "router_data": list(router_data_paths),
@@ -543,10 +578,10 @@ def run_selection(
         logger.warning("%d pool example(s) have no router data and cannot be selected", unscored)
     timings["load_pool"] = time.perf_counter() - start
 
-    result = select_indices(
+    result = _select(
         router,
         method=method,
-        selection_percentage=selection_percentage,
+        percentage=percentage,
         clustering_method=clustering_method,
         clustering_params=clustering_params,
         seed=seed,

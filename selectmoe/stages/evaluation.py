@@ -37,6 +37,7 @@ from typing import Any
 from selectmoe.data.lm_eval_results import load_results, read_task_metrics
 from selectmoe.errors import EvaluationError, ModelError
 from selectmoe.io import atomic_write_json, atomic_write_jsonl
+from selectmoe.schema import section_defaults
 
 __all__ = ["evaluate_adapters", "load_results", "read_task_metrics", "run_lm_eval"]
 
@@ -78,6 +79,10 @@ def run_lm_eval(
     )[0]
 
 
+#: The config's evaluation defaults (``config/schema.yaml``), for callers without a config.
+_EVALUATION_DEFAULTS = section_defaults("evaluation")
+
+
 def evaluate_adapters(
     *,
     pretrained: str,
@@ -85,13 +90,13 @@ def evaluate_adapters(
     tasks: Sequence[str],
     output_jsons: Sequence[str | os.PathLike[str]],
     samples_jsonls: Sequence[str | os.PathLike[str] | None] | None = None,
-    include_path: str | os.PathLike[str] | None = None,
-    num_fewshot: int | Mapping[str, int | None] | None = None,
-    batch_size: int | str = 16,
-    limit: int | float | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    seed: int = 42,
+    include_path: str | os.PathLike[str] | None = _EVALUATION_DEFAULTS["include_path"],
+    num_fewshot: int | Mapping[str, int | None] | None = _EVALUATION_DEFAULTS["num_fewshot"],
+    batch_size: int | str = _EVALUATION_DEFAULTS["batch_size"],
+    limit: int | float | None = _EVALUATION_DEFAULTS["limit"],
+    device: str = _EVALUATION_DEFAULTS["device"],
+    dtype: str = _EVALUATION_DEFAULTS["dtype"],
+    seed: int = _EVALUATION_DEFAULTS["seed"],
     trust_remote_code: bool = False,
     add_bos_token: bool | None = None,
     apply_chat_template: bool = False,

@@ -40,6 +40,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DISTRIBUTED_STAGES: tuple[str, ...] = ("warmup", "finetune", "evaluate")
+#: The keys of the config's ``evaluation`` section that the evaluate stage takes (the others
+#: keep :func:`selectmoe.stages.evaluation.evaluate_adapters`'s defaults, the schema's).
+EVALUATION_KEYS: tuple[str, ...] = (
+    "tasks",
+    "include_path",
+    "num_fewshot",
+    "batch_size",
+    "limit",
+    "device",
+    "dtype",
+    "seed",
+)
 #: The path arguments of each stage's function (the job description's ``inputs``).
 _STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "warmup": ("model_dir", "pool_files", "output_path"),
@@ -98,7 +110,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def run_job(job: Mapping[str, Any]) -> Any:
+def _stage_function(stage: str) -> tuple[type, Any]:
+    """The settings dataclass and the function of a training stage."""
+    if stage == "warmup":
+        from selectmoe.stages.warmup import WarmupSettings, run_warmup
+
+        return WarmupSettings, run_warmup
+    from selectmoe.stages.finetune import FinetuneSettings, run_finetune
+
+    return FinetuneSettings, run_finetune
+
+
+def run_job(job: Mapping[str, Any], *, settings: Any = None) -> Any:
     """Run the stage a job description names, in this process (one rank of a launch, or alone).
 
     Parameters
@@ -129,13 +152,9 @@ def run_job(job: Mapping[str, Any]) -> Any:
         from selectmoe.stages.evaluation import evaluate_adapters
 
         return evaluate_adapters(**inputs, **job["settings"])
-    if stage == "warmup":
-        from selectmoe.stages.warmup import WarmupSettings as settings_class
-        from selectmoe.stages.warmup import run_warmup as function
-    else:
-        from selectmoe.stages.finetune import FinetuneSettings as settings_class
-        from selectmoe.stages.finetune import run_finetune as function
-    settings = build_settings(settings_class, dict(job["settings"]), section=stage)
+    settings_class, function = _stage_function(stage)
+    if settings is None:  # a launched process: its job description is the boundary
+        settings = build_settings(settings_class, dict(job["settings"]), section=stage)
     return function(**inputs, settings=settings, checkpoint_dir=job["checkpoint_dir"])
 
 
@@ -200,14 +219,13 @@ def run_training_stage(
     -------
     The stage function's result in this process; None when launched.
     """
-    from selectmoe.stages.finetune import FinetuneSettings
-    from selectmoe.stages.warmup import WarmupSettings
     from selectmoe.workflow.config import build_settings
 
     if stage not in ("warmup", "finetune"):
         raise SelectMoeError(f"unknown training stage {stage!r}; valid: warmup, finetune")
-    settings_class = WarmupSettings if stage == "warmup" else FinetuneSettings
-    build_settings(settings_class, dict(settings), section=stage)  # fail before launching
+    settings_class, _ = _stage_function(stage)
+    # built once, here: a bad value fails before anything is launched
+    built = build_settings(settings_class, dict(settings), section=stage)
     job = {
         "stage": stage,
         "inputs": dict(inputs),
@@ -215,7 +233,7 @@ def run_training_stage(
         "checkpoint_dir": os.fspath(checkpoint_dir),
     }
     if num_processes <= 1:
-        return run_job(job)
+        return run_job(job, settings=built)
     job_path = Path(f"{os.fspath(checkpoint_dir).rstrip('/')}.job.json")
     try:
         run_distributed(job, job_path=job_path, num_processes=num_processes)
@@ -265,16 +283,7 @@ def run_evaluation_stage(
             "output_jsons": list(output_jsons),
             "samples_jsonls": None if samples_jsonls is None else list(samples_jsonls),
         },
-        "settings": {
-            "tasks": list(evaluation["tasks"]),
-            "include_path": evaluation.get("include_path"),
-            "num_fewshot": evaluation.get("num_fewshot"),
-            "batch_size": evaluation.get("batch_size", 16),
-            "limit": evaluation.get("limit"),
-            "device": evaluation.get("device", "cpu"),
-            "dtype": evaluation.get("dtype", "float32"),
-            "seed": evaluation.get("seed", 42),
-        },
+        "settings": {key: evaluation[key] for key in EVALUATION_KEYS if key in evaluation},
     }
     if num_processes <= 1:
         return run_job(job)

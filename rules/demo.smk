@@ -21,7 +21,7 @@ if is_demo():
             "../envs/selectmoe.yaml"
         threads: 1
         params:
-            out_dir=LAYOUT.demo_dir(),
+            out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
             demo=SETTINGS.demo(),
         script:
             "../workflow_scripts/build_demo.py"
@@ -40,6 +40,6 @@ if is_demo():
             "../envs/selectmoe.yaml"
         threads: 1
         params:
-            demo_dir=LAYOUT.demo_dir(),
+            demo_dir=lambda wildcards, input: os.path.dirname(input.manifest),
         script:
             "../workflow_scripts/build_demo_target.py"

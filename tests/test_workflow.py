@@ -82,13 +82,10 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "score": 4,
         "score_untrained": 4,
         "cluster": 1,
-        "select_routed": 3,
-        "select_random": 1,
-        "select_reference": 1,
+        "select": 7,
         "represent": 5,
         "less_warmup": 1,
         "less_gradients": 5,
-        "select_targeted": 2,
         "finetune": 21,
         "evaluate": 7,
         "evaluate_base": 1,
@@ -103,6 +100,19 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "all": 1,
         "total": 71,
     }
+    assert _layout_counts(workflow_dir / "config/config.yaml") == counts
+
+
+def _layout_counts(configfile: Path) -> dict[str, int]:
+    """The layout's job graph (selectmoe.workflow.layout) counted like Snakemake's job stats:
+    the plan, the cost ledger and the summary read this graph, so it must be Snakemake's."""
+    from selectmoe.workflow.config import load_workflow_config
+    from selectmoe.workflow.layout import Layout
+
+    counts = dict(Layout(load_workflow_config(configfile)).job_counts())
+    counts["all"] = 1
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 def test_paper_dag_counts(workflow_dir: Path) -> None:
@@ -131,19 +141,22 @@ def test_paper_dag_counts(workflow_dir: Path) -> None:
     assert counts["score"] == 16
     assert counts["score_untrained"] == 4
     assert counts["cluster"] == 4  # one k-means sweep per loss type
-    assert counts["select_routed"] == 72
-    assert counts["select_random"] == 3
-    assert counts["select_full"] == 1
-    assert counts["select_targeted"] == 6
+    # 72 routed, 3 random, 6 targeted, 1 full; no oracle (the LESS pool has no quality labels)
+    assert counts["select"] == 72 + 3 + 6 + 1
     assert counts["represent"] == counts["less_gradients"] == 5  # 4 datasets and the queries
     assert counts["less_warmup"] == counts["fetch_queries"] == 1
     assert counts["finetune"] == 738
     assert counts["evaluate"] == 246
     assert counts["evaluate_base"] == 3
     assert counts["diagnostics"] == 1
-    assert "select_reference" not in counts  # the LESS pool has no quality labels
     assert counts["convert"] == counts["verify_conversion"] == counts["summarize"] == 1
     assert "build_demo" not in counts
+    # the layout's graph has every job of Snakemake's (and fetch_pool, which this dry run skips:
+    # the pool files exist)
+    layout = _layout_counts(workflow_dir / "config/paper.yaml")
+    assert layout.pop("fetch_pool") == 1
+    layout["total"] -= 1
+    assert layout == counts
 
 
 def _dry_run_jobs(output: str) -> list[dict]:
@@ -187,8 +200,7 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
     paper = yaml.safe_load((workflow_dir / "config/paper.yaml").read_text())
     stage_of = {
         "evaluate_base": "evaluate",
-        "select_routed": "select",
-        "select_targeted": "select",
+        "select": "select",
         "cluster": "select",
         "score_untrained": "score",
     }
@@ -493,25 +505,22 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
             {"selection": {"clustering_params": {"k_step": 1}}},
             {
                 "cluster": 2,
-                "select_routed": 2,
+                "select": 2,
                 "finetune": 4,
                 "evaluate": 2,
                 "summarize": 1,
                 "diagnostics": 1,
             },
-            ["warmup", "score", "select_random", "select_reference", "select_full", "build_demo"],
+            ["warmup", "score", "build_demo"],
         ),
         # one more percentage: only the new selections and what follows them
         (
             {"selection": {"percentages": [0.25, 0.5]}},
             {
-                "select_routed": 4,
-                "select_random": 1,
-                "select_reference": 2,
-                "select_targeted": 2,
+                "select": 4 + 1 + 2 + 2,  # routed, random, the two references, targeted
                 "finetune": 18,
             },
-            ["warmup", "score", "cluster", "select_full", "convert", "build_demo", "evaluate_base"],
+            ["warmup", "score", "cluster", "convert", "build_demo", "evaluate_base"],
         ),
         # a warmup setting: both warmups, their router data and everything after
         (
@@ -520,23 +529,23 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
                 "warmup": 2,
                 "score": 8,
                 "cluster": 2,
-                "select_routed": 4,
+                "select": 4,
                 "finetune": 8,
                 "evaluate": 4,
             },
-            ["select_random", "select_full", "score_untrained", "build_demo", "evaluate_base"],
+            ["score_untrained", "build_demo", "evaluate_base"],
         ),
         # one more finetune seed: its finetunes, every evaluation of a selection, the summary
         (
             {"finetune": {"seeds": [1, 2, 3]}},
             {"finetune": 10, "evaluate": 10, "summarize": 1},
-            ["warmup", "score", "cluster", "select_routed", "select_random", "evaluate_base"],
+            ["warmup", "score", "cluster", "select", "evaluate_base"],
         ),
         # an evaluation setting: every evaluation, no training
         (
             {"evaluation": {"seed": 43}},
             {"evaluate": 10, "evaluate_base": 1, "summarize": 1},
-            ["warmup", "score", "cluster", "select_routed", "select_random", "finetune"],
+            ["warmup", "score", "cluster", "select", "finetune"],
         ),
     ],
 )

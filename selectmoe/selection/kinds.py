@@ -137,7 +137,7 @@ class MethodKind:
     inputs : callable
         ``(layout, selection) -> {name: [paths]}``, the select job's inputs.
     load : callable
-        ``(inputs: {name: [paths]}, pool_paths) -> Loaded``.
+        ``(inputs: {name: [paths]}, request: SelectionRequest) -> Loaded``.
     choose : callable
         ``(loaded: Loaded, request: SelectionRequest) -> Chosen``.
     uses_loss, uses_percentage : bool

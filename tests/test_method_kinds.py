@@ -235,6 +235,8 @@ def test_a_plugin_kind_runs_through_snakemake_into_summary_costs_and_plan(tmp_pa
             shapes[source] = shape_for_model(source)
         config["base_model"]["source"] = str(results / "demo/base_model")
         config["targets"] = {"demo-llama": {"model": str(results / "demo/target_model")}}
+        # the plan models LoRA on projections (the demo's target adapts its embeddings)
+        config["finetune"]["target_modules"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
         rows = plan_table(with_defaults(config), shapes=shapes)
     finally:
         sys.path.remove(str(workflow_dir))

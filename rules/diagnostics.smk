@@ -63,7 +63,7 @@ rule diagnostics:
     threads: 1
     params:
         warmed=LAYOUT.warmed_router_data(),
-        selections=LAYOUT.selection_paths() if LAYOUT.has_labels() else [],
+        selections=LAYOUT.selection_runs(),
         method_scores=LAYOUT.method_scores() if LAYOUT.has_labels() else {},
         definitions=LAYOUT.definitions,
     script:

@@ -1,12 +1,12 @@
 rule evaluate:
-    """lm-eval on the target with each seed's adapter of one selection: the base model is loaded
-    once for all of them, and a failure loses one selection's evaluations."""
+    """lm-eval on the target with the adapter of every replicate and seed of one row: the base
+    model is loaded once for all of them, and a failure loses one row's evaluations."""
     input:
         unpack(get_inputs("evaluate")),
     output:
         results=LAYOUT.eval_results_pattern("results"),
         samples=LAYOUT.eval_results_pattern("samples"),
-        provenance=LAYOUT.evaluation_provenance("{target}", "{selection}"),
+        provenance=LAYOUT.evaluation_provenance("{target}", "{row}"),
     log:
         get_log("evaluate"),
     benchmark:

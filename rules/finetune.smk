@@ -1,10 +1,10 @@
 rule finetune:
-    """LoRA on the target with one selection, once per finetune seed."""
+    """LoRA on the target with one replicate's selection of a row, once per finetune seed."""
     input:
         unpack(get_inputs("finetune")),
     output:
-        adapter=directory(LAYOUT.adapter("{target}", "{selection}", "{seed}")),
-        provenance=provenance(LAYOUT.adapter("{target}", "{selection}", "{seed}")),
+        adapter=directory(LAYOUT.adapter("{target}", "{row}", "{rep}", "{seed}")),
+        provenance=provenance(LAYOUT.adapter("{target}", "{row}", "{rep}", "{seed}")),
     log:
         get_log("finetune"),
     benchmark:
@@ -17,9 +17,11 @@ rule finetune:
         mem_mb=get_mem_mb("finetune"),
     params:
         checkpoint_dir=lambda wildcards: LAYOUT.finetune_checkpoints(
-            wildcards.target, wildcards.selection, wildcards.seed
+            wildcards.target, wildcards.row, wildcards.rep, wildcards.seed
         ),
         base_model=lambda wildcards: str(LAYOUT.target_model(wildcards.target)),
-        settings=lambda wildcards: SETTINGS.finetune(wildcards.target, wildcards.seed),
+        settings=lambda wildcards: SETTINGS.finetune(
+            wildcards.target, wildcards.rep, wildcards.seed
+        ),
     script:
         "../workflow_scripts/finetune.py"

@@ -2,8 +2,8 @@ rule score:
     input:
         unpack(get_inputs("score")),
     output:
-        router_data=LAYOUT.router_data("{loss}", "{dataset}"),
-        provenance=provenance(LAYOUT.router_data("{loss}", "{dataset}")),
+        router_data=LAYOUT.router_data("{loss}", "{dataset}", "{rep}"),
+        provenance=provenance(LAYOUT.router_data("{loss}", "{dataset}", "{rep}")),
     log:
         get_log("score"),
     benchmark:

@@ -4,8 +4,8 @@ rule cluster:
     input:
         unpack(get_inputs("cluster")),
     output:
-        clusters=LAYOUT.clusters("{loss}"),
-        provenance=provenance(LAYOUT.clusters("{loss}")),
+        clusters=LAYOUT.clusters("{loss}", "{rep}"),
+        provenance=provenance(LAYOUT.clusters("{loss}", "{rep}")),
     log:
         get_log("cluster"),
     benchmark:
@@ -17,7 +17,7 @@ rule cluster:
         gpu=get_gpus("cluster"),
         mem_mb=get_mem_mb("cluster"),
     params:
-        selection=SETTINGS.clustering(),
+        selection=lambda wildcards: SETTINGS.clustering(wildcards.rep),
     script:
         "../workflow_scripts/cluster.py"
 

@@ -32,8 +32,8 @@ rule less_warmup:
     input:
         unpack(get_inputs("less_warmup")),
     output:
-        warmup=directory(LAYOUT.less_warmup()),
-        provenance=provenance(LAYOUT.less_warmup()),
+        warmup=directory(LAYOUT.less_warmup("{rep}")),
+        provenance=provenance(LAYOUT.less_warmup("{rep}")),
     log:
         get_log("less_warmup"),
     benchmark:
@@ -46,7 +46,7 @@ rule less_warmup:
         mem_mb=get_mem_mb("less_warmup"),
     params:
         model=str(LAYOUT.targeted_model()),
-        settings=SETTINGS.less(),
+        settings=lambda wildcards: SETTINGS.less(wildcards.rep),
     script:
         "../workflow_scripts/less_warmup.py"
 
@@ -57,8 +57,8 @@ rule less_gradients:
     input:
         unpack(get_inputs("less_gradients")),
     output:
-        features=LAYOUT.features("less", "{part}"),
-        provenance=provenance(LAYOUT.features("less", "{part}")),
+        features=LAYOUT.features("less", "{part}", "{rep}"),
+        provenance=provenance(LAYOUT.features("less", "{part}", "{rep}")),
     log:
         get_log("less_gradients"),
     benchmark:
@@ -72,6 +72,6 @@ rule less_gradients:
     params:
         model=str(LAYOUT.targeted_model()),
         queries=lambda wildcards: wildcards.part == LAYOUT.QUERIES,
-        settings=SETTINGS.less(),
+        settings=lambda wildcards: SETTINGS.less(wildcards.rep),
     script:
         "../workflow_scripts/less_gradients.py"

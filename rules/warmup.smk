@@ -2,8 +2,8 @@ rule warmup:
     input:
         unpack(get_inputs("warmup")),
     output:
-        weights=LAYOUT.warmup_weights("{loss}"),
-        provenance=provenance(LAYOUT.warmup_weights("{loss}")),
+        weights=LAYOUT.warmup_weights("{loss}", "{rep}"),
+        provenance=provenance(LAYOUT.warmup_weights("{loss}", "{rep}")),
     log:
         get_log("warmup"),
     benchmark:
@@ -15,7 +15,7 @@ rule warmup:
         gpu=get_gpus("warmup"),
         mem_mb=get_mem_mb("warmup"),
     params:
-        checkpoint_dir=lambda wildcards: LAYOUT.warmup_checkpoints(wildcards.loss),
-        settings=lambda wildcards: SETTINGS.warmup(wildcards.loss),
+        checkpoint_dir=lambda wildcards: LAYOUT.warmup_checkpoints(wildcards.loss, wildcards.rep),
+        settings=lambda wildcards: SETTINGS.warmup(wildcards.loss, wildcards.rep),
     script:
         "../workflow_scripts/warmup.py"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selectmoe.errors import ConfigError, SelectMoeError, exit_status
-from selectmoe.schema import section_defaults
+from selectmoe.schema import default_seed, section_defaults
 from selectmoe.workflow.config import build_settings
 
 __all__ = ["main"]
@@ -368,8 +368,6 @@ def _cmd_summarize(args: argparse.Namespace) -> None:
     settings = SummarySettings(
         metric=args.metric,
         confidence_level=args.confidence_level,
-        n_resamples=args.n_resamples,
-        seed=args.seed,
         reference_method=args.reference_method,
     )
     frame = summarize(
@@ -506,7 +504,7 @@ def _add_selection_commands(sub: Any, helps: Mapping[str, str]) -> None:
     p.add_argument("--router-data", required=True, help="directory of *_router_data.pt")
     p.add_argument("--output", required=True, help="clusters.json")
     p.add_argument("--clustering-method", default=selection["clustering_method"])
-    p.add_argument("--seed", type=int, default=selection["seed"])
+    p.add_argument("--seed", type=int, default=default_seed())
     p.add_argument("--debug-print", action="store_true")
     p.add_argument("--set", action="append", default=[], help="clustering_params " + helps["set"])
     p.set_defaults(func=_cmd_cluster)
@@ -533,7 +531,7 @@ def _add_selection_commands(sub: Any, helps: Mapping[str, str]) -> None:
     p.add_argument("--percentage", type=float, help="share of the pool, (0, 1]")
     p.add_argument("--clusters", help="clusters.json of the cluster command (else cluster here)")
     p.add_argument("--clustering-method", default=selection["clustering_method"])
-    p.add_argument("--seed", type=int, default=selection["seed"])
+    p.add_argument("--seed", type=int, default=default_seed())
     p.add_argument("--debug-print", action="store_true")
     p.add_argument("--set", action="append", default=[], help="clustering_params " + helps["set"])
     p.set_defaults(func=_cmd_select)
@@ -596,8 +594,6 @@ def _add_evidence_commands(sub: Any, helps: Mapping[str, str]) -> None:
     summary = section_defaults("summary")
     p.add_argument("--metric", default=summary["metric"], help="per-document metric of the samples")
     p.add_argument("--confidence-level", type=float, default=summary["confidence_level"])
-    p.add_argument("--n-resamples", type=int, default=summary["n_resamples"])
-    p.add_argument("--seed", type=int, default=summary["seed"])
     p.add_argument("--reference-method", default=summary["reference_method"])
     p.set_defaults(func=_cmd_summarize)
 

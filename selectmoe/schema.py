@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SCHEMA_PATH", "load_schema", "section_defaults"]
+__all__ = ["SCHEMA_PATH", "default_seed", "load_schema", "section_defaults"]
 
 #: The workflow's JSON schema, in the checkout this package belongs to.
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
@@ -54,3 +54,12 @@ def section_defaults(section: str) -> Mapping[str, Any]:
         for key, value in node.get("properties", {}).items()
         if isinstance(value, Mapping) and "default" in value
     }
+
+
+def default_seed() -> int:
+    """The seed of a stage run outside the workflow: the first default selection replicate.
+
+    In the workflow every random choice of the selection pipeline takes its replicate's seed
+    (``selection.replicates``); a stage called alone (the CLI, a test) takes this one.
+    """
+    return int(section_defaults("selection")["replicates"][0])

@@ -248,7 +248,7 @@ def test_gradient_features_equal_a_direct_computation(
                 )
             ),
             settings.projection_dim,
-            settings.projection_seed,
+            settings.seed,
         )
         weights = []
         for c, checkpoint in enumerate(checkpoint_files(warmup, settings.epochs)):

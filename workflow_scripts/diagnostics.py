@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from selectmoe.evidence.diagnostics import write_diagnostics
+from selectmoe.evidence.overlap import SelectionRun
 from selectmoe.workflow.runtime import run_rule
 
 
@@ -13,7 +14,10 @@ def main(job):
         untrained=list(job.input.untrained),
         output_dir=Path(job.output.markdown).parent,
         labels_path=job.input.get("labels") or None,
-        selections=dict(zip(job.params.selections, job.input.selections, strict=True)),
+        selections=[
+            SelectionRun(path=path, **run)
+            for run, path in zip(job.params.selections, job.input.selections, strict=True)
+        ],
         pool_files=list(job.input.pool),
         method_scores=job.params.method_scores,
         definitions=job.params.definitions,

@@ -36,6 +36,7 @@ from selectmoe.data.labels import CLEAN, PoolLabels, align_labels
 from selectmoe.data.pool import read_selected_keys
 from selectmoe.data.router_data import load_router_data
 from selectmoe.evidence.figures import new_figure, save_figure
+from selectmoe.evidence.overlap import SelectionRun, selection_overlap
 from selectmoe.io import atomic_write_text
 
 __all__ = [
@@ -500,13 +501,14 @@ def write_diagnostics(
     untrained: Sequence[str | os.PathLike[str]] | None,
     output_dir: str | os.PathLike[str],
     labels_path: str | os.PathLike[str] | None = None,
-    selections: Mapping[str, str | os.PathLike[str]] | None = None,
+    selections: Sequence[SelectionRun] | None = None,
     pool_files: Sequence[str | os.PathLike[str]] | None = None,
     method_scores: Mapping[str, Mapping[str, str | os.PathLike[str]]] | None = None,
     definitions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``quality_{loss}.csv`` / ``.png`` per loss type, with labels ``method_scores.csv``
-    and ``planted_share.csv``, and ``diagnostics.md`` (the overview) into ``output_dir``.
+    """Write ``quality_{loss}.csv`` / ``.png`` per loss type, ``selection_overlap.csv``, with
+    labels ``method_scores.csv`` and ``planted_share.csv``, and ``diagnostics.md`` (the
+    overview) into ``output_dir``.
 
     Parameters
     ----------
@@ -517,8 +519,9 @@ def write_diagnostics(
     output_dir : path
     labels_path : path, optional
         The pool's quality labels.
-    selections : mapping of str to path, optional
-        Selection name -> ``selected_data.jsonl`` (planted shares; needs labels and pool_files).
+    selections : sequence of SelectionRun, optional
+        Every selection (replicates included): their overlap (:func:`selection_overlap`) and,
+        with labels and pool_files, their planted shares.
     pool_files : sequence of path, optional
         The pool (for the planted shares).
     method_scores : mapping, optional
@@ -591,10 +594,28 @@ def write_diagnostics(
         columns += [c for c in scores if c.startswith("auroc_")]
         md += _markdown_table(scores, columns)
         md.append("")
+    if selections:
+        overlap = selection_overlap(selections)
+        overlap_path = out / "selection_overlap.csv"
+        atomic_write_text(overlap_path, overlap.to_csv(index=False, lineterminator="\n"))
+        written["selection_overlap"] = str(overlap_path)
+        md += [
+            "## Overlap of the selections",
+            "",
+            "Jaccard index of the selected examples for every pair of rows of the same size, "
+            "replicate r paired with replicate r (a method that selects once with every "
+            "replicate); a row with itself is its stability over replicates. Two random "
+            "selections of a share p of the pool overlap about p / (2 - p).",
+            "",
+        ]
+        md += _markdown_table(overlap, list(overlap.columns))
+        md.append("")
     if labels_path is not None and selections and pool_files:
         pool = load_pool(pool_files)
         shares = planted_shares(
-            selections, labels_path=labels_path, pool_keys=[(e.dataset, e.id) for e in pool]
+            {run.name: run.path for run in selections},
+            labels_path=labels_path,
+            pool_keys=[(e.dataset, e.id) for e in pool],
         )
         share_path = out / "planted_share.csv"
         atomic_write_text(share_path, shares.to_csv(index=False, lineterminator="\n"))

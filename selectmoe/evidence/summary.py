@@ -1,11 +1,14 @@
 """Every sweep point's evaluations in one table (CSV + Markdown) and a plot, with intervals.
 
 A *point* is one (target, method, loss type, percentage): the target without adapter (method
-``base``), the ``full`` pool, and each selection, evaluated once per finetune seed. The table has
-one row per point:
+``base``), the ``full`` pool, and each selection, evaluated once per selection replicate and
+finetune seed. The table has one row per point:
 
-- per task, the mean per-question score over seeds and questions (lm-eval's per-document
-  metric, ``acc`` by default) with its two-way bootstrap interval (:mod:`selectmoe.evidence.stats`);
+- per task, the mean per-question score over replicates, seeds and questions (lm-eval's
+  per-document metric, ``acc`` by default) with its interval over all three sources of chance
+  (:mod:`selectmoe.evidence.stats`);
+- the replicates: how many, the mean of each, their spread, the overlap of their selections
+  (``stability``, the mean Jaccard index over pairs of replicates) and the k each clustered;
 - the unweighted mean over tasks, with its interval;
 - for every point with a percentage, the paired comparison with the reference method
   (``random``) at the same target and percentage: the difference, its interval, the p-value and
@@ -18,7 +21,7 @@ for every task that is not a group, their mean must equal lm-eval's own number i
 file (checked, so that the table can be traced back to lm-eval). A group (``mmlu``) pools the
 questions of its subtasks (lm-eval's size-weighted group mean).
 
-The CSV and Markdown are byte-identical for the same inputs and seed: rows are sorted, columns
+The CSV and Markdown are byte-identical for the same inputs: rows are sorted, columns
 are in a fixed order, floats are written in Python's shortest round-trip form.
 """
 
@@ -38,7 +41,13 @@ import pandas as pd
 from selectmoe.data.lm_eval_results import load_results
 from selectmoe.errors import SelectMoeError
 from selectmoe.evidence.figures import new_figure, save_figure
-from selectmoe.evidence.stats import bootstrap_means, format_p_value, paired_difference
+from selectmoe.evidence.overlap import stability
+from selectmoe.evidence.stats import (
+    format_p_value,
+    mean_intervals,
+    paired_difference,
+    replicate_means,
+)
 from selectmoe.io import atomic_write_text
 from selectmoe.schema import section_defaults
 from selectmoe.selection.kinds import is_targeted
@@ -74,8 +83,6 @@ class SummarySettings:
 
     metric: str = _SUMMARY_DEFAULTS["metric"]
     confidence_level: float = _SUMMARY_DEFAULTS["confidence_level"]
-    n_resamples: int = _SUMMARY_DEFAULTS["n_resamples"]
-    seed: int = _SUMMARY_DEFAULTS["seed"]
     reference_method: str = _SUMMARY_DEFAULTS["reference_method"]
 
     def __post_init__(self) -> None:
@@ -85,8 +92,6 @@ class SummarySettings:
             raise SelectMoeError(
                 f"summary.confidence_level is {self.confidence_level}; it must be in (0, 1)"
             )
-        if isinstance(self.n_resamples, bool) or self.n_resamples < 100:
-            raise SelectMoeError(f"summary.n_resamples is {self.n_resamples}; use at least 100")
 
 
 @dataclass
@@ -95,13 +100,16 @@ class _Point:
     method: str
     loss: str | None
     percentage: float | None
+    replicates: list[Any]
     seeds: list[Any]
     results: list[Path]
     samples: list[Path]
     uses_labels: bool
     n_selected: int | None
     extra: dict[str, Any]
-    # filled when loaded: per task, question keys and the [S, Q] score grid
+    selection_files: list[Path]
+    selected_files: list[Path]
+    # filled when loaded: per task, question keys and the [R, S, Q] score grid
     questions: dict[str, list[tuple[str, Any]]] | None = None
     grids: dict[str, np.ndarray] | None = None
     metric_of: dict[str, str] | None = None
@@ -119,21 +127,26 @@ def summarize(
     """Tabulate every sweep point with intervals and paired comparisons; write CSV, MD and a plot.
 
     Columns, in order: ``target``, ``method``, ``loss``, ``percentage``, ``uses_labels``,
-    ``n_selected``, ``n_seeds``; per task (in ``tasks`` order, default sorted) ``{task}/{metric}``
-    with ``_low`` / ``_high``; ``mean`` (the unweighted mean over tasks) with ``mean_low`` /
-    ``mean_high``; ``vs_{reference}`` (this point minus the reference method at the same target
-    and percentage, paired on seeds and questions) with ``_low``, ``_high``, ``_p`` and
-    ``_verdict`` (``better`` / ``worse`` when the interval excludes 0, else ``no difference
-    shown``); any extra keys of the points, sorted by name; ``results`` (the first seed's
-    results JSON).
+    ``n_selected``, ``n_replicates``, ``n_seeds`` (per replicate); per task (in ``tasks`` order,
+    default sorted) ``{task}/{metric}`` with ``_low`` / ``_high``; ``mean`` (the unweighted mean
+    over tasks) with ``mean_low`` / ``mean_high``; ``replicate_means`` (each replicate's mean,
+    ``;``-separated), ``replicate_sd`` (their standard deviation), ``stability`` (the mean
+    Jaccard index of the replicates' selections), ``k`` (each replicate's number of clusters,
+    ``;``-separated, when it clustered); ``vs_{reference}`` (this point minus the reference
+    method at the same target and percentage, paired on replicates, seeds and questions) with
+    ``_low``, ``_high``, ``_p`` and ``_verdict`` (``better`` / ``worse`` when the interval
+    excludes 0, else ``no difference shown``); any extra keys of the points, sorted by name;
+    ``results`` (the first evaluation's results JSON).
 
     Parameters
     ----------
     points : sequence of mapping
         One per evaluated model: ``{"target": str, "method": str, "loss": str | None,
-        "percentage": float | None, "results": [results.json per seed], "samples":
-        [samples.jsonl per seed], "seeds": [seed per evaluation] (optional), "uses_labels": bool
-        (optional), "n_selected" or "selection_json" (optional), ...extra columns}``.
+        "percentage": float | None, "results": [results.json per evaluation], "samples":
+        [samples.jsonl per evaluation], "replicates": [replicate per evaluation] (optional: one
+        replicate), "seeds": [seed per evaluation] (optional), "uses_labels": bool (optional),
+        "n_selected" or "selection_json" (a path, or one per replicate; optional), "selected"
+        (each replicate's selected_data.jsonl; optional), ...extra columns}``.
     output_csv, output_md : path
         The table as CSV (full precision) and as Markdown (3 decimals, intervals in brackets,
         with a note on how to read it).
@@ -144,7 +157,7 @@ def summarize(
     tasks : sequence of str, optional
         Tasks to tabulate; default: every task the points were evaluated on.
     settings : SummarySettings, optional
-        Metric, confidence level, bootstrap size and seed, reference method.
+        Metric, confidence level, reference method.
 
     Returns
     -------
@@ -155,8 +168,9 @@ def summarize(
     ------
     SelectMoeError
         On a malformed point, a missing or invalid results / samples / selection file (named),
-        a task without the metric, samples that disagree with lm-eval's results, seeds of one
-        point evaluated on different questions, or two points with the same key.
+        a task without the metric, samples that disagree with lm-eval's results, evaluations of
+        one point on different questions, replicates with different numbers of seeds, or two
+        points with the same key.
     """
     settings = settings or SummarySettings()
     if isinstance(points, Mapping) or not isinstance(points, Sequence) or not points:
@@ -178,12 +192,7 @@ def summarize(
     rows = []
     for point in normalized:
         grids = [point.grids[task] for task in task_list]
-        overall, per_task = bootstrap_means(
-            grids,
-            confidence=settings.confidence_level,
-            n_resamples=settings.n_resamples,
-            seed=settings.seed,
-        )
+        overall, per_task = mean_intervals(grids, confidence=settings.confidence_level)
         row: dict[str, Any] = {
             "target": point.target,
             "method": point.method,
@@ -191,7 +200,8 @@ def summarize(
             "percentage": point.percentage,
             "uses_labels": point.uses_labels,
             "n_selected": point.n_selected,
-            "n_seeds": len(point.seeds),
+            "n_replicates": grids[0].shape[0],
+            "n_seeds": grids[0].shape[1],
         }
         for task, interval in zip(task_list, per_task, strict=True):
             name = f"{task}/{metric_names[task]}"
@@ -201,6 +211,7 @@ def summarize(
                 interval.high,
             )
         row["mean"], row["mean_low"], row["mean_high"] = overall.estimate, overall.low, overall.high
+        row.update(_replicate_columns(point, grids))
         other = by_key.get((point.target, reference, point.percentage))
         comparison = None
         if other is not None and other is not point and point.percentage is not None:
@@ -229,6 +240,7 @@ def summarize(
     for name in extra_names:
         frame[name] = [point.extra.get(name) for point in normalized]
     frame["results"] = [os.fspath(point.results[0]) for point in normalized]
+    frame["stability"] = frame["stability"].astype("float64")
     order = sorted(range(len(normalized)), key=lambda i: _sort_key(normalized[i]))
     frame = frame.iloc[order].reset_index(drop=True)
 
@@ -267,6 +279,13 @@ def _normalize_point(point: Any, position: int) -> _Point:
     seeds = list(point.get("seeds") or [None] * len(files["results"]))
     if len(seeds) != len(files["results"]):
         raise SelectMoeError(f"{where}: {len(seeds)} seeds for {len(files['results'])} results")
+    replicates = list(point.get("replicates") or [None] * len(files["results"]))
+    if len(replicates) != len(files["results"]):
+        raise SelectMoeError(
+            f"{where}: {len(replicates)} replicates for {len(files['results'])} results"
+        )
+    selection_files = _paths(point.get("selection_json"))
+    selected_files = _paths(point.get("selected"))
 
     loss = point.get("loss")
     if loss == "":
@@ -285,12 +304,13 @@ def _normalize_point(point: Any, position: int) -> _Point:
         if not math.isfinite(percentage) or percentage < 0:
             raise SelectMoeError(f"{where}: 'percentage' must be >= 0, got {percentage!r}")
 
-    own = {*_KEY_COLUMNS, "results", "samples", "seeds", "uses_labels", "n_selected"}
+    own = {*_KEY_COLUMNS, "results", "samples", "seeds", "replicates", "uses_labels"}
+    own |= {"n_selected", "selected"}
     extra = {}
+    if selection_files:
+        extra["selection_json"] = ";".join(dict.fromkeys(map(os.fspath, selection_files)))
     for name, value in point.items():
         if name in own or name == "selection_json":
-            if name == "selection_json" and value not in (None, ""):
-                extra[name] = os.fspath(value)
             continue
         if not isinstance(name, str) or not name:
             raise SelectMoeError(f"{where}: column names must be non-empty strings, got {name!r}")
@@ -300,13 +320,25 @@ def _normalize_point(point: Any, position: int) -> _Point:
         method=point["method"],
         loss=loss,
         percentage=percentage,
+        replicates=replicates,
         seeds=seeds,
         results=files["results"],
         samples=files["samples"],
         uses_labels=bool(point.get("uses_labels", False)),
-        n_selected=_n_selected(point, where),
+        n_selected=_n_selected(point, selection_files, where),
         extra=extra,
+        selection_files=selection_files,
+        selected_files=selected_files,
     )
+
+
+def _paths(value: Any) -> list[Path]:
+    """A path, or a list of paths (one per replicate), as a list; empty for None."""
+    if value in (None, ""):
+        return []
+    if isinstance(value, str | os.PathLike):
+        return [Path(value)]
+    return [Path(v) for v in value]
 
 
 def _cell(value: Any) -> Any:
@@ -354,28 +386,51 @@ def _sort_key(point: _Point) -> tuple[Any, ...]:
     )
 
 
-def _n_selected(point: Mapping[str, Any], where: str) -> int | None:
-    """The point's ``n_selected``: given directly, read from its ``selection_json``, or None."""
+def _n_selected(
+    point: Mapping[str, Any], selection_files: Sequence[Path], where: str
+) -> int | None:
+    """The point's ``n_selected``: given directly, read from its (first) ``selection_json``, or
+    None."""
     value = point.get("n_selected")
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SelectMoeError(f"{where}: 'n_selected' must be an integer >= 0, got {value!r}")
         return value
-    if point.get("selection_json") in (None, ""):
+    if not selection_files:
         return None
-    path = Path(point["selection_json"])
+    path = selection_files[0]
+    data = _read_selection(path)
+    value = data.get("n_selected")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SelectMoeError(
+            f"selection file {path} has no non-negative integer 'n_selected' (got {value!r})"
+        )
+    return value
+
+
+def _read_selection(path: Path) -> Mapping[str, Any]:
+    """A ``selection.json``, checked to be a JSON object."""
     if not path.is_file():
         raise SelectMoeError(f"selection file not found: {path}; run the selection step first")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SelectMoeError(f"invalid JSON in selection file {path}: {err}") from err
-    value = data.get("n_selected") if isinstance(data, Mapping) else None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SelectMoeError(
-            f"selection file {path} has no non-negative integer 'n_selected' (got {value!r})"
-        )
-    return value
+    if not isinstance(data, Mapping):
+        raise SelectMoeError(f"selection file {path} is not a JSON object")
+    return data
+
+
+def _replicate_columns(point: _Point, grids: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Each replicate's mean, their spread, the selections' stability and each k."""
+    means = replicate_means(grids)
+    ks = [_read_selection(path).get("k") for path in point.selection_files]
+    return {
+        "replicate_means": ";".join(repr(float(mean)) for mean in means),
+        "replicate_sd": float(np.std(means, ddof=1)) if len(means) > 1 else math.nan,
+        "stability": stability(point.selected_files) if len(point.selected_files) > 1 else math.nan,
+        "k": ";".join(str(k) for k in ks) if any(k is not None for k in ks) else None,
+    }
 
 
 # --------------------------------------------------------------------------- scores
@@ -437,7 +492,8 @@ def _choose_metric(task: str, records: Sequence[Mapping[str, Any]], wanted: str)
 
 
 def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: str) -> list[str]:
-    """Read every point's samples into ``[seeds, questions]`` grids; return the task list."""
+    """Read every point's samples into ``[replicates, seeds, questions]`` grids; return the task
+    list."""
     chosen: dict[str, str] = {}
     task_list: list[str] | None = None
     for point in points:
@@ -481,6 +537,7 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
                 _check_against_results(results, results_path, task, leaves, values, name)
                 by_task[task] = values
             per_seed.append(by_task)
+        groups = _replicate_groups(point)
         for task in task_list or []:
             keys = sorted(per_seed[0][task], key=_question_order)
             for seed_index, by_task in enumerate(per_seed[1:], 1):
@@ -490,12 +547,29 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
                         "evaluated on different documents; evaluate every seed on the same ones"
                     )
             point.questions[task] = keys
-            point.grids[task] = np.array(
+            flat = np.array(
                 [[by_task[task][key] for key in keys] for by_task in per_seed], dtype=np.float64
             )
+            point.grids[task] = np.stack([flat[rows] for rows in groups])
             point.metric_of[task] = chosen[task]
     assert task_list is not None
     return task_list
+
+
+def _replicate_groups(point: _Point) -> list[list[int]]:
+    """The evaluations of each replicate (in order of first appearance); every replicate must
+    have as many (finetune seeds) as the others."""
+    groups: dict[Any, list[int]] = {}
+    for index, replicate in enumerate(point.replicates):
+        groups.setdefault(replicate, []).append(index)
+    sizes = {len(rows) for rows in groups.values()}
+    if len(sizes) != 1:
+        counts = ", ".join(f"{r}: {len(rows)}" for r, rows in groups.items())
+        raise SelectMoeError(
+            f"{point.target}/{point.method}: its replicates have different numbers of finetune "
+            f"seeds ({counts}); evaluate every replicate with the same seeds"
+        )
+    return list(groups.values())
 
 
 def _question_order(key: tuple[str, Any]) -> tuple[str, int, Any]:
@@ -530,10 +604,11 @@ def _check_against_results(
 
 
 def _compare(point: _Point, other: _Point, tasks: Sequence[str], settings: SummarySettings):
-    if len(point.seeds) != len(other.seeds):
+    shapes = [point.grids[tasks[0]].shape[:2], other.grids[tasks[0]].shape[:2]]
+    if shapes[0] != shapes[1]:
         raise SelectMoeError(
             f"{point.method} and {other.method} at {point.target}/{point.percentage:g} have "
-            f"{len(point.seeds)} and {len(other.seeds)} seeds; a paired comparison needs the same"
+            f"{shapes[0]} and {shapes[1]} (replicates, seeds); a paired comparison needs the same"
         )
     for task in tasks:
         if point.questions[task] != other.questions[task]:
@@ -545,8 +620,6 @@ def _compare(point: _Point, other: _Point, tasks: Sequence[str], settings: Summa
         [point.grids[task] for task in tasks],
         [other.grids[task] for task in tasks],
         confidence=settings.confidence_level,
-        n_resamples=settings.n_resamples,
-        seed=settings.seed,
     )
 
 
@@ -582,7 +655,8 @@ def _to_markdown(
     """A readable table: every score with its interval, the paired comparison and its verdict."""
     level = f"{settings.confidence_level:.0%}"
     header = ["target", "method", "loss", "%", "n", *(f"{t} ({metric_names[t]})" for t in tasks)]
-    header += [f"mean [{level}]", f"vs {reference} [{level}]", "p", "verdict"]
+    header += [f"mean [{level}]", "replicates", "overlap"]
+    header += [f"vs {reference} [{level}]", "p", "verdict"]
     lines = [
         "| " + " | ".join(_escape(h) for h in header) + " |",
         "| " + " | ".join(["---"] * 3 + ["---:"] * (len(header) - 4) + ["---"]) + " |",
@@ -600,25 +674,32 @@ def _to_markdown(
             name = f"{task}/{metric_names[task]}"
             cells.append(_interval_text(row[name], row[f"{name}_low"], row[f"{name}_high"]))
         cells.append(_interval_text(row["mean"], row["mean_low"], row["mean_high"]))
+        means = str(row["replicate_means"]).split(";")
+        cells.append(" / ".join(f"{float(m):.3f}" for m in means) if len(means) > 1 else "")
+        cells.append("" if pd.isna(row["stability"]) else f"{row['stability']:.2f}")
         cells.append(
             _interval_text(row[prefix], row[f"{prefix}_low"], row[f"{prefix}_high"], signed=True)
         )
-        cells.append(format_p_value(row[f"{prefix}_p"], settings.n_resamples))
+        cells.append(format_p_value(row[f"{prefix}_p"]))
         verdict = row[f"{prefix}_verdict"]
         cells.append(verdict if isinstance(verdict, str) else "")
         lines.append("| " + " | ".join(cells) + " |")
+    replicates = max(int(n) for n in frame["n_replicates"])
     seeds = max(int(n) for n in frame["n_seeds"])
     notes = [
         "",
-        f"Scores are means over the evaluation questions and the finetune seeds ({seeds} per "
-        f"finetuned row; the base model is evaluated once), with {level} intervals from a "
-        f"two-way bootstrap ({settings.n_resamples} resamples of seeds and questions). "
-        f"`vs {reference}` is the difference to {reference} at the same target and percentage, "
-        "paired on seeds and "
-        "questions, with its interval and two-sided bootstrap p-value. The verdict says better "
-        "or worse only when the interval excludes zero; overlapping rows are not evidence of a "
-        "difference. Several comparisons are made: expect about one in twenty to exclude zero by "
-        "chance.",
+        f"Scores are means over the evaluation questions, the selection replicates ({replicates} "
+        f"per finetuned row, each selected with its own seed) and their finetune seeds ({seeds} "
+        "per replicate); the base model is evaluated once. The "
+        f"{level} intervals cover all three sources of chance (variance components: replicates "
+        "with their seeds nested, and questions; t quantiles, docs/summary.md). `replicates` "
+        "lists each replicate's mean; `overlap` is the mean Jaccard index of the replicates' "
+        f"selections (1: the same examples every time). `vs {reference}` is the difference to "
+        f"{reference} at the same target and percentage, replicate r paired with {reference}'s "
+        "replicate r, seeds and questions paired too, with its interval and two-sided p-value. "
+        "The verdict says better or worse only when the interval excludes zero; overlapping "
+        "rows are not evidence of a difference. Several comparisons are made: expect about one "
+        "in twenty to exclude zero by chance.",
     ]
     if frame["uses_labels"].any():
         notes += ["", LABELS_NOTE]

@@ -47,6 +47,7 @@ __all__ = [
     "SelectMoePreTrainedModel",
     "SelectMoeQualityGate",
     "check_trash_expert_mode",
+    "initialize_quality_gates",
     "register_select_moe",
     "register_trash_expert",
 ]
@@ -422,6 +423,38 @@ class SelectMoeForCausalLM(SelectMoePreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             router_logits=router_outputs if want_router else None,
         )
+
+
+@torch.no_grad()
+def initialize_quality_gates(model: nn.Module, seed: int) -> int:
+    """Draw every quality gate of ``model`` anew from ``N(quality_gate_init_mean, std)``.
+
+    A selection replicate starts its warmup from its own gates (the converted model's come from
+    ``base_model.conversion_seed``, shared by every replicate). The draws come from a generator
+    seeded by ``seed``, gate after gate in module order, so they do not depend on the global
+    random state.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A Select-MoE model (or one wrapping it); its gates are the :class:`SelectMoeQualityGate`
+        modules, each of weight shape ``[1, hidden_size]``.
+    seed : int
+
+    Returns
+    -------
+    int
+        The number of gates drawn.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    gates = [m for m in model.modules() if isinstance(m, SelectMoeQualityGate)]
+    for gate in gates:
+        config = model.config if hasattr(model, "config") else None
+        mean = getattr(config, "quality_gate_init_mean", 0.0)
+        std = getattr(config, "quality_gate_init_std", 0.02)
+        drawn = torch.randn(gate.weight.shape, generator=generator, dtype=torch.float32)
+        gate.weight.copy_((drawn * std + mean).to(gate.weight.dtype))
+    return len(gates)
 
 
 def register_select_moe() -> None:

@@ -369,15 +369,16 @@ def _selections(config: Mapping[str, Any], rule: str, target: str) -> tuple[dict
     jobs: dict[str, int] = {}
     for name, wildcards in _jobs(config):
         if name == rule and wildcards.get("target") == target:
-            label, fraction = _label(wildcards["selection"])
+            label, fraction = _label(wildcards["row"])
             fractions[label] = fraction
             jobs[label] = jobs.get(label, 0) + 1
     return fractions, jobs
 
 
 def _n_seeds(config: Mapping[str, Any]) -> int:
-    """Finetune runs per selection (``finetune.seeds``)."""
-    return len(_section(config, "finetune")["seeds"])
+    """Finetune runs per row: selection replicates times finetune seeds."""
+    replicates = len(_section(config, "selection")["replicates"])
+    return replicates * len(_section(config, "finetune")["seeds"])
 
 
 @dataclass(frozen=True)
@@ -498,7 +499,7 @@ def finetune_plan(
     config: Mapping[str, Any], target: str, shape: ModelShape, assumptions: Assumptions
 ) -> StagePlan:
     """Stage 3 (``selectmoe.stages.finetune.run_finetune``) for one target: :func:`lora_training` on
-    every selection, ``finetune.seeds`` times."""
+    every row, once per selection replicate and finetune seed."""
     settings = _finetune_settings(config, target)
     gpus = int(config.get("resources", {}).get("gpus", {}).get("finetune", 1) or 1)
     shards = gpus if settings.get("sharding", "ddp") == "fsdp" and gpus > 1 else 1
@@ -515,7 +516,7 @@ def finetune_plan(
         f"LoRA r={int(settings['lora_r'])} on {', '.join(settings['target_modules'])}: "
         f"{training.lora:,} parameters",
         f"{training.epochs} epochs, batch {batch} x {length}",
-        f"{seeds} finetune seed(s) per selection",
+        f"{seeds} finetune(s) per row (replicates x seeds)",
     ]
     if settings.get("gradient_checkpointing"):
         notes.append("gradient checkpointing on")
@@ -587,12 +588,12 @@ def evaluate_plan(
     )
     seconds = prefill + decode_steps * weight_read
     seeds = _n_seeds(config)
-    # one job per selection evaluates every seed's adapter on one loaded model, + the base model
+    # one job per row evaluates every replicate's adapters on one loaded model, + the base model
     selections = _count(config, "evaluate", target=target)
     jobs = selections + _count(config, "evaluate_base", target=target)
     evaluations = selections * seeds + 1
     notes.append(f"{dtype} weights (the workflow passes no dtype to lm-eval)")
-    notes.append(f"{seeds} adapter(s) per job, one base-model load")
+    notes.append(f"{seeds} adapter(s) per job (replicates x seeds), one base-model load")
     return StagePlan(
         stage="evaluate",
         model=shape.name,

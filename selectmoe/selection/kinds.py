@@ -146,8 +146,9 @@ class MethodKind:
         Reads the pool's quality labels, which a real pool lacks (marked ``‡``).
     targeted : bool
         Selects for the evaluation tasks' query sets (marked ``†``).
-    deterministic : bool
-        Its selection does not depend on the selection seed.
+    deterministic : tuple of str
+        Its methods whose selection involves no chance: they select once, not once per
+        selection replicate (their replicates differ only in the finetune seed).
     description : str
         One line for the documentation and ``selection.json``.
     """
@@ -161,7 +162,7 @@ class MethodKind:
     uses_percentage: bool = True
     uses_labels: bool = False
     targeted: bool = False
-    deterministic: bool = False
+    deterministic: tuple[str, ...] = ()
     description: str = ""
 
     @property
@@ -257,11 +258,13 @@ def register_selection_method(
 
 def _routed_inputs(layout: Any, selection: Any) -> dict[str, list[str]]:
     inputs = {
-        "router_data": [layout.router_data(selection.loss, d) for d in layout.datasets],
+        "router_data": [
+            layout.router_data(selection.loss, d, selection.replicate) for d in layout.datasets
+        ],
         "pool": layout.pool_files(),
     }
     if uses_clusters(selection.method, layout.definitions):
-        inputs["clusters"] = [layout.clusters(selection.loss)]
+        inputs["clusters"] = [layout.clusters(selection.loss, selection.replicate)]
     return inputs
 
 
@@ -275,8 +278,10 @@ def _reference_inputs(layout: Any, selection: Any) -> dict[str, list[str]]:
 
 def _targeted_inputs(layout: Any, selection: Any) -> dict[str, list[str]]:
     return {
-        "features": [layout.features(selection.method, d) for d in layout.datasets],
-        "queries": [layout.features(selection.method, layout.QUERIES)],
+        "features": [
+            layout.features(selection.method, d, selection.replicate) for d in layout.datasets
+        ],
+        "queries": [layout.features(selection.method, layout.QUERIES, selection.replicate)],
         "pool": layout.pool_files(),
     }
 
@@ -550,7 +555,7 @@ register_method_kind(
         load=_load_pool,
         choose=_choose_full,
         uses_percentage=False,
-        deterministic=True,
+        deterministic=("full",),
         description="the whole pool",
     )
 )
@@ -573,6 +578,7 @@ register_method_kind(
         load=_load_targeted,
         choose=_choose_targeted,
         targeted=True,
+        deterministic=("rds",),
         description="the pool examples most similar to the evaluation tasks' query sets",
     )
 )

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from selectmoe.hashing import file_sha256, text_sha256
 from selectmoe.io import atomic_output_dir, atomic_torch_save, atomic_write_json
 from selectmoe.model.losses import causal_lm_loss
 from selectmoe.model.source import require_model_source
-from selectmoe.schema import section_defaults
+from selectmoe.schema import default_seed, section_defaults
 from selectmoe.selection.targeted import save_features
 from selectmoe.training.distributed import resolve_device
 from selectmoe.training.gradients import (
@@ -80,11 +80,10 @@ class LessSettings(LoraTrainingSettings):
     effective_batch_size: int = _TARGETED_LESS_DEFAULTS["effective_batch_size"]
     warmup_share: float = _TARGETED_LESS_DEFAULTS["warmup_share"]
     projection_dim: int = _TARGETED_LESS_DEFAULTS["projection_dim"]
-    projection_seed: int = _TARGETED_LESS_DEFAULTS["projection_seed"]
     batch_size: int = _TARGETED_LESS_DEFAULTS["batch_size"]
     shard_size: int = _TARGETED_LESS_DEFAULTS["shard_size"]
     device: str = _TARGETED_LESS_DEFAULTS["device"]
-    seed: int = 42
+    seed: int = field(default_factory=default_seed)
 
     def __post_init__(self) -> None:
         if not 0 < self.warmup_share <= 1:
@@ -280,7 +279,7 @@ def run_less_gradients(
     batches = length_sorted_batches(encoded, batch_size=settings.batch_size)
     shards = _shard_plan([len(batch) for batch in batches], settings.shard_size)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    projection = RademacherProjection(n_params, settings.projection_dim, settings.projection_seed)
+    projection = RademacherProjection(n_params, settings.projection_dim, settings.seed)
     shard_dir = Path(f"{os.fspath(output)}.shards")
     fingerprint = _fingerprint(
         data=[(e.dataset, e.id) for e in examples],

@@ -50,10 +50,11 @@ from selectmoe.model.losses import get_quality_loss
 from selectmoe.model.modeling_select_moe import (
     SelectMoeForCausalLM,
     check_trash_expert_mode,
+    initialize_quality_gates,
     register_select_moe,
 )
 from selectmoe.model.warmed import PEFT_MODES, QUALITY_GATE_TARGET, apply_router_lora
-from selectmoe.schema import section_defaults
+from selectmoe.schema import default_seed, section_defaults
 from selectmoe.training.checkpoints import clear_checkpoints, settings_fingerprint
 from selectmoe.training.distributed import distributed_info, resolve_device
 from selectmoe.training.loop import (
@@ -107,7 +108,8 @@ class WarmupSettings(QualityLossParameters):
     per_device_batch_size: int = _WARMUP_DEFAULTS["per_device_batch_size"]
     warmup_ratio: float = _WARMUP_DEFAULTS["warmup_ratio"]
     max_sequence_length: int = _WARMUP_DEFAULTS["max_sequence_length"]
-    seed: int = _WARMUP_DEFAULTS["seed"]
+    seed: int = field(default_factory=default_seed)
+    gate_init_seed: int | None = None
     quality_loss_type: str = "sigmoid"
     quality_loss_weight: float = _WARMUP_DEFAULTS["quality_loss_weight"]
     trash_expert_mode: str = _WARMUP_DEFAULTS["trash_expert_mode"]
@@ -199,6 +201,8 @@ def run_warmup(
     model = SelectMoeForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     for key in MODEL_OVERRIDE_KEYS:
         setattr(model.config, key, getattr(settings, key))
+    if settings.gate_init_seed is not None:  # a replicate's own gates (not the conversion's)
+        initialize_quality_gates(model, settings.gate_init_seed)
 
     n_layers = model.config.num_hidden_layers
     lora_config = None

@@ -8,19 +8,25 @@ sweep. Adding a wildcard to an artefact is one edit here and one in the rule tha
 
 Paths (under ``results_dir``)::
 
-    models/{base}/converted                            convert
-    warmup/{loss}/full_rank_weights.pt                 warmup
-    router_data/{loss}/{dataset}_router_data.pt        score (loss "untrained": score_untrained)
-    clusters/{loss}/clusters.json                      cluster
-    targeted/{rds|less}/{part}_features.pt             represent / less_gradients
-    artefacts/{name}/{key}                             artefact (a plugin's)
-    selection/{selection}/selected_data.jsonl          select (+ selection.json, scores, plots)
-    finetune/{target}/{selection}/seed{seed}/adapter   finetune
-    eval/{target}/{selection}/seed{seed}/results.json  evaluate (eval/{target}/base: base)
+    models/{base}/converted                              convert
+    warmup/{loss}/r{rep}/full_rank_weights.pt            warmup
+    router_data/{loss}/r{rep}/{dataset}_router_data.pt   score
+    router_data/untrained/{dataset}_router_data.pt       score_untrained
+    clusters/{loss}/r{rep}/clusters.json                 cluster
+    targeted/rds/{part}_features.pt                      represent
+    targeted/less/r{rep}/{part}_features.pt              less_gradients (less_warmup: .../warmup)
+    artefacts/{name}/{key}                               artefact (a plugin's)
+    selection/{selection}/selected_data.jsonl            select (+ selection.json, scores, plots)
+    finetune/{target}/{row}/r{rep}/seed{seed}/adapter    finetune
+    eval/{target}/{row}/r{rep}/seed{seed}/results.json   evaluate (eval/{target}/base: base)
 
-A ``{selection}`` is ``{method}/{loss}/p{pct}`` for a method that reads one loss type's router
-data, ``{method}/p{pct}`` for one that does not, and ``{method}`` for the whole pool (``full``):
-the method's kind decides (:mod:`selectmoe.selection.kinds`).
+A ``{row}`` (a row of the summary) is ``{method}/{loss}/p{pct}`` for a method that reads one
+loss type's router data, ``{method}/p{pct}`` for one that does not, and ``{method}`` for the
+whole pool (``full``): the method's kind decides (:mod:`selectmoe.selection.kinds`). A
+``{selection}`` is ``{row}/r{rep}``, one per selection replicate (``selection.replicates``: the
+seed of every random choice of the pipeline), or the ``{row}`` alone for a method whose
+selection involves no chance (``rds``, ``full``): it selects once, and its replicates differ
+only in their finetune seed (``1000 * rep + seed``).
 
 Every input a rule reads is returned by :meth:`Layout.inputs` as a :class:`Ref` when a rule of
 the workflow makes it: a path (what Snakemake sees) that also names the job making it, so that
@@ -57,11 +63,13 @@ UNTRAINED = "untrained"
 #: Path fragments of the sweep's dimensions, spelled here only.
 _PERCENT = "p{pct}"
 _SEED = "seed{seed}"
+_REPLICATE = "r{rep}"
+_REPLICATE_PATTERN = re.compile(r"r([0-9]+)")
 
 
 @dataclass(frozen=True)
 class Selection:
-    """One selection of the sweep.
+    """One selection of the sweep, or (``replicate`` None) a row of the summary.
 
     Attributes
     ----------
@@ -70,29 +78,49 @@ class Selection:
         The quality-loss type of the router data it reads; None when its kind reads none.
     percentage : float
         The selected share of the pool, in (0, 1]; 1.0 for a selection of the whole pool.
+    replicate : int or None
+        The selection replicate (its seed); None for a method that selects once, or for a row.
     """
 
     method: str
     loss: str | None
     percentage: float
+    replicate: int | None = None
 
     @property
-    def path(self) -> str:
+    def row(self) -> str:
         """``{method}/{loss}/p{pct}``, ``{method}/p{pct}`` or ``{method}`` (whole pool)."""
         if self.method == FULL:
             return FULL
         share = _PERCENT.format(pct=f"{self.percentage:g}")
         return f"{self.method}/{self.loss}/{share}" if self.loss else f"{self.method}/{share}"
 
+    @property
+    def path(self) -> str:
+        """:attr:`row`, with ``/r{rep}`` for a replicate."""
+        if self.replicate is None:
+            return self.row
+        return f"{self.row}/{_REPLICATE.format(rep=self.replicate)}"
+
+    def of_row(self) -> Selection:
+        """The summary row of this selection (no replicate)."""
+        return Selection(self.method, self.loss, self.percentage)
+
     @classmethod
     def from_path(cls, path: str) -> Selection:
-        """The selection of a path (the inverse of :attr:`path`)."""
-        if path == FULL:
-            return cls(FULL, None, 1.0)
+        """The selection of a path or row (the inverse of :attr:`path`)."""
         parts = path.split("/")
+        replicate = None
+        if len(parts) > 1 and _REPLICATE_PATTERN.fullmatch(parts[-1]):
+            replicate = int(parts.pop()[1:])
+        if parts == [FULL]:
+            return cls(FULL, None, 1.0, replicate)
         if len(parts) not in (2, 3) or not parts[-1].startswith("p"):
-            raise ValueError(f"{path!r} is not a selection path ({{method}}[/{{loss}}]/p{{pct}})")
-        return cls(parts[0], parts[1] if len(parts) == 3 else None, float(parts[-1][1:]))
+            raise ValueError(
+                f"{path!r} is not a selection path ({{method}}[/{{loss}}]/p{{pct}}[/r{{rep}}])"
+            )
+        loss = parts[1] if len(parts) == 3 else None
+        return cls(parts[0], loss, float(parts[-1][1:]), replicate)
 
 
 class Ref(str):
@@ -160,21 +188,26 @@ RULES: dict[str, RuleSpec] = {
     "validate_data": _spec("validate_data"),
     "convert": _spec("convert", stage="convert", ledger="selection"),
     "verify_conversion": _spec("verify_conversion", stage="convert"),
-    "warmup": _spec("warmup", "/{loss}", stage="warmup", ledger="selection"),
-    "score": _spec("score", "/{loss}/{dataset}", stage="score", ledger="selection"),
+    "warmup": _spec("warmup", f"/{{loss}}/{_REPLICATE}", stage="warmup", ledger="selection"),
+    "score": _spec(
+        "score", f"/{{loss}}/{_REPLICATE}/{{dataset}}", stage="score", ledger="selection"
+    ),
     "score_untrained": _spec("score", f"/{UNTRAINED}/{{dataset}}", stage="score"),
-    "cluster": _spec("cluster", "/{loss}", stage="select", ledger="selection"),
+    "cluster": _spec("cluster", f"/{{loss}}/{_REPLICATE}", stage="select", ledger="selection"),
     "represent": _spec("represent", "/{part}", stage="represent", ledger="selection"),
-    "less_warmup": _spec("less_warmup", stage="less_warmup", ledger="selection"),
+    "less_warmup": _spec("less_warmup", f"/{_REPLICATE}", stage="less_warmup", ledger="selection"),
     "less_gradients": _spec(
-        "less_gradients", "/{part}", stage="less_gradients", ledger="selection"
+        "less_gradients", f"/{_REPLICATE}/{{part}}", stage="less_gradients", ledger="selection"
     ),
     "artefact": _spec("artefacts", "/{name}/{key}", stage="artefact", ledger="selection"),
     "select": _spec("select", "/{selection}", ledger="selection"),
     "finetune": _spec(
-        "finetune", f"/{{target}}/{{selection}}/{_SEED}", stage="finetune", ledger="training"
+        "finetune",
+        f"/{{target}}/{{row}}/{_REPLICATE}/{_SEED}",
+        stage="finetune",
+        ledger="training",
     ),
-    "evaluate": _spec("evaluate", "/{target}/{selection}", stage="evaluate", ledger="evaluation"),
+    "evaluate": _spec("evaluate", "/{target}/{row}", stage="evaluate", ledger="evaluation"),
     "evaluate_base": _spec("evaluate", "/{target}/base", stage="evaluate", ledger="evaluation"),
     "summarize": _spec("summarize"),
     "costs": _spec("costs"),
@@ -218,6 +251,7 @@ class Layout:
         self.definitions: dict[str, Any] = dict(selection.get("method_definitions") or {})
         self.targets: list[str] = list(config["targets"])
         self.seeds: list[int] = [int(seed) for seed in config["finetune"]["seeds"]]
+        self.replicates: list[int] = [int(r) for r in selection["replicates"]]
         self.targeted: Mapping[str, Any] = config.get("targeted") or {}
 
     # ---------------------------------------------------------------------------- helpers
@@ -257,9 +291,19 @@ class Layout:
 
     # ------------------------------------------------------------------------- the sweep
 
-    def selections(self) -> list[Selection]:
-        """Every selection of the sweep, in sweep order: per method (in ``methods`` order) every
-        loss type and percentage, then ``full`` when ``full_baseline``."""
+    @property
+    def first_replicate(self) -> int:
+        """The replicate whose warmup, router data and scores the report and diagnostics show."""
+        return self.replicates[0]
+
+    def replicated(self, method: str) -> bool:
+        """Whether ``method`` selects once per replicate (its selection involves chance)."""
+        return method not in self.kind(method).deterministic
+
+    def rows(self) -> list[Selection]:
+        """Every row of the summary (a selection without its replicate), in sweep order: per
+        method (in ``methods`` order) every loss type and percentage, then ``full`` when
+        ``full_baseline``."""
         found = []
         for method in self.methods:
             kind = self.kind(method)
@@ -273,9 +317,37 @@ class Layout:
             found.append(Selection(FULL, None, 1.0))
         return found
 
+    def selection_of(self, row: Selection, replicate: int) -> Selection:
+        """The selection that replicate ``replicate`` of ``row`` finetunes on: its own, or the
+        one selection of a method without chance."""
+        if not self.replicated(row.method):
+            return row.of_row()
+        return Selection(row.method, row.loss, row.percentage, replicate)
+
+    def row_selections(self, row: Selection) -> list[Selection]:
+        """The distinct selections of a row, in replicate order."""
+        return list(dict.fromkeys(self.selection_of(row, r) for r in self.replicates))
+
+    def selections(self) -> list[Selection]:
+        """Every selection job of the sweep: per row, one per replicate (or one)."""
+        return [selection for row in self.rows() for selection in self.row_selections(row)]
+
     def selection_paths(self) -> list[str]:
         """Every selection of the sweep, as the ``{selection}`` wildcard value."""
         return [selection.path for selection in self.selections()]
+
+    def selection_runs(self) -> list[dict[str, Any]]:
+        """Every selection with its row, size and replicate (the diagnostics' overlap table):
+        ``{"name", "row", "percentage", "replicate"}``."""
+        return [
+            {
+                "name": selection.path,
+                "row": selection.row,
+                "percentage": selection.percentage,
+                "replicate": selection.replicate,
+            }
+            for selection in self.selections()
+        ]
 
     def routed_losses(self) -> list[str]:
         """The loss types with a warmup in the sweep (none when no method reads router data)."""
@@ -291,13 +363,14 @@ class Layout:
 
     def score_selections(self) -> list[str]:
         """Per scoring method of the sweep (routed or targeted) and loss type, the selection
-        whose scores the diagnostics read: the first percentage's (a score does not depend on
-        the percentage)."""
+        whose scores the diagnostics read: the first percentage's of the first replicate (a
+        score does not depend on the percentage)."""
         first: dict[tuple[str, str | None], str] = {}
-        for selection in self.selections():
-            kind = self.kind(selection.method)
+        for row in self.rows():
+            kind = self.kind(row.method)
             if kind.uses_loss or kind.targeted:
-                first.setdefault((selection.method, selection.loss), selection.path)
+                chosen = self.selection_of(row, self.first_replicate)
+                first.setdefault((row.method, row.loss), chosen.path)
         return list(first.values())
 
     def method_scores(self) -> dict[str, dict[str, str]]:
@@ -312,16 +385,32 @@ class Layout:
         return table
 
     def warmed_router_data(self) -> dict[str, list[str]]:
-        """Loss type -> its router-data files, for every loss type with a warmup."""
+        """Loss type -> its router-data files (first replicate), for every loss type with a
+        warmup."""
         return {
-            loss: [str(self.router_data(loss, d)) for d in self.datasets]
+            loss: [str(self.router_data(loss, d, self.first_replicate)) for d in self.datasets]
             for loss in self.routed_losses()
         }
 
     def selection_pattern(self) -> str:
-        """The regular expression of every selection path (the ``{selection}`` wildcard)."""
+        """The regular expression of every selection path (the ``{selection}`` wildcard): a
+        row, with ``/r{rep}`` for a method that selects once per replicate."""
+        replicate = "/" + _REPLICATE.replace("{rep}", "[0-9]+")
+        once = [m for m in dict.fromkeys([*self.methods, FULL]) if not self.replicated(m)]
+        alternatives = []
+        if once:
+            alternatives.append(f"(?:{self.row_pattern(once)})")
+        repeated = [m for m in dict.fromkeys(self.methods) if self.replicated(m)]
+        if repeated:
+            alternatives.append(f"(?:{self.row_pattern(repeated)}){replicate}")
+        return "|".join(alternatives)
+
+    def row_pattern(self, methods: Iterable[str] | None = None) -> str:
+        """The regular expression of the rows of ``methods`` (default every method and
+        ``full``): the ``{row}`` wildcard."""
+        methods = dict.fromkeys([*self.methods, FULL] if methods is None else methods)
         by_loss, others, whole = [], [], []
-        for method in dict.fromkeys([*self.methods, FULL]):
+        for method in methods:
             kind = self.kind(method)
             if not kind.uses_percentage:
                 whole.append(method)
@@ -345,6 +434,8 @@ class Layout:
         return {
             "loss": _escape(self.losses) or "(?!)",
             "seed": "[0-9]+",
+            "rep": "[0-9]+",
+            "row": self.row_pattern(),
             "dataset": _escape(self.datasets),
             "target": _escape(self.targets),
             "part": _escape([*self.datasets, QUERIES]),
@@ -435,38 +526,47 @@ class Layout:
     def data_report(self) -> Ref:
         return self.ref("validate_data", "data/validate_data.json")
 
-    def warmup_weights(self, loss: str) -> Ref:
-        """The warmed gates and routers of a loss type."""
-        return self.ref("warmup", "warmup/{loss}/full_rank_weights.pt", loss=loss)
+    def warmup_weights(self, loss: str, rep: Any) -> Ref:
+        """The warmed gates and routers of a loss type in one replicate."""
+        template = f"warmup/{{loss}}/{_REPLICATE}/full_rank_weights.pt"
+        return self.ref("warmup", template, loss=loss, rep=rep)
 
-    def warmup_checkpoints(self, loss: str) -> str:
+    def warmup_checkpoints(self, loss: str, rep: Any) -> str:
         """The warmup's training checkpoints (outside the job's declared outputs)."""
-        return self.path("checkpoints/warmup/{loss}", loss=loss)
+        return self.path(f"checkpoints/warmup/{{loss}}/{_REPLICATE}", loss=loss, rep=rep)
 
-    def router_data(self, loss: str, dataset: str) -> Ref:
-        """A dataset's router data under a loss type's warmup, or ``untrained``."""
-        template = "router_data/{loss}/{dataset}_router_data.pt"
+    def router_data(self, loss: str, dataset: str, rep: Any = None) -> Ref:
+        """A dataset's router data under one replicate of a loss type's warmup, or under the
+        converted model's gates (``untrained``, no replicate)."""
         if loss == UNTRAINED:
-            path = self.path(template, loss=loss, dataset=dataset)
+            path = self.path(
+                "router_data/{loss}/{dataset}_router_data.pt", loss=loss, dataset=dataset
+            )
             return Ref(path, "score_untrained", {"dataset": dataset})
-        return self.ref("score", template, loss=loss, dataset=dataset)
+        if rep is None:
+            raise ValueError(f"router data of loss type {loss!r} needs its replicate")
+        template = f"router_data/{{loss}}/{_REPLICATE}/{{dataset}}_router_data.pt"
+        return self.ref("score", template, loss=loss, rep=rep, dataset=dataset)
 
-    def clusters(self, loss: str) -> Ref:
-        """The clusters of a loss type's router data."""
-        return self.ref("cluster", "clusters/{loss}/clusters.json", loss=loss)
-
-    def features(self, method: str, part: str) -> Ref:
-        """A targeted method's features of a pool dataset or of the query set."""
-        rule = {"rds": "represent", "less": "less_gradients"}[method]
-        return Ref(
-            self.path("targeted/{method}/{part}_features.pt", method=method, part=part),
-            rule,
-            {"part": part},
+    def clusters(self, loss: str, rep: Any) -> Ref:
+        """The clusters of one replicate's router data of a loss type."""
+        return self.ref(
+            "cluster", f"clusters/{{loss}}/{_REPLICATE}/clusters.json", loss=loss, rep=rep
         )
 
-    def less_warmup(self) -> Ref:
-        """LESS's warmup checkpoints."""
-        return self.ref("less_warmup", "targeted/less/warmup")
+    def features(self, method: str, part: str, rep: Any = None) -> Ref:
+        """A targeted method's features of a pool dataset or of the query set (``less``: of one
+        replicate's warmup; ``rds``: no chance, no replicate)."""
+        if method == "rds":
+            return Ref(
+                self.path("targeted/rds/{part}_features.pt", part=part), "represent", {"part": part}
+            )
+        template = f"targeted/less/{_REPLICATE}/{{part}}_features.pt"
+        return self.ref("less_gradients", template, rep=rep, part=part)
+
+    def less_warmup(self, rep: Any) -> Ref:
+        """LESS's warmup checkpoints of one replicate."""
+        return self.ref("less_warmup", f"targeted/less/{_REPLICATE}/warmup", rep=rep)
 
     def artefact(self, name: str, **wildcards: Any) -> Ref:
         """A plugin's artefact (:mod:`selectmoe.workflow.artefacts`) with its wildcards."""
@@ -484,35 +584,49 @@ class Layout:
             {"selection": selection},
         )
 
-    def adapter(self, target: str, selection: str, seed: Any) -> Ref:
-        """The LoRA adapter of a target finetuned on a selection with one seed."""
-        template = f"finetune/{{target}}/{{selection}}/{_SEED}/adapter"
-        return self.ref("finetune", template, target=target, selection=selection, seed=seed)
+    def adapter(self, target: str, row: str, rep: Any, seed: Any) -> Ref:
+        """The LoRA adapter of a target finetuned on a row's replicate with one seed."""
+        template = f"finetune/{{target}}/{{row}}/{_REPLICATE}/{_SEED}/adapter"
+        return self.ref("finetune", template, target=target, row=row, rep=rep, seed=seed)
 
-    def finetune_checkpoints(self, target: str, selection: str, seed: Any) -> str:
-        template = f"checkpoints/finetune/{{target}}/{{selection}}/{_SEED}"
-        return self.path(template, target=target, selection=selection, seed=seed)
+    def finetune_checkpoints(self, target: str, row: str, rep: Any, seed: Any) -> str:
+        template = f"checkpoints/finetune/{{target}}/{{row}}/{_REPLICATE}/{_SEED}"
+        return self.path(template, target=target, row=row, rep=rep, seed=seed)
 
-    def eval_dir(self, target: str, selection: str) -> str:
-        """Where the evaluations of a target (with an adapter of ``selection``, or ``base``) go."""
-        return self.path("eval/{target}/{selection}", target=target, selection=selection)
+    @staticmethod
+    def finetune_seed(rep: Any, seed: Any) -> int:
+        """The seed of a finetune job: its seed nested in its replicate (``1000 * rep + seed``)."""
+        return 1000 * int(rep) + int(seed)
 
-    def eval_results(self, target: str, selection: str, kind: str) -> list[Ref]:
-        """Per finetune seed, the evaluation's ``results.json`` or ``samples.jsonl`` (kind)."""
+    def evaluations(self) -> list[tuple[int, int]]:
+        """``(replicate, seed)`` of every finetune of a row, in the order of its evaluations."""
+        return [(rep, seed) for rep in self.replicates for seed in self.seeds]
+
+    def eval_dir(self, target: str, row: str) -> str:
+        """Where the evaluations of a target (with the adapters of a ``row``, or ``base``) go."""
+        return self.path("eval/{target}/{row}", target=target, row=row)
+
+    def eval_results(self, target: str, row: str, kind: str) -> list[Ref]:
+        """Per replicate and finetune seed (:meth:`evaluations`), the evaluation's
+        ``results.json`` or ``samples.jsonl`` (kind)."""
         name = {"results": "results.json", "samples": "samples.jsonl"}[kind]
-        job = {"target": target, "selection": selection}
-        directory = self.eval_dir(target, selection)
+        job = {"target": target, "row": row}
+        directory = self.eval_dir(target, row)
         return [
-            Ref(f"{directory}/{_SEED.format(seed=seed)}/{name}", "evaluate", job)
-            for seed in self.seeds
+            Ref(
+                f"{directory}/{_REPLICATE.format(rep=rep)}/{_SEED.format(seed=seed)}/{name}",
+                "evaluate",
+                job,
+            )
+            for rep, seed in self.evaluations()
         ]
 
     def eval_results_pattern(self, kind: str) -> list[str]:
-        """The evaluate rule's outputs: one per finetune seed, with ``{target}``/``{selection}``."""
-        return [str(path) for path in self.eval_results("{target}", "{selection}", kind)]
+        """The evaluate rule's outputs: one per replicate and seed, with ``{target}``/``{row}``."""
+        return [str(path) for path in self.eval_results("{target}", "{row}", kind)]
 
-    def evaluation_provenance(self, target: str, selection: str) -> str:
-        return f"{self.eval_dir(target, selection)}/evaluate.provenance.json"
+    def evaluation_provenance(self, target: str, row: str) -> str:
+        return f"{self.eval_dir(target, row)}/evaluate.provenance.json"
 
     def base_results(self, target: str, kind: str) -> Ref:
         """The base model's ``results.json`` or ``samples.jsonl`` (rule evaluate_base)."""
@@ -545,10 +659,12 @@ class Layout:
     # ------------------------------------------------------------------ what the sweep makes
 
     def summary_points(self) -> list[dict[str, Any]]:
-        """One point per (target, selection) plus the base model of each target.
+        """One point per (target, row) plus the base model of each target.
 
-        A point lists its evaluations, one per finetune seed (the base model has one, without
-        seed), and the files the summary reads.
+        A point lists its evaluations, one per replicate and finetune seed (the base model has
+        one, without either), and the files the summary reads: per replicate, its selection's
+        ``selection.json`` and ``selected_data.jsonl`` (shared by the replicates of a method
+        without chance).
         """
         points = []
         for target in self.targets:
@@ -559,26 +675,32 @@ class Layout:
                     "method": "base",
                     "loss": None,
                     "percentage": None,
+                    "replicates": [None],
                     "seeds": [None],
                     "results": [base],
                     "samples": [self.base_results(target, "samples")],
                     "provenance": self.provenance(base),
                 }
             )
-            for selection in self.selections():
-                path = selection.path
+            for row in self.rows():
+                chosen = [self.selection_of(row, rep).path for rep in self.replicates]
+                evaluations = self.evaluations()
                 points.append(
                     {
                         "target": target,
-                        "method": selection.method,
-                        "loss": selection.loss,
-                        "percentage": selection.percentage,
-                        "uses_labels": self.kind(selection.method).uses_labels,
-                        "seeds": list(self.seeds),
-                        "results": self.eval_results(target, path, "results"),
-                        "samples": self.eval_results(target, path, "samples"),
-                        "provenance": self.evaluation_provenance(target, path),
-                        "selection_json": self.selection_file(path, "selection.json"),
+                        "method": row.method,
+                        "loss": row.loss,
+                        "percentage": row.percentage,
+                        "uses_labels": self.kind(row.method).uses_labels,
+                        "replicates": [rep for rep, _ in evaluations],
+                        "seeds": [seed for _, seed in evaluations],
+                        "results": self.eval_results(target, row.row, "results"),
+                        "samples": self.eval_results(target, row.row, "samples"),
+                        "provenance": self.evaluation_provenance(target, row.row),
+                        "selection_json": [
+                            self.selection_file(p, "selection.json") for p in chosen
+                        ],
+                        "selected": [self.selection_file(p, "selected_data.jsonl") for p in chosen],
                     }
                 )
         return points
@@ -766,7 +888,7 @@ def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
 def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
     return {
         "model": layout.converted_model(),
-        "weights": layout.warmup_weights(w["loss"]),
+        "weights": layout.warmup_weights(w["loss"], w["rep"]),
         "pool": layout.pool_files(w["dataset"]),
     }
 
@@ -778,7 +900,7 @@ def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
 
 @_inputs("cluster")
 def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
-    return {"router_data": [layout.router_data(w["loss"], d) for d in layout.datasets]}
+    return {"router_data": [layout.router_data(w["loss"], d, w["rep"]) for d in layout.datasets]}
 
 
 def _part_data(layout: Layout, part: str) -> list[str]:
@@ -799,7 +921,7 @@ def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
 def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
     return {
         "data": _part_data(layout, w["part"]),
-        "warmup": layout.less_warmup(),
+        "warmup": layout.less_warmup(w["rep"]),
         "model": layout.targeted_model_inputs(),
     }
 
@@ -819,9 +941,10 @@ def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
 
 @_inputs("finetune")
 def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
+    chosen = layout.selection_of(Selection.from_path(w["row"]), int(w["rep"]))
     return {
         "target_model": layout.target_inputs(w["target"]),
-        "selected": layout.selection_file(w["selection"], "selected_data.jsonl"),
+        "selected": layout.selection_file(chosen.path, "selected_data.jsonl"),
     }
 
 
@@ -830,7 +953,9 @@ def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
     return {
         "target_model": layout.target_inputs(w["target"]),
         "tasks": layout.task_inputs(),
-        "adapters": [layout.adapter(w["target"], w["selection"], s) for s in layout.seeds],
+        "adapters": [
+            layout.adapter(w["target"], w["row"], rep, seed) for rep, seed in layout.evaluations()
+        ],
     }
 
 
@@ -845,7 +970,8 @@ def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
     return {
         "results": [r for p in points for r in p["results"]],
         "samples": [s for p in points for s in p["samples"]],
-        "selections": [p["selection_json"] for p in points if "selection_json" in p],
+        "selections": list(dict.fromkeys(s for p in points for s in p.get("selection_json", []))),
+        "selected": list(dict.fromkeys(s for p in points for s in p.get("selected", []))),
         "provenance": [p["provenance"] for p in points],
     }
 
@@ -858,10 +984,12 @@ def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
 @_inputs("diagnostics")
 def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
     labelled = layout.has_labels()
-    paths = layout.selection_paths() if labelled else []
+    paths = layout.selection_paths()
     return {
         "warmed": [
-            layout.router_data(loss, d) for loss in layout.routed_losses() for d in layout.datasets
+            layout.router_data(loss, d, layout.first_replicate)
+            for loss in layout.routed_losses()
+            for d in layout.datasets
         ],
         "untrained": [layout.router_data(UNTRAINED, d) for d in layout.datasets],
         "labels": layout.labels_file() if labelled else [],
@@ -875,12 +1003,16 @@ def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
 
 @_inputs("report_warmup")
 def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
-    return {"weights": layout.warmup_weights(w["loss"])}
+    return {"weights": layout.warmup_weights(w["loss"], layout.first_replicate)}
 
 
 @_inputs("report_quality_scores")
 def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
-    return {"router_data": [layout.router_data(w["loss"], d) for d in layout.datasets]}
+    return {
+        "router_data": [
+            layout.router_data(w["loss"], d, layout.first_replicate) for d in layout.datasets
+        ]
+    }
 
 
 @_inputs("report_selections")
@@ -901,14 +1033,14 @@ def _(layout: Layout, w: dict[str, str]) -> dict[str, Any]:
 _STORED.update(
     {
         "convert": lambda layout, w: [layout.converted_model()],
-        "warmup": lambda layout, w: [layout.warmup_weights(w["loss"])],
-        "score": lambda layout, w: [layout.router_data(w["loss"], w["dataset"])],
-        "cluster": lambda layout, w: [layout.clusters(w["loss"])],
+        "warmup": lambda layout, w: [layout.warmup_weights(w["loss"], w["rep"])],
+        "score": lambda layout, w: [layout.router_data(w["loss"], w["dataset"], w["rep"])],
+        "cluster": lambda layout, w: [layout.clusters(w["loss"], w["rep"])],
         "represent": lambda layout, w: [layout.features("rds", w["part"])],
-        "less_warmup": lambda layout, w: [layout.less_warmup()],
-        "less_gradients": lambda layout, w: [layout.features("less", w["part"])],
+        "less_warmup": lambda layout, w: [layout.less_warmup(w["rep"])],
+        "less_gradients": lambda layout, w: [layout.features("less", w["part"], w["rep"])],
         "artefact": lambda layout, w: [layout.path("artefacts/{name}/{key}", **w)],
         "select": lambda layout, w: [layout.path("selection/{selection}", **w)],
-        "finetune": lambda layout, w: [layout.adapter(w["target"], w["selection"], w["seed"])],
+        "finetune": lambda layout, w: [layout.adapter(w["target"], w["row"], w["rep"], w["seed"])],
     }
 )

@@ -44,9 +44,15 @@ class RuleSettings:
             "seed": base["conversion_seed"],
         }
 
-    def warmup(self, loss: str) -> dict[str, Any]:
-        """The warmup section with the loss type of the job."""
-        return {**self._section("warmup"), "quality_loss_type": loss}
+    def warmup(self, loss: str, rep: Any) -> dict[str, Any]:
+        """The warmup section with the loss type of the job; the replicate seeds the gates'
+        initialisation, the warmup's subset and its order."""
+        return {
+            **self._section("warmup"),
+            "quality_loss_type": loss,
+            "seed": int(rep),
+            "gate_init_seed": int(rep),
+        }
 
     def scoring(self, *, untrained: bool = False) -> dict[str, Any]:
         """The scoring section; the untrained control records no LM statistics."""
@@ -55,15 +61,16 @@ class RuleSettings:
             settings["lm_statistics"] = False
         return settings
 
-    def clustering(self) -> dict[str, Any]:
-        """The settings of the cluster jobs."""
+    def clustering(self, rep: Any) -> dict[str, Any]:
+        """The settings of a cluster job; the replicate seeds k-means."""
         selection = self.config["selection"]
-        keys = ("clustering_method", "clustering_params", "seed", "debug_print")
-        return {key: selection.get(key, {}) for key in keys}
+        keys = ("clustering_method", "clustering_params", "debug_print")
+        return {**{key: selection.get(key, {}) for key in keys}, "seed": int(rep)}
 
     def selection(self, selection_path: str) -> dict[str, Any]:
-        """The selection keys one selection uses: its method and percentage, the seed, and only
-        what its method reads (a definition of its own, the clustering when it clusters).
+        """The selection keys one selection uses: its method and percentage, its replicate's
+        seed (0 for a method without chance), and only what its method reads (a definition of
+        its own, the clustering when it clusters).
 
         Passing the whole section would rerun every selection when a sweep value (a percentage,
         a method, a loss type) is added, the baselines and unclustered methods when a clustering
@@ -74,7 +81,7 @@ class RuleSettings:
         settings: dict[str, Any] = {
             "method": chosen.method,
             "percentage": chosen.percentage,
-            "seed": section["seed"],
+            "seed": chosen.replicate if chosen.replicate is not None else 0,
             "debug_print": section["debug_print"],
         }
         own = dict(section.get("method_definitions") or {})
@@ -85,11 +92,12 @@ class RuleSettings:
             settings["clustering_params"] = section.get("clustering_params", {})
         return settings
 
-    def finetune(self, target: str, seed: Any) -> dict[str, Any]:
-        """The finetune section with the target's overrides, for one finetune seed."""
+    def finetune(self, target: str, rep: Any, seed: Any) -> dict[str, Any]:
+        """The finetune section with the target's overrides, for one replicate's finetune seed
+        (:meth:`Layout.finetune_seed`)."""
         settings = {k: v for k, v in self._section("finetune").items() if k != "seeds"}
         settings.update(self.config["targets"][target].get("finetune", {}))
-        settings["seed"] = int(seed)
+        settings["seed"] = self.layout.finetune_seed(rep, seed)
         return settings
 
     def evaluation(self) -> dict[str, Any]:
@@ -99,10 +107,11 @@ class RuleSettings:
         """targeted.rds."""
         return dict((self.config.get("targeted") or {}).get("rds") or {})
 
-    def less(self) -> dict[str, Any]:
-        """targeted.less with the selection seed (the warmup's random share and its training)."""
+    def less(self, rep: Any) -> dict[str, Any]:
+        """targeted.less with the replicate's seed (the warmup's random share, its training and
+        the gradients' random projection)."""
         less = dict((self.config.get("targeted") or {}).get("less") or {})
-        return {**less, "seed": self.config["selection"]["seed"]}
+        return {**less, "seed": int(rep)}
 
     def query_tasks(self) -> list[str]:
         """The LESS tasks whose query sets fetch_queries takes."""

@@ -20,6 +20,7 @@ SECTION = {
     "loss_types": ["sigmoid", "mse"],
     "percentages": [0.05, 0.1],
     "full_baseline": True,
+    "replicates": [1, 2],
 }
 
 
@@ -33,20 +34,51 @@ def _layout(**selection) -> Layout:
     return Layout(_config(**{**SECTION, **selection}))
 
 
+ROWS = [
+    "selectmoe/sigmoid/p0.05",
+    "selectmoe/sigmoid/p0.1",
+    "selectmoe/mse/p0.05",
+    "selectmoe/mse/p0.1",
+    "random/p0.05",
+    "random/p0.1",
+    "oracle/p0.05",
+    "oracle/p0.1",
+    "full",
+]
+
+
 def test_the_sweep_in_order_and_its_paths():
-    paths = _layout().selection_paths()
-    assert paths == [
-        "selectmoe/sigmoid/p0.05",
-        "selectmoe/sigmoid/p0.1",
-        "selectmoe/mse/p0.05",
-        "selectmoe/mse/p0.1",
-        "random/p0.05",
-        "random/p0.1",
-        "oracle/p0.05",
-        "oracle/p0.1",
+    layout = _layout()
+    assert [row.path for row in layout.rows()] == ROWS
+    # one selection per replicate; full involves no chance and selects once
+    assert layout.selection_paths() == [
+        *(f"{row}/r{rep}" for row in ROWS[:-1] for rep in (1, 2)),
         "full",
     ]
-    assert _layout(full_baseline=False).selection_paths()[-1] == "oracle/p0.1"
+    assert _layout(full_baseline=False).selection_paths()[-1] == "oracle/p0.1/r2"
+
+
+def test_replicates_of_a_method_without_chance_share_its_selection():
+    layout = _layout(methods=["rds", "random"], full_baseline=False, percentages=[0.05])
+    rds, random = layout.rows()
+    assert [layout.selection_of(rds, r).path for r in (1, 2)] == ["rds/p0.05"] * 2
+    assert [layout.selection_of(random, r).path for r in (1, 2)] == [
+        "random/p0.05/r1",
+        "random/p0.05/r2",
+    ]
+    # each replicate is finetuned on its selection, with its own nested seed
+    inputs = layout.inputs("finetune", {"target": "demo-llama", "row": "rds/p0.05", "rep": "2"})
+    assert inputs["selected"] == "results/selection/rds/p0.05/selected_data.jsonl"
+    from selectmoe.workflow.settings import RuleSettings
+
+    settings = RuleSettings(layout)
+    assert settings.finetune("demo-llama", 2, 1)["seed"] == 2001
+    assert settings.selection("random/p0.05/r2")["seed"] == 2
+    assert settings.warmup("mse", 2)["gate_init_seed"] == 2
+    assert settings.clustering(2)["seed"] == 2 and settings.less(2)["seed"] == 2
+    # rds's features are the replicates' too; LESS's are per replicate
+    assert layout.features("rds", "cot") == "results/targeted/rds/cot_features.pt"
+    assert layout.features("less", "cot", 2) == "results/targeted/less/r2/cot_features.pt"
 
 
 def test_a_path_gives_its_selection_back():
@@ -54,7 +86,9 @@ def test_a_path_gives_its_selection_back():
         assert Selection.from_path(selection.path) == selection
     assert Selection.from_path("ifd/mse/p0.25") == Selection("ifd", "mse", 0.25)
     assert Selection.from_path("full") == Selection("full", None, 1.0)
-    for bad in ("selectmoe", "selectmoe/mse/0.1", "a/b/c/p0.1"):
+    assert Selection.from_path("ifd/mse/p0.25/r7") == Selection("ifd", "mse", 0.25, 7)
+    assert Selection.from_path("random/p0.1/r7").row == "random/p0.1"
+    for bad in ("selectmoe", "selectmoe/mse/0.1", "a/b/c/p0.1", "r1/p0.1/x"):
         with pytest.raises(ValueError, match="is not a selection path"):
             Selection.from_path(bad)
 
@@ -64,32 +98,44 @@ def test_the_wildcard_pattern_matches_exactly_the_sweep():
     pattern = re.compile(layout.selection_pattern())
     for selection in layout.selections():
         assert pattern.fullmatch(selection.path), selection.path
-    for other in ("quality_topk/mse/p0.1", "selectmoe/hinge/p0.1", "random/mse/p0.1", "fullx"):
+    others = ("quality_topk/mse/p0.1/r1", "selectmoe/hinge/p0.1/r1", "random/mse/p0.1/r1")
+    # a replicated method needs its replicate; full has none
+    others += ("fullx", "random/p0.1", "full/r1", "random/p0.1/rx")
+    for other in others:
         assert not pattern.fullmatch(other), other
+    rows = re.compile(layout.row_pattern())
+    assert all(rows.fullmatch(row.path) for row in layout.rows())
+    assert not rows.fullmatch("random/p0.1/r1")
 
 
 def test_inputs_are_refs_to_the_jobs_that_make_them():
     layout = _layout()
-    inputs = layout.inputs("select", {"selection": "selectmoe/mse/p0.1"})
+    inputs = layout.inputs("select", {"selection": "selectmoe/mse/p0.1/r2"})
     assert [str(p) for p in inputs["router_data"]] == [
-        f"results/router_data/mse/{d}_router_data.pt" for d in layout.datasets
+        f"results/router_data/mse/r2/{d}_router_data.pt" for d in layout.datasets
     ]
     assert {ref.job for ref in inputs["router_data"]} == {
-        ("score", (("dataset", d), ("loss", "mse"))) for d in layout.datasets
+        ("score", (("dataset", d), ("loss", "mse"), ("rep", "2"))) for d in layout.datasets
     }
-    assert inputs["clusters"][0].job == ("cluster", (("loss", "mse"),))
+    assert inputs["clusters"][0].job == ("cluster", (("loss", "mse"), ("rep", "2")))
     # random reads the pool alone; oracle the pool and its labels
-    assert set(layout.inputs("select", {"selection": "random/p0.1"})) == {"pool"}
-    assert set(layout.inputs("select", {"selection": "oracle/p0.1"})) == {"pool", "labels"}
-    adapter = layout.adapter("demo-llama", "random/p0.1", 3)
-    assert adapter == "results/finetune/demo-llama/random/p0.1/seed3/adapter"
+    assert set(layout.inputs("select", {"selection": "random/p0.1/r1"})) == {"pool"}
+    assert set(layout.inputs("select", {"selection": "oracle/p0.1/r1"})) == {"pool", "labels"}
+    adapter = layout.adapter("demo-llama", "random/p0.1", 2, 3)
+    assert adapter == "results/finetune/demo-llama/random/p0.1/r2/seed3/adapter"
     assert adapter.job == (
         "finetune",
-        (("seed", "3"), ("selection", "random/p0.1"), ("target", "demo-llama")),
+        (("rep", "2"), ("row", "random/p0.1"), ("seed", "3"), ("target", "demo-llama")),
     )
     assert layout.benchmark("finetune", dict(adapter.wildcards)) == (
-        "results/benchmarks/finetune/demo-llama/random/p0.1/seed3.tsv"
+        "results/benchmarks/finetune/demo-llama/random/p0.1/r2/seed3.tsv"
     )
+    # one evaluate job per row reads every replicate's adapters
+    adapters = layout.inputs("evaluate", {"target": "demo-llama", "row": "random/p0.1"})
+    assert [a.job[1] for a in adapters["adapters"]] == [
+        (("rep", str(r)), ("row", "random/p0.1"), ("seed", "1"), ("target", "demo-llama"))
+        for r in (1, 2)
+    ]
 
 
 def test_a_ref_survives_pickling():
@@ -108,16 +154,14 @@ def test_the_job_graph_of_the_demo():
         "validate_data": 1,
         "convert": 1,
         "verify_conversion": 1,
-        "warmup": 1,
-        "score": 4,
+        "warmup": 3,
+        "score": 12,
         "score_untrained": 4,
-        "cluster": 1,
-        "select": 7,
+        "cluster": 3,
+        "select": 16,
         "represent": 5,
-        "less_warmup": 1,
-        "less_gradients": 5,
-        "finetune": 21,
-        "evaluate": 7,
+        "finetune": 18,
+        "evaluate": 6,
         "evaluate_base": 1,
         "summarize": 1,
         "costs": 1,
@@ -136,26 +180,31 @@ def test_cost_points_walk_the_graph():
     points = {(p["method"], p["loss"]): p for p in layout.cost_points()}
     rules = {key: sorted(job["rule"] for job in p["jobs"]) for key, p in points.items()}
     assert rules[("base", None)] == ["evaluate_base"]
-    assert rules[("random", None)] == ["evaluate", "finetune", "finetune", "finetune", "select"]
+    # every replicate's jobs: the row's cost is that of its three selections and finetunes
+    assert rules[("random", None)] == sorted(["evaluate", *["finetune"] * 3, *["select"] * 3])
     assert rules[("selectmoe", "sigmoid")] == sorted(
-        ["convert", "warmup", *["score"] * 4, "cluster", "select", *["finetune"] * 3, "evaluate"]
+        ["convert", *["warmup", *["score"] * 4, "cluster", "select", "finetune"] * 3, "evaluate"]
     )
-    assert rules[("less", None)].count("less_gradients") == 5  # 4 datasets and the queries
+    # rds selects once from features of every dataset and the queries
+    assert rules[("rds", None)] == sorted(
+        ["evaluate", *["finetune"] * 3, "select", *["represent"] * 5]
+    )
     assert all("build_demo" not in r for r in rules.values())  # shared data is not counted
-    job = next(j for j in points[("selectmoe", "sigmoid")]["jobs"] if j["rule"] == "warmup")
-    assert job["benchmark"] == "results/benchmarks/warmup/sigmoid.tsv"
-    assert job["outputs"] == ["results/warmup/sigmoid/full_rank_weights.pt"]
+    jobs = [j for j in points[("selectmoe", "sigmoid")]["jobs"] if j["rule"] == "warmup"]
+    assert jobs[0]["benchmark"] == "results/benchmarks/warmup/sigmoid/r42.tsv"
+    assert jobs[0]["outputs"] == ["results/warmup/sigmoid/r42/full_rank_weights.pt"]
 
 
 def test_path_fragments_are_spelled_in_one_module():
-    """``p{pct}`` and ``seed{seed}`` (the sweep's path fragments) appear in the layout only."""
+    """``p{pct}``, ``seed{seed}`` and ``r{rep}`` (the sweep's path fragments) appear in the
+    layout only."""
     found = []
     for folder in ("selectmoe", "rules", "workflow_scripts"):
         for path in sorted((REPO / folder).rglob("*")):
             if path.suffix not in (".py", ".smk") or path.name == "layout.py":
                 continue
             text = path.read_text(encoding="utf-8")
-            if re.search(r"/p\{|\bp\{pct|seed\{", text):
+            if re.search(r"/p\{|\bp\{pct|seed\{|\br\{rep", text):
                 found.append(str(path.relative_to(REPO)))
     assert found == []
     rules = (REPO / "rules").glob("*.smk")
@@ -188,6 +237,6 @@ def test_routed_methods_follow_their_definitions():
     config = _config(**{**SECTION, "methods": ["mine", "random"]})
     config["selection"]["method_definitions"] = {"mine": {"score": "gate", "allocation": "topk"}}
     layout = Layout(copy.deepcopy(config))
-    assert layout.selection_paths()[:2] == ["mine/sigmoid/p0.05", "mine/sigmoid/p0.1"]
+    assert layout.selection_paths()[:2] == ["mine/sigmoid/p0.05/r1", "mine/sigmoid/p0.05/r2"]
     # topk clusters nothing: no cluster job
     assert "cluster" not in layout.job_counts()

@@ -421,7 +421,10 @@ def test_snakemake_report_of_the_small_demo(finished_demo: tuple[Path, dict]) ->
     ]:
         entries = by_name[plot]
         assert sorted(e["labels"]["selection"] for e in entries) == [
-            f"{method}/{loss}/p0.25" for method in methods for loss in losses
+            f"{method}/{loss}/p0.25/r{rep}"
+            for method in methods
+            for loss in losses
+            for rep in config["selection"]["replicates"]
         ], plot
         assert all(phrase in e["caption"] for e in entries), plot
     assert "selections.csv" in by_name
@@ -468,12 +471,13 @@ def test_snakemake_report_of_the_small_demo(finished_demo: tuple[Path, dict]) ->
     noise = pd.read_csv(workflow_dir / "results/report/noise_kept.csv").set_index("selection")
     assert sorted(noise["n_selected"]) == [60] * (len(SMALL_SELECTIONS) - 1) + [240]
     assert set(noise["pool_planted_share"]) == {0.3}
-    assert noise.loc["oracle/p0.25", "planted_share_of_selection"] == 0.0
-    assert noise.loc["anti_oracle/p0.25", "planted_share_of_selection"] == 1.0
+    for rep in config["selection"]["replicates"]:
+        assert noise.loc[f"oracle/p0.25/r{rep}", "planted_share_of_selection"] == 0.0
+        assert noise.loc[f"anti_oracle/p0.25/r{rep}", "planted_share_of_selection"] == 1.0
     selections = pd.read_csv(workflow_dir / "results/report/selections.csv")
     assert sorted(selections["selection"]) == sorted(SMALL_SELECTIONS)
     history = torch.load(
-        workflow_dir / f"results/warmup/{losses[0]}/full_rank_weights.pt", weights_only=True
+        workflow_dir / f"results/warmup/{losses[0]}/r1/full_rank_weights.pt", weights_only=True
     )["history"]
     assert [r["step"] for r in history] == list(range(1, len(history) + 1))
     assert all("good_sq/layer_1" in r for r in history)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from selectmoe.errors import SelectMoeError
-from selectmoe.evidence.stats import bootstrap_means, paired_difference
+from selectmoe.evidence.stats import mean_intervals, paired_difference, replicate_means
 from selectmoe.evidence.summary import SummarySettings, summarize
 
 TASKS = ("qa_b", "qa_a")
 N_QUESTIONS = {"qa_a": 30, "qa_b": 20}
-SETTINGS = SummarySettings(n_resamples=500, seed=3)
+SETTINGS = SummarySettings()
 
 
 def _write_run(directory: Path, name: str, scores: dict[str, np.ndarray], **extra) -> dict:
@@ -43,12 +43,21 @@ def _scores(rng: np.random.Generator, p: float) -> dict[str, np.ndarray]:
     return {task: (rng.random(n) < p).astype(float) for task, n in N_QUESTIONS.items()}
 
 
-def _point(directory: Path, rng, name: str, p: float, seeds=(1, 2, 3), **fields) -> dict:
-    runs = [_write_run(directory, f"{name}_s{seed}", _scores(rng, p)) for seed in seeds]
+def _point(
+    directory: Path, rng, name: str, p: float, replicates=(7, 8, 9), seeds=(1,), **fields
+) -> dict:
+    """Evaluations of every replicate (its own accuracy: replicates differ) and seed."""
+    evaluations = [(r, s) for r in replicates for s in seeds]
+    shift = {r: 0.1 * (i - 1) for i, r in enumerate(replicates)} if len(replicates) > 1 else {}
+    runs = [
+        _write_run(directory, f"{name}_r{r}_s{s}", _scores(rng, p + shift.get(r, 0.0)))
+        for r, s in evaluations
+    ]
     return {
         "results": [run["results"] for run in runs],
         "samples": [run["samples"] for run in runs],
-        "seeds": list(seeds),
+        "replicates": [r for r, _ in evaluations],
+        "seeds": [s for _, s in evaluations],
         **fields,
     }
 
@@ -85,7 +94,9 @@ def points(tmp_path: Path) -> list[dict]:
             percentage=0.1,
             uses_labels=True,
         ),
-        _point(d, rng, "base", 0.3, seeds=(None,), target="tiny", method="base"),
+        _point(
+            d, rng, "base", 0.3, replicates=(None,), seeds=(None,), target="tiny", method="base"
+        ),
         _point(
             d, rng, "sm20", 0.5, target="tiny", method="selectmoe", loss="sigmoid", percentage=0.2
         ),
@@ -105,14 +116,15 @@ def _run(points, out: Path, **kwargs):
 
 
 def _grids(point: dict, tasks=("qa_a", "qa_b")) -> list[np.ndarray]:
-    """The [seeds, questions] grid per task, read back from the samples files."""
+    """The [replicates, seeds, questions] grid per task, read back from the samples files."""
+    n_replicates = len(dict.fromkeys(point["replicates"]))
     grids = []
     for task in tasks:
         rows = []
         for samples in point["samples"]:
             records = [json.loads(line) for line in Path(samples).read_text().splitlines()]
             rows.append([r["metrics"]["acc"] for r in records if r["task"] == task])
-        grids.append(np.array(rows))
+        grids.append(np.array(rows).reshape(n_replicates, -1, len(rows[0])))
     return grids
 
 
@@ -121,7 +133,7 @@ def test_values_intervals_and_comparisons(points, tmp_path):
     rows = {(r["method"], r["percentage"]): r for r in frame.to_dict("records")}
     sm = rows[("selectmoe", 0.1)]
     grids = _grids(points[0])
-    overall, per_task = bootstrap_means(grids, n_resamples=500, seed=3)
+    overall, per_task = mean_intervals(grids)
     assert sm["qa_a/acc"] == pytest.approx(grids[0].mean())
     assert (sm["qa_a/acc_low"], sm["qa_a/acc_high"]) == (per_task[0].low, per_task[0].high)
     assert (sm["mean"], sm["mean_low"], sm["mean_high"]) == (
@@ -129,7 +141,7 @@ def test_values_intervals_and_comparisons(points, tmp_path):
         overall.low,
         overall.high,
     )
-    comparison = paired_difference(grids, _grids(points[1]), n_resamples=500, seed=3)
+    comparison = paired_difference(grids, _grids(points[1]))
     assert sm["vs_random"] == pytest.approx(comparison.difference)
     assert (sm["vs_random_low"], sm["vs_random_high"], sm["vs_random_p"]) == (
         comparison.low,
@@ -137,7 +149,10 @@ def test_values_intervals_and_comparisons(points, tmp_path):
         comparison.p_value,
     )
     assert sm["vs_random_verdict"] == "better" and comparison.low > 0
-    assert sm["n_selected"] == 12 and sm["n_seeds"] == 3
+    assert sm["n_selected"] == 12 and sm["n_seeds"] == 1 and sm["n_replicates"] == 3
+    means = [float(m) for m in sm["replicate_means"].split(";")]
+    assert means == pytest.approx(list(replicate_means(grids)))
+    assert sm["replicate_sd"] == pytest.approx(np.std(means, ddof=1))
     # no random at 20% or for full and base: no comparison
     for key in (("selectmoe", 0.2), ("full", 1.0), ("random", 0.1)):
         assert math.isnan(rows[key]["vs_random"])
@@ -147,19 +162,23 @@ def test_values_intervals_and_comparisons(points, tmp_path):
         if ("base", None) in rows
         else next(r for r in frame.to_dict("records") if r["method"] == "base")
     )
-    assert base["n_seeds"] == 1 and base["uses_labels"] is False
+    assert base["n_seeds"] == 1 and base["n_replicates"] == 1 and base["uses_labels"] is False
+    assert math.isnan(base["replicate_sd"]) and math.isnan(base["stability"])
     assert rows[("oracle", 0.1)]["uses_labels"] is True
     header = next(csv.reader(io.StringIO(csv_path.read_text())))
-    assert header[:7] == [
+    assert header[:8] == [
         "target",
         "method",
         "loss",
         "percentage",
         "uses_labels",
         "n_selected",
+        "n_replicates",
         "n_seeds",
     ]
-    assert header[7:10] == ["qa_a/acc", "qa_a/acc_low", "qa_a/acc_high"]
+    assert header[8:11] == ["qa_a/acc", "qa_a/acc_low", "qa_a/acc_high"]
+    after_mean = header[header.index("mean_high") + 1 :]
+    assert after_mean[:4] == ["replicate_means", "replicate_sd", "stability", "k"]
     assert "vs_random_verdict" in header and header[-1] == "results"
 
 
@@ -176,7 +195,7 @@ def test_row_order_and_markdown(points, tmp_path):
     markdown = md_path.read_text()
     assert "| tiny | oracle ‡ |" in markdown
     assert "reads the pool's quality labels" in markdown
-    assert "two-way bootstrap" in markdown and "no difference shown" not in markdown.split("\n")[0]
+    assert "variance components" in markdown and "no difference shown" not in markdown.split("\n")[0]
     line = next(row for row in markdown.splitlines() if "| selectmoe | sigmoid | 10 |" in row)
     assert "better" in line and "[" in line
 
@@ -267,6 +286,8 @@ def test_seeds_on_other_questions_are_refused(points, tmp_path):
         ({"results": []}, "'results' must be a non-empty list"),
         ({"samples": ["a.jsonl"]}, "3 results files but 1 samples files"),
         ({"seeds": [1]}, "1 seeds for 3 results"),
+        ({"replicates": [1, 2]}, "2 replicates for 3 results"),
+        ({"replicates": [1, 1, 2]}, "different numbers of finetune seeds"),
         ({"percentage": "ten"}, "'percentage' must be a number"),
         ({"loss": 3}, "'loss' must be a string or None"),
         ({"n_selected": -1}, "'n_selected' must be an integer >= 0"),
@@ -280,10 +301,10 @@ def test_bad_points(points, tmp_path, change, pattern):
 
 def test_missing_and_broken_files_are_named(points, tmp_path):
     Path(points[1]["samples"][0]).unlink()
-    with pytest.raises(SelectMoeError, match=r"samples file not found: .*rand10_s1\.jsonl"):
+    with pytest.raises(SelectMoeError, match=r"samples file not found: .*rand10_r7_s1\.jsonl"):
         _run(points, tmp_path / "out")
     Path(points[1]["samples"][0]).write_text("{not json\n")
-    with pytest.raises(SelectMoeError, match=r"rand10_s1\.jsonl:1: invalid JSON"):
+    with pytest.raises(SelectMoeError, match=r"rand10_r7_s1\.jsonl:1: invalid JSON"):
         _run(points, tmp_path / "out")
 
 
@@ -294,5 +315,32 @@ def test_duplicate_empty_and_bad_plot(points, tmp_path):
         _run([], tmp_path / "out")
     with pytest.raises(SelectMoeError, match="must end in one of"):
         _run(points, tmp_path / "out", plot_path=tmp_path / "plot.gif")
-    with pytest.raises(SelectMoeError, match="n_resamples"):
-        SummarySettings(n_resamples=10)
+    with pytest.raises(SelectMoeError, match="confidence_level"):
+        SummarySettings(confidence_level=1.5)
+
+
+def test_replicate_columns_stability_and_k(points, tmp_path):
+    """Each replicate's selection: its k and the overlap of the replicates' selections."""
+    d = tmp_path / "selections"
+    d.mkdir()
+    keys = [[("a", str(i)) for i in range(0, 10)], [("a", str(i)) for i in range(5, 15)]]
+    keys.append(keys[0])
+    selected, infos = [], []
+    for r, chosen in enumerate(keys):
+        path = d / f"r{r}.jsonl"
+        path.write_text("".join(json.dumps({"dataset": ds, "id": i}) + "\n" for ds, i in chosen))
+        selected.append(path)
+        info = d / f"r{r}.json"
+        info.write_text(json.dumps({"n_selected": 10, "k": 4 + r}))
+        infos.append(info)
+    points[0].update(selected=selected, selection_json=infos)
+    frame, _, md_path = _run(points, tmp_path / "out")
+    sm = frame[(frame["method"] == "selectmoe") & (frame["percentage"] == 0.1)].iloc[0]
+    # pairs: r0-r1 5/15, r0-r2 1, r1-r2 5/15
+    assert sm["stability"] == pytest.approx((1 / 3 + 1 + 1 / 3) / 3)
+    assert sm["k"] == "4;5;6" and sm["n_selected"] == 10
+    assert not isinstance(frame[frame["method"] == "random"].iloc[0]["k"], str)
+    markdown = md_path.read_text()
+    assert "| replicates | overlap |" in markdown and "| 0.56 |" in markdown
+    means = [float(m) for m in sm["replicate_means"].split(";")]
+    assert " / ".join(f"{m:.3f}" for m in means) in markdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -69,25 +70,24 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout + result.stderr)
     # 1 loss type x 1 percentage x {selectmoe, selectmoe_seed, perplexity}, 1 percentage
-    # x {rds, less, random, oracle} (no full baseline in the demo): 7 selections,
-    # each finetuned with 3 seeds and evaluated in one job; one target. The targeted methods'
-    # features: per dataset and for the query set (5 each), one LESS warmup.
+    # x {rds, random, oracle} (no full baseline in the demo): 6 rows, 3 selection replicates
+    # each (a warmup, its router data and its clusters per replicate; rds selects once), each
+    # replicate finetuned with 1 seed, every row evaluated in one job; one target. rds's
+    # features: per dataset and for the query set.
     assert counts == {
         "build_demo": 1,
         "build_demo_target": 1,
         "validate_data": 1,
         "convert": 1,
         "verify_conversion": 1,
-        "warmup": 1,
-        "score": 4,
+        "warmup": 3,
+        "score": 12,
         "score_untrained": 4,
-        "cluster": 1,
-        "select": 7,
+        "cluster": 3,
+        "select": 5 * 3 + 1,
         "represent": 5,
-        "less_warmup": 1,
-        "less_gradients": 5,
-        "finetune": 21,
-        "evaluate": 7,
+        "finetune": 18,
+        "evaluate": 6,
         "evaluate_base": 1,
         "summarize": 1,
         "costs": 1,
@@ -98,7 +98,7 @@ def test_demo_dag_counts(workflow_dir: Path) -> None:
         "report_selections": 1,
         "report_noise": 1,
         "all": 1,
-        "total": 71,
+        "total": 82,
     }
     assert _layout_counts(workflow_dir / "config/config.yaml") == counts
 
@@ -134,17 +134,19 @@ def test_paper_dag_counts(workflow_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout + result.stderr)
     # 3 targets; 4 losses x 3 percentages x {selectmoe, selectmoe_seed, perplexity, ifd,
-    # quality_topk, diversity} = 72 routed selections, 3 random, 3 rds, 3 less, 1 full -> 82
-    # selections x 3 targets finetuned with 3 seeds each and evaluated (one job per selection
-    # and target); the targeted methods' features per dataset and for LESS's query sets
-    assert counts["warmup"] == 4
-    assert counts["score"] == 16
-    assert counts["score_untrained"] == 4
-    assert counts["cluster"] == 4  # one k-means sweep per loss type
-    # 72 routed, 3 random, 6 targeted, 1 full; no oracle (the LESS pool has no quality labels)
-    assert counts["select"] == 72 + 3 + 6 + 1
-    assert counts["represent"] == counts["less_gradients"] == 5  # 4 datasets and the queries
-    assert counts["less_warmup"] == counts["fetch_queries"] == 1
+    # quality_topk, diversity} = 72 routed rows, 3 random, 3 rds, 3 less, 1 full -> 82 rows x 3
+    # targets, each row's 3 selection replicates finetuned with 1 seed and evaluated (one job
+    # per row and target); the targeted methods' features per dataset and for LESS's query sets
+    assert counts["warmup"] == 4 * 3  # per loss type and replicate
+    assert counts["score"] == 16 * 3
+    assert counts["score_untrained"] == 4  # the converted model's gates: no replicate
+    assert counts["cluster"] == 4 * 3  # one k-means sweep per loss type and replicate
+    # per replicate: 72 routed, 3 random, 3 less; once: 3 rds and full; no oracle (the LESS
+    # pool has no quality labels)
+    assert counts["select"] == (72 + 3 + 3) * 3 + 3 + 1
+    assert counts["represent"] == 5  # 4 datasets and the queries; rds has no chance
+    assert counts["less_gradients"] == 5 * 3
+    assert counts["less_warmup"] == 3 and counts["fetch_queries"] == 1
     assert counts["finetune"] == 738
     assert counts["evaluate"] == 246
     assert counts["evaluate_base"] == 3
@@ -196,7 +198,7 @@ def test_slurm_profile_renders_submissions(workflow_dir: Path) -> None:
     output = result.stdout + result.stderr
     assert _job_counts(output)["finetune"] == 738
     jobs = [job for job in _dry_run_jobs(output) if job["rule"] != "all"]
-    assert len(jobs) == 1125
+    assert len(jobs) == 1341
     paper = yaml.safe_load((workflow_dir / "config/paper.yaml").read_text())
     stage_of = {
         "evaluate_base": "evaluate",
@@ -275,7 +277,7 @@ def test_bad_config_fails_at_start(workflow_dir: Path, change: dict, expected: s
 
 # the small scenario a newcomer can run too (config/small.yaml, read after config/config.yaml)
 SMALL_DEMO = yaml.safe_load((REPO / "config" / "small.yaml").read_text(encoding="utf-8"))
-SMALL_SELECTIONS = [
+SMALL_ROWS = [
     "selectmoe/sigmoid/p0.25",
     "selectmoe/beta_moment_matching/p0.25",
     "ifd/sigmoid/p0.25",
@@ -287,6 +289,16 @@ SMALL_SELECTIONS = [
     "anti_oracle/p0.25",
     "full",
 ]
+#: the rows whose method selects once (no chance): their replicates share one selection
+SMALL_ONCE = ("rds/p0.25", "full")
+#: every selection of the small scenario: per replicate, or once
+SMALL_SELECTIONS = list(
+    dict.fromkeys(
+        row if row in SMALL_ONCE else f"{row}/r{rep}"
+        for row in SMALL_ROWS
+        for rep in SMALL_DEMO["selection"]["replicates"]
+    )
+)
 
 
 def _deep_update(base: dict, update: dict) -> dict:
@@ -343,6 +355,7 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
     workflow_dir, config = finished_demo
     results = workflow_dir / "results"
     seeds = config["finetune"]["seeds"]
+    replicates = config["selection"]["replicates"]
     losses = config["selection"]["loss_types"]
     declared = [
         "demo/demo_manifest.json",
@@ -363,26 +376,38 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
     ]
     declared += [f"router_data/untrained/{d}_router_data.pt" for d in PAPER_DATASETS]
     for loss in losses:
-        declared.append(f"warmup/{loss}/full_rank_weights.pt")
-        declared += [f"router_data/{loss}/{d}_router_data.pt" for d in PAPER_DATASETS]
+        for rep in replicates:
+            declared.append(f"warmup/{loss}/r{rep}/full_rank_weights.pt")
+            declared += [f"router_data/{loss}/r{rep}/{d}_router_data.pt" for d in PAPER_DATASETS]
         declared += [f"diagnostics/quality_{loss}.csv", f"diagnostics/quality_{loss}.png"]
-    for selection in SMALL_SELECTIONS:
-        declared += [
-            f"selection/{selection}/selected_data.jsonl",
-            f"selection/{selection}/selection.json",
-        ]
-        for seed in seeds:
+    declared.append("diagnostics/selection_overlap.csv")
+    for row in SMALL_ROWS:
+        chosen = [row] if row in SMALL_ONCE else [f"{row}/r{rep}" for rep in replicates]
+        for selection in chosen:
             declared += [
-                f"finetune/demo-llama/{selection}/seed{seed}/adapter/adapter_config.json",
-                f"eval/demo-llama/{selection}/seed{seed}/results.json",
-                f"eval/demo-llama/{selection}/seed{seed}/samples.jsonl",
+                f"selection/{selection}/selected_data.jsonl",
+                f"selection/{selection}/selection.json",
             ]
+        for rep in replicates:
+            for seed in seeds:
+                declared += [
+                    f"finetune/demo-llama/{row}/r{rep}/seed{seed}/adapter/adapter_config.json",
+                    f"eval/demo-llama/{row}/r{rep}/seed{seed}/results.json",
+                    f"eval/demo-llama/{row}/r{rep}/seed{seed}/samples.jsonl",
+                ]
     missing = [path for path in declared if not (results / path).is_file()]
     assert not missing
+    # a method without chance selects once for every replicate, the others once per replicate
+    assert not (results / "selection/rds/p0.25/r1").exists()
+    first, second = (
+        (results / f"selection/random/p0.25/r{rep}/selected_data.jsonl").read_bytes()
+        for rep in replicates
+    )
+    assert first != second
 
     with open(results / "summary.csv", newline="") as handle:
         rows = {(row["method"], row["loss"]): row for row in csv.DictReader(handle)}
-    assert len(rows) == 1 + len(SMALL_SELECTIONS)
+    assert len(rows) == 1 + len(SMALL_ROWS)
     assert {method for method, _ in rows} == {
         "base",
         "selectmoe",
@@ -399,6 +424,13 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         assert 0.0 <= low <= mean <= high <= 1.0, row
         assert row["uses_labels"] == str(method in ("oracle", "anti_oracle"))
         assert row["n_seeds"] == ("1" if method == "base" else str(len(seeds)))
+        assert row["n_replicates"] == ("1" if method == "base" else str(len(replicates)))
+        if method != "base":
+            assert len(row["replicate_means"].split(";")) == len(replicates)
+            overlap = float(row["stability"])
+            assert overlap == 1.0 if method in ("rds", "full") else 0.0 <= overlap < 1.0
+        if method == "selectmoe":
+            assert len(row["k"].split(";")) == len(replicates)
         compared = method in ("selectmoe", "ifd", "rds", "less", "oracle", "anti_oracle")
         assert (row["vs_random"] != "") == compared, row
         if compared:
@@ -437,11 +469,20 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
     for key, row in costs.items():
         assert float(row["total_cpu_s"]) > 0 and float(row["peak_rss_mb"]) > 0
         assert float(row["mean"]) == pytest.approx(float(rows[key]["mean"]))
-        # convert, warmup, 4 scores, the loss type's clusters (selectmoe) and the selection;
-        # rds: 5 represent jobs (4 datasets, the queries) and the selection; less: its warmup, 5
-        # gradient jobs and the selection; pool methods select only; base evaluates
-        n_selection = {"selectmoe": 8, "ifd": 7, "rds": 6, "less": 7, "base": 0}.get(key[0], 1)
-        expected_jobs = n_selection + (0 if key[0] == "base" else len(seeds)) + 1
+        # convert, then per replicate a warmup, 4 scores, the loss type's clusters (selectmoe)
+        # and the selection; rds: 5 represent jobs (4 datasets, the queries) and one selection;
+        # less per replicate: its warmup, 5 gradient jobs and the selection; pool methods select
+        # per replicate; base evaluates
+        n = len(replicates)
+        n_selection = {
+            "selectmoe": 1 + 7 * n,
+            "ifd": 1 + 6 * n,
+            "rds": 6,
+            "less": 7 * n,
+            "full": 1,
+            "base": 0,
+        }.get(key[0], n)
+        expected_jobs = n_selection + (0 if key[0] == "base" else n * len(seeds)) + 1
         assert int(row["n_jobs"]) == expected_jobs, key
         assert (float(row["stored_mb"]) > 0) == (key[0] != "base")
 
@@ -468,20 +509,26 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         assert record["outputs"][0]["path"].endswith("results.json")
         assert record["params"]["evaluation"]["tasks"] == config["evaluation"]["tasks"]
     warmup = json.loads(
-        (results / "warmup/beta_moment_matching/full_rank_weights.pt.provenance.json").read_text()
+        (
+            results / "warmup/beta_moment_matching/r2/full_rank_weights.pt.provenance.json"
+        ).read_text()
     )
     assert warmup["stage"] == "warmup"
-    assert warmup["wildcards"] == {"loss": "beta_moment_matching"}
+    assert warmup["wildcards"] == {"loss": "beta_moment_matching", "rep": "2"}
     assert warmup["params"]["settings"]["quality_loss_type"] == "beta_moment_matching"
+    assert warmup["params"]["settings"]["seed"] == warmup["params"]["settings"]["gate_init_seed"]
+    assert warmup["params"]["settings"]["seed"] == 2
     pool_file = workflow_dir / warmup["inputs"]["pool"][0]["path"]
     assert (
         warmup["inputs"]["pool"][0]["sha256"] == hashlib.sha256(pool_file.read_bytes()).hexdigest()
     )
     assert warmup["software"]["packages"]["torch"] and warmup["wall_time_s"] > 0
     finetune = json.loads(
-        (results / "finetune/demo-llama/random/p0.25/seed2/adapter.provenance.json").read_text()
+        (results / "finetune/demo-llama/random/p0.25/r2/seed1/adapter.provenance.json").read_text()
     )
-    assert finetune["params"]["settings"]["seed"] == 2 and finetune["wildcards"]["seed"] == "2"
+    # the finetune seed is nested in its replicate
+    assert finetune["params"]["settings"]["seed"] == 2001
+    assert finetune["wildcards"]["seed"] == "1" and finetune["wildcards"]["rep"] == "2"
 
     again = _snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "small.yaml")
     assert again.returncode == 0
@@ -504,8 +551,8 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         (
             {"selection": {"clustering_params": {"k_step": 1}}},
             {
-                "cluster": 2,
-                "select": 2,
+                "cluster": 4,  # 2 loss types x 2 replicates
+                "select": 4,
                 "finetune": 4,
                 "evaluate": 2,
                 "summarize": 1,
@@ -517,8 +564,9 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         (
             {"selection": {"percentages": [0.25, 0.5]}},
             {
-                "select": 4 + 1 + 2 + 2,  # routed, random, the two references, targeted
-                "finetune": 18,
+                # per replicate: routed, random, the two references, less; rds once
+                "select": (4 + 1 + 2 + 1) * 2 + 1,
+                "finetune": 9 * 2,
             },
             ["warmup", "score", "cluster", "convert", "build_demo", "evaluate_base"],
         ),
@@ -526,19 +574,20 @@ def _planned_jobs(workflow_dir: Path, configfile: str) -> dict[str, int]:
         (
             {"warmup": {"learning_rate": 0.002}},
             {
-                "warmup": 2,
-                "score": 8,
-                "cluster": 2,
-                "select": 4,
+                "warmup": 4,  # 2 loss types x 2 replicates
+                "score": 16,
+                "cluster": 4,
+                "select": 8,
                 "finetune": 8,
                 "evaluate": 4,
             },
             ["score_untrained", "build_demo", "evaluate_base"],
         ),
-        # one more finetune seed: its finetunes, every evaluation of a selection, the summary
+        # one more finetune seed: its finetunes (every row's replicates), every evaluation of
+        # a row, the summary
         (
-            {"finetune": {"seeds": [1, 2, 3]}},
-            {"finetune": 10, "evaluate": 10, "summarize": 1},
+            {"finetune": {"seeds": [1, 2]}},
+            {"finetune": 10 * 2, "evaluate": 10, "summarize": 1},
             ["warmup", "score", "cluster", "select", "evaluate_base"],
         ),
         # an evaluation setting: every evaluation, no training
@@ -610,7 +659,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
     reference, _ = finished_demo
     workflow_dir, _ = _small_demo_dir(tmp_path)
     killed_at = []
-    for pattern in ("checkpoints/warmup/*/step_*.pt", "checkpoints/finetune/**/step_*.pt"):
+    for pattern in ("checkpoints/warmup/*/r*/step_*.pt", "checkpoints/finetune/**/step_*.pt"):
         killed_at.append(_run_until(workflow_dir, f"results/{pattern}"))
         # a killed Snakemake leaves its lock: release it as a user would
         unlock = _snakemake(workflow_dir, "--unlock", "--configfile", "small.yaml")
@@ -623,12 +672,13 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
 
     ours, theirs = workflow_dir / "results", reference / "results"
     selections = sorted(p.relative_to(theirs) for p in theirs.glob("selection/**/*.jsonl"))
+    replicates = SMALL_DEMO["selection"]["replicates"]
     assert len(selections) == len(SMALL_SELECTIONS)
     for relative in [*selections, Path("summary.csv"), Path("summary.md")]:
         assert (ours / relative).read_bytes() == (theirs / relative).read_bytes(), relative
     resumed = []
-    for loss in SMALL_DEMO["selection"]["loss_types"]:
-        relative = f"warmup/{loss}/full_rank_weights.pt"
+    for loss, rep in itertools.product(SMALL_DEMO["selection"]["loss_types"], replicates):
+        relative = f"warmup/{loss}/r{rep}/full_rank_weights.pt"
         payload = torch.load(ours / relative, weights_only=False)
         resumed.append(payload["resumed_from_step"])
         expected = torch.load(theirs / relative, weights_only=False)
@@ -653,10 +703,10 @@ def test_a_killed_gradient_job_resumes_from_its_shards(
 
     reference, _ = finished_demo
     workflow_dir, _ = _small_demo_dir(tmp_path)
-    target = "results/targeted/less/cot_features.pt"
+    target = "results/targeted/less/r1/cot_features.pt"
     shard = _run_until(
         workflow_dir,
-        "results/targeted/less/cot_features.pt.shards/checkpoint*.pt",
+        f"{target}.shards/checkpoint*.pt",
         targets=(target,),
     )
     assert not (workflow_dir / target).exists()
@@ -666,7 +716,7 @@ def test_a_killed_gradient_job_resumes_from_its_shards(
         workflow_dir, target, "--cores", "2", "--configfile", "small.yaml", "--rerun-incomplete"
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
-    log = (workflow_dir / "results/logs/less_gradients/cot.log").read_text()
+    log = (workflow_dir / "results/logs/less_gradients/r1/cot.log").read_text()
     computed, total = map(int, re.search(r"\((\d+) of (\d+) shards computed", log).groups())
     assert shard.name.startswith("checkpoint") and 0 < computed < total, log[-2000:]
     ours = torch.load(workflow_dir / target, weights_only=True)

@@ -82,7 +82,7 @@ register_method_kind(
         inputs=inputs,
         load=load,
         choose=choose,
-        deterministic=True,
+        deterministic=("longest_answers",),
         description="the longest answers first",
     ),
     overwrite=True,
@@ -193,9 +193,9 @@ def test_a_plugin_kind_runs_through_snakemake_into_summary_costs_and_plan(tmp_pa
                 "percentages": [0.25],
                 "methods": ["longest_answers", "random"],
                 "full_baseline": False,
+                "replicates": [1, 2],
             },
             "finetune": {"seeds": [1], "epochs": 1, "max_sequence_length": 128},
-            "summary": {"n_resamples": 200},
         },
     )
     (workflow_dir / "words.yaml").write_text(yaml.safe_dump(config))
@@ -218,8 +218,10 @@ def test_a_plugin_kind_runs_through_snakemake_into_summary_costs_and_plan(tmp_pa
     )
     with open(results / "costs.csv", newline="") as handle:
         costs = {row["method"]: row for row in csv.DictReader(handle)}
-    # 4 artefacts and the selection, one finetune, one evaluation
-    assert int(costs["longest_answers"]["n_jobs"]) == 4 + 1 + 1 + 1
+    # 4 artefacts and the one selection (the kind has no chance), a finetune per replicate,
+    # one evaluation
+    assert int(costs["longest_answers"]["n_jobs"]) == 4 + 1 + 2 + 1
+    assert rows["longest_answers"]["stability"] == "1.0"
     assert float(costs["longest_answers"]["selection_cpu_s"]) > float(
         costs["random"]["selection_cpu_s"]
     )

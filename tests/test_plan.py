@@ -820,3 +820,18 @@ def test_cli_prints_the_targeted_rows(tmp_path: Path, capsys: pytest.CaptureFixt
     lines = capsys.readouterr().out.strip().splitlines()[2:]
     stages = [line.split(" | ")[0].strip("| ") for line in lines]
     assert stages[2:6] == [*TARGETED_STAGES, "select"]
+
+
+def test_every_replicate_is_counted(paper: dict[str, Any]) -> None:
+    """A selection replicate repeats the warmups, the scoring, LESS and the finetunes: the
+    GPU-hours of those rows grow with the number of replicates, the shared ones do not."""
+    three = {row["stage"] + row["model"]: row for row in plan_table(paper)}
+    paper["selection"]["replicates"] = [42]
+    one = {row["stage"] + row["model"]: row for row in plan_table(paper)}
+    for key, row in three.items():
+        if not row["total_gpu_hours"]:
+            continue
+        ratio = row["total_gpu_hours"] / one[key]["total_gpu_hours"]
+        expected = 1.0 if row["stage"] == "represent" else 3.0
+        assert ratio == pytest.approx(expected, rel=0.02), key
+        assert row["jobs"] == expected * one[key]["jobs"] or row["stage"] == "evaluate", key

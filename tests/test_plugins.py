@@ -105,9 +105,9 @@ def test_a_plugin_runs_warmup_and_scoring_through_snakemake(tmp_path):
     (workflow_dir / "plugin.yaml").write_text(yaml.safe_dump(config))
     trace = tmp_path / "trace.txt"
     targets = [
-        f"results/router_data/mean_abs_from_half/{d}_router_data.pt"
+        f"results/router_data/mean_abs_from_half/r1/{d}_router_data.pt"
         for d in ("cot", "dolly", "flan_v2", "oasst1")
-    ] + ["results/selection/plugin_topk/mean_abs_from_half/p0.25/selected_data.jsonl"]
+    ] + ["results/selection/plugin_topk/mean_abs_from_half/p0.25/r1/selected_data.jsonl"]
     import os
 
     os.environ["PLUGIN_TRACE"] = str(trace)
@@ -117,19 +117,19 @@ def test_a_plugin_runs_warmup_and_scoring_through_snakemake(tmp_path):
         del os.environ["PLUGIN_TRACE"]
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     weights = torch.load(
-        workflow_dir / "results/warmup/mean_abs_from_half/full_rank_weights.pt",
+        workflow_dir / "results/warmup/mean_abs_from_half/r1/full_rank_weights.pt",
         weights_only=False,
     )
     assert weights["config"]["settings"]["quality_loss_type"] == "mean_abs_from_half"
     assert weights["config"]["model_overrides"]["trash_expert_mode"] == "custom"
     data = torch.load(
-        workflow_dir / "results/router_data/mean_abs_from_half/cot_router_data.pt",
+        workflow_dir / "results/router_data/mean_abs_from_half/r1/cot_router_data.pt",
         weights_only=False,
     )
     assert data["metadata"]["trash_expert_mode"] == "custom"
     # the Snakefile and every job imported the plugin (one line per process)
     assert len(trace.read_text().split()) >= 1 + 1 + 4 + 1  # parse, warmup, 4 scores, select
-    selected = workflow_dir / "results/selection/plugin_topk/mean_abs_from_half/p0.25"
+    selected = workflow_dir / "results/selection/plugin_topk/mean_abs_from_half/p0.25/r1"
     info = json.loads((selected / "selection.json").read_text())
     assert info["method"] == "plugin_topk" and info["n_selected"] == 60
     # an unregistered name without the plugin is refused before anything runs

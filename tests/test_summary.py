@@ -195,7 +195,9 @@ def test_row_order_and_markdown(points, tmp_path):
     markdown = md_path.read_text()
     assert "| tiny | oracle ‡ |" in markdown
     assert "reads the pool's quality labels" in markdown
-    assert "variance components" in markdown and "no difference shown" not in markdown.split("\n")[0]
+    assert (
+        "variance components" in markdown and "no difference shown" not in markdown.split("\n")[0]
+    )
     line = next(row for row in markdown.splitlines() if "| selectmoe | sigmoid | 10 |" in row)
     assert "better" in line and "[" in line
 

@@ -265,7 +265,7 @@ def score_plan(config: Mapping[str, Any], shape: ModelShape, assumptions: Assump
         dataset: assumptions.seconds(per_token * _tokens(n, length, assumptions), dtype)
         for dataset, n in _pool(config, assumptions).items()
     }
-    losses = len(selection["loss_types"])
+    jobs = _count(config, "score")
     notes = ["length-sorted batches: padding taken as none"]
     if lm_statistics:
         notes.append(f"LM head on the answer tokens ({share:.0%} of tokens)")
@@ -276,11 +276,12 @@ def score_plan(config: Mapping[str, Any], shape: ModelShape, assumptions: Assump
     return StagePlan(
         stage="score",
         model=shape.name,
-        jobs=_count(config, "score"),
+        jobs=jobs,
         precision=dtype,
         memory=memory,
         time_s=time_s,
-        total_gpu_hours=losses * sum(time_s.values()) / HOUR,
+        # every dataset once per loss type and selection replicate (the job graph's count)
+        total_gpu_hours=jobs / len(time_s) * sum(time_s.values()) / HOUR,
         notes=notes,
     )
 
@@ -698,14 +699,15 @@ def less_warmup_plan(
     )
     seconds = training.seconds(examples, assumptions)
     batch = int(settings["per_device_batch_size"])
+    jobs = _count(config, "less_warmup")  # one per selection replicate
     return StagePlan(
         stage="less_warmup",
         model=shape.name,
-        jobs=_count(config, "less_warmup"),
+        jobs=jobs,
         precision="bf16 weights + bf16 autocast" if training.bf16 else "float32",
         memory=training.memory,
         time_s={"": seconds},
-        total_gpu_hours=seconds / HOUR,
+        total_gpu_hours=jobs * seconds / HOUR,
         notes=[
             f"LoRA r={int(settings['lora_r'])} on {', '.join(settings['target_modules'])}: "
             f"{training.lora:,} parameters",
@@ -759,14 +761,15 @@ def less_gradients_plan(
         )
         for label, (examples, tokens) in _targeted_jobs(config, assumptions, length).items()
     }
+    jobs = _count(config, "less_gradients")  # every part once per selection replicate
     return StagePlan(
         stage="less_gradients",
         model=shape.name,
-        jobs=_count(config, "less_gradients"),
+        jobs=jobs,
         precision=("bf16 weights + bf16 autocast" if bf16 else "float32") + ", float32 projection",
         memory=memory,
         time_s=time_s,
-        total_gpu_hours=sum(time_s.values()) / HOUR,
+        total_gpu_hours=jobs / len(time_s) * sum(time_s.values()) / HOUR,
         notes=[
             "one job per dataset and one for the queries",
             f"{epochs} checkpoints x (forward + backward, batch {batch} x {length} sorted by "

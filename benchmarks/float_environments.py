@@ -1,0 +1,666 @@
+"""Float environments: where do two machines' runs of the same commit part?
+
+The workflow's selection targets (every ``select`` job's ``selected_data.jsonl``, with all they
+need: demo data, converted model, warmup, router data, clusters, RDS / LESS features) are run
+once per *float environment* on this machine, each in its own ``--directory``, and the artefacts
+are then compared in pipeline order with the first environment's:
+
+- ``native``: ``ATEN_CPU_CAPABILITY`` set to what ``torch.backends.cpu.get_cpu_capability()``
+  reports (e.g. ``avx2``): the SIMD kernels this CPU kind gets;
+- ``default``: ``ATEN_CPU_CAPABILITY=default``: ATen's kernels without SIMD, as a CPU kind
+  without AVX would run them;
+- ``threads2``: every float rule run with 2 threads (``--set-threads``) instead of the config's
+  1. Setting ``OMP_NUM_THREADS`` in the caller's environment would change nothing: Snakemake
+  sets it (and ``MKL_NUM_THREADS``, ...) to the job's threads, and the job scripts call
+  ``torch.set_num_threads(threads)``.
+
+For every artefact: are the two files byte-identical (or equal but for timings), the largest
+absolute (and relative) difference of its tensors, and, for the discrete ones, the consequence:
+the chosen k and the adjusted Rand index of the cluster labels, the Jaccard index of the selected
+(dataset, id) sets and how many examples were swapped.
+
+Usage::
+
+    .venv/bin/python benchmarks/float_environments.py \\
+        --configfile config/config.yaml --configfile config/small.yaml \\
+        --workdir /tmp/float_envs --environments native,default
+
+An environment whose selections are already there is not run again (Snakemake finds nothing to
+do). The results replace the ``float-environments`` section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from results_md import replace_section
+
+from selectmoe.workflow.config import with_defaults
+from selectmoe.workflow.layout import Layout
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEFILE = REPO / "Snakefile"
+TITLE = "## Float environments: where two machines' runs part"
+MARKERS = ("<!-- float-environments:begin -->", "<!-- float-environments:end -->")
+#: The rules whose jobs compute with floats (``threads2`` runs them with 2 threads).
+FLOAT_RULES = (
+    "build_demo",
+    "build_demo_target",
+    "convert",
+    "warmup",
+    "score",
+    "cluster",
+    "represent",
+    "less_warmup",
+    "less_gradients",
+    "select",
+)
+#: Pipeline order of the artefacts under ``results_dir``: a file's unit is the first pattern it
+#: matches; a pattern ending in ``/`` makes the directory one unit.
+ORDER = (
+    "demo/pool/*",
+    "demo/noise_labels.jsonl",
+    "demo/queries.jsonl",
+    "demo/tasks/",
+    "demo/tokenizer/",
+    "demo/demo_manifest.json",
+    "demo/base_model/",
+    "demo/target_model/",
+    "data/*",
+    "models/*/converted/",
+    "models/*/verify_conversion.json",
+    "warmup/*",
+    "router_data/untrained/*",
+    "router_data/*",
+    "clusters/*",
+    "targeted/rds/*",
+    "targeted/less/*/warmup/",
+    "targeted/less/*",
+    "artefacts/*",
+    "selection/*",
+)
+#: Not compared: logs, timings, checkpoints, provenance records, plots.
+SKIPPED = (
+    "logs/*",
+    "benchmarks/*",
+    "checkpoints/*",
+    "report/*",
+    "*.provenance.json",
+    "*/plots/*",
+    "*.snakemake_timestamp",
+)
+#: JSON keys that hold wall-clock measurements (ignored when comparing content).
+TIMING_KEYS = frozenset({"timings", "wall_time_s", "finished", "elapsed_s", "seconds"})
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A float environment: variables for the run and extra Snakemake arguments."""
+
+    name: str
+    variables: Mapping[str, str]
+    arguments: tuple[str, ...] = ()
+    description: str = ""
+
+
+def environments(native: str) -> dict[str, Environment]:
+    """The environments this benchmark knows, ``native`` being this CPU's ATen capability."""
+    threads = tuple(f"{rule}=2" for rule in FLOAT_RULES)
+    return {
+        "native": Environment(
+            "native", {"ATEN_CPU_CAPABILITY": native}, (), f"ATEN_CPU_CAPABILITY={native}"
+        ),
+        "default": Environment(
+            "default", {"ATEN_CPU_CAPABILITY": "default"}, (), "ATEN_CPU_CAPABILITY=default"
+        ),
+        "threads2": Environment(
+            "threads2",
+            {"ATEN_CPU_CAPABILITY": native},
+            ("--set-threads", *threads),
+            f"ATEN_CPU_CAPABILITY={native}, float rules with 2 threads (--set-threads)",
+        ),
+    }
+
+
+# ------------------------------------------------------------------------------ config, runs
+
+
+def deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into ``base`` as Snakemake merges several ``--configfile``: mappings
+    recursively, everything else (lists included) replaced."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def merged_config(paths: Sequence[Path]) -> dict[str, Any]:
+    """The validated config of several files read in order (with the schema's defaults)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        deep_update(merged, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    return with_defaults(merged)
+
+
+def selection_targets(layout: Layout) -> list[str]:
+    """Every ``select`` job's ``selected_data.jsonl`` (relative to the run's directory)."""
+    return [str(layout.selection_file(p, "selected_data.jsonl")) for p in layout.selection_paths()]
+
+
+def snakemake_command(
+    environment: Environment, configfiles: Sequence[Path], targets: Sequence[str], directory: Path
+) -> list[str]:
+    executable = Path(sys.executable).with_name("snakemake")
+    return [
+        str(executable if executable.exists() else "snakemake"),
+        *targets,
+        "--cores",
+        "2",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(directory),
+        *environment.arguments,
+        "--configfile",
+        *(str(path) for path in configfiles),
+    ]
+
+
+def job_seconds(results: Path) -> float:
+    """The summed wall time of the run's jobs (Snakemake's benchmark files)."""
+    total = 0.0
+    for tsv in (results / "benchmarks").rglob("*.tsv"):
+        with tsv.open(encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        total += sum(float(row["s"]) for row in rows if row.get("s"))
+    return total
+
+
+def run_environment(
+    environment: Environment,
+    configfiles: Sequence[Path],
+    targets: Sequence[str],
+    workdir: Path,
+    results_dir: str,
+) -> dict[str, Any]:
+    """Run the selection targets in ``workdir/<env>``; the wall time of the run that did the
+    work is kept in ``workdir/runs.json`` (a later call finds nothing to do)."""
+    directory = workdir / environment.name
+    directory.mkdir(parents=True, exist_ok=True)
+    command = snakemake_command(environment, configfiles, targets, directory)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(environment.variables)
+    log = workdir / f"{environment.name}.snakemake.log"
+    print(f"[{environment.name}] {environment.description}: log {log}", flush=True)
+    started = time.perf_counter()
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(f"\n$ {shlex.join(command)}\n")
+        handle.flush()
+        code = subprocess.run(
+            command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False
+        ).returncode
+    wall = time.perf_counter() - started
+    if code != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
+        raise SystemExit(f"[{environment.name}] snakemake failed ({code}):\n" + "\n".join(tail))
+    ledger_path = workdir / "runs.json"
+    ledger = json.loads(ledger_path.read_text(encoding="utf-8")) if ledger_path.exists() else {}
+    record = ledger.get(environment.name, {})
+    if wall > 60 or "wall_s" not in record:  # a run that found nothing to do keeps the old wall
+        record = {"wall_s": round(wall, 1), "command": shlex.join(command)}
+    record["job_s"] = round(job_seconds(directory / results_dir), 1)
+    ledger[environment.name] = record
+    ledger_path.write_text(json.dumps(ledger, indent=2), encoding="utf-8")
+    print(f"[{environment.name}] done: {record}", flush=True)
+    return record
+
+
+# ------------------------------------------------------------------------------ comparison
+
+
+@dataclass
+class Diff:
+    """One artefact of two runs compared."""
+
+    artefact: str
+    identical: str  # "yes", "content" (equal but for timings) or "no"
+    max_abs: float | None = None
+    max_rel: float | None = None
+    consequence: str = ""
+    first_kind: str = ""  # "tensor", "discrete", "bytes": what differs
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def unit_of(relative: str) -> tuple[int, str] | None:
+    """The position in :data:`ORDER` and the unit (a file or a directory) of a result file."""
+    if any(fnmatch(relative, pattern) for pattern in SKIPPED):
+        return None
+    for position, pattern in enumerate(ORDER):
+        if pattern == "selection/*" and fnmatch(relative, pattern):
+            return position, relative.rsplit("/", 1)[0]  # a selection's directory
+        if pattern.endswith("/"):
+            prefix = pattern.rstrip("/")
+            parts = prefix.count("/") + 1
+            head = "/".join(relative.split("/")[:parts])
+            if fnmatch(head, prefix) and relative.count("/") >= parts:
+                return position, head
+        elif fnmatch(relative, pattern):
+            return position, relative
+    return len(ORDER), relative
+
+
+def units(results: Path) -> list[tuple[int, str]]:
+    found = set()
+    for path in results.rglob("*"):
+        if path.is_file():
+            unit = unit_of(path.relative_to(results).as_posix())
+            if unit is not None:
+                found.add(unit)
+    return sorted(found)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of nested dicts / lists / tuples by ``a.b[0]`` keys (tensors and arrays as leaves)."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list | tuple) and value and not isinstance(value[0], str | int):
+        out = {}
+        for index, item in enumerate(value):
+            out.update(flatten(item, f"{prefix}[{index}]"))
+        return out
+    return {prefix: value}
+
+
+def _as_array(value: Any) -> np.ndarray | None:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float64).cpu().numpy()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        return value.astype(np.float64)
+    if isinstance(value, float):
+        return np.asarray([value], dtype=np.float64)
+    if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
+        return np.asarray(value, dtype=np.float64)
+    return None
+
+
+def compare_leaves(
+    a: Mapping[str, Any], b: Mapping[str, Any]
+) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """Per numeric key (max |a - b|, max |a|); the other keys that differ."""
+    numeric: dict[str, tuple[float, float]] = {}
+    other = sorted(set(a) ^ set(b))
+    for key in sorted(set(a) & set(b)):
+        x, y = _as_array(a[key]), _as_array(b[key])
+        if x is not None and y is not None and x.shape == y.shape:
+            if x.size:
+                numeric[key] = (float(np.max(np.abs(x - y))), float(np.max(np.abs(x))))
+        elif _strip_timings(a[key]) != _strip_timings(b[key]):
+            other.append(key)
+    return numeric, other
+
+
+def _strip_timings(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _strip_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [_strip_timings(v) for v in value]
+    return value
+
+
+_SHOWN: set[str] = set()
+
+
+def load_leaves(path: Path) -> dict[str, Any] | None:
+    """A tensor file's leaves (``.pt``, ``.safetensors``, ``.npz``), else None. The structure
+    of the first file of each kind is printed."""
+    if path.suffix == ".pt":
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        payload = load_file(str(path))
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            payload = {key: data[key] for key in data.files}
+    else:
+        return None
+    leaves = flatten(payload)
+    kind = path.parent.parent.name if path.suffix == ".pt" else path.suffix
+    if kind not in _SHOWN:
+        _SHOWN.add(kind)
+        shapes = {
+            k: (tuple(v.shape) if hasattr(v, "shape") else type(v).__name__)
+            for k, v in list(leaves.items())[:12]
+        }
+        print(f"  structure of {path.name}: {len(leaves)} leaves, e.g. {shapes}", flush=True)
+    return leaves
+
+
+def _ids(path: Path) -> list[tuple[str, str]]:
+    with path.open(encoding="utf-8") as handle:
+        return [(row["dataset"], str(row["id"])) for row in map(json.loads, handle)]
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else ("0" if value == 0 else f"{value:.1e}")
+
+
+def compare_files(a: Path, b: Path) -> Diff:
+    """One file of the two runs (``b`` may be missing)."""
+    name = a.name
+    if not b.exists():
+        return Diff(name, "no", consequence="missing in the second run", first_kind="bytes")
+    if a.read_bytes() == b.read_bytes():
+        return Diff(name, "yes")
+    leaves_a = load_leaves(a)
+    if leaves_a is not None:
+        leaves_b = load_leaves(b) or {}
+        numeric, other = compare_leaves(leaves_a, leaves_b)
+        moved = {k: v for k, v in numeric.items() if v[0] > 0}
+        worst = max(moved, key=lambda k: moved[k][0], default=None)
+        diff = Diff(name, "no" if moved or other else "content")
+        if worst is not None:
+            diff.max_abs = moved[worst][0]
+            diff.max_rel = moved[worst][0] / moved[worst][1] if moved[worst][1] else None
+            top = sorted(moved, key=lambda k: -moved[k][0])[:3]
+            diff.consequence = (
+                f"{len(moved)} of {len(numeric)} tensors differ; largest: "
+                + ", ".join(f"{k} {_fmt(moved[k][0])}" for k in top)
+            )
+            diff.first_kind = "tensor"
+            diff.details["moved"] = {k: moved[k][0] for k in moved}
+        if other:
+            diff.consequence += ("; " if diff.consequence else "") + "other: " + ", ".join(other)
+            diff.first_kind = diff.first_kind or "discrete"
+        return diff
+    if a.suffix == ".json":
+        x = json.loads(a.read_text(encoding="utf-8"))
+        y = json.loads(b.read_text(encoding="utf-8"))
+        if _strip_timings(x) == _strip_timings(y):
+            return Diff(name, "content", consequence="equal but for timings")
+        numeric, other = compare_leaves(flatten(_strip_timings(x)), flatten(_strip_timings(y)))
+        moved = {k: v for k, v in numeric.items() if v[0] > 0}
+        worst = max(moved, key=lambda k: moved[k][0], default=None)
+        diff = Diff(name, "no", consequence="keys differ: " + ", ".join([*moved, *other][:6]))
+        if worst is not None:
+            diff.max_abs = moved[worst][0]
+            diff.max_rel = moved[worst][0] / moved[worst][1] if moved[worst][1] else None
+        diff.first_kind = "discrete" if other else "tensor"
+        return diff
+    return Diff(name, "no", consequence="bytes differ", first_kind="bytes")
+
+
+def compare_unit(unit: str, a_root: Path, b_root: Path) -> Diff:
+    """A unit (file or directory) of the two runs, with the consequences of its kind."""
+    a, b = a_root / unit, b_root / unit
+    if a.is_dir():
+        files = sorted(
+            p.relative_to(a).as_posix()
+            for p in a.rglob("*")
+            if p.is_file() and unit_of(f"{unit}/{p.relative_to(a).as_posix()}") is not None
+        )
+        diffs = [compare_files(a / f, b / f) for f in files]
+        differing = [d for d in diffs if d.identical == "no"]
+        if unit.startswith("selection/"):
+            return compare_selection(unit, a, b, diffs)
+        diff = Diff(unit + "/", "no" if differing else "yes")
+        if any(d.identical == "content" for d in diffs) and not differing:
+            diff.identical = "content"
+        abs_values = [d.max_abs for d in differing if d.max_abs is not None]
+        if abs_values:
+            worst = max((d for d in differing if d.max_abs is not None), key=lambda d: d.max_abs)
+            diff.max_abs, diff.max_rel = worst.max_abs, worst.max_rel
+        if differing:
+            diff.consequence = f"{len(differing)} of {len(files)} files differ: " + "; ".join(
+                f"{d.artefact} ({d.consequence})" for d in differing[:2]
+            )
+            diff.first_kind = differing[0].first_kind
+        return diff
+    diff = compare_files(a, b)
+    diff.artefact = unit
+    if unit.startswith("clusters/") and diff.identical != "yes":
+        diff = compare_clusters(unit, a, b, diff)
+    return diff
+
+
+def compare_clusters(unit: str, a: Path, b: Path, diff: Diff) -> Diff:
+    from sklearn.metrics import adjusted_rand_score
+
+    x = json.loads(a.read_text(encoding="utf-8"))
+    y = json.loads(b.read_text(encoding="utf-8"))
+    ari = adjusted_rand_score(x["labels"], y["labels"])
+    k = f"k {x['k']}" + ("" if x["k"] == y["k"] else f" vs {y['k']}")
+    diff.consequence = f"{k}; label ARI {ari:.3f}" + (
+        f"; {diff.consequence}" if diff.identical == "no" else ""
+    )
+    diff.details.update(k=(x["k"], y["k"]), ari=ari)
+    if x["k"] != y["k"] or ari < 1:
+        diff.first_kind = "discrete"
+    return diff
+
+
+def compare_selection(unit: str, a: Path, b: Path, diffs: Sequence[Diff]) -> Diff:
+    """A selection directory: the selected sets, their order, k, the scores."""
+    first, second = _ids(a / "selected_data.jsonl"), _ids(b / "selected_data.jsonl")
+    sa, sb = set(first), set(second)
+    jaccard = len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+    swapped = len(sa - sb)
+    bytes_equal = (a / "selected_data.jsonl").read_bytes() == (
+        b / "selected_data.jsonl"
+    ).read_bytes()
+    diff = Diff(unit, "yes" if bytes_equal else "no")
+    parts = []
+    ka = kb = None
+    if (a / "selection.json").exists() and (b / "selection.json").exists():
+        ka = json.loads((a / "selection.json").read_text(encoding="utf-8")).get("k")
+        kb = json.loads((b / "selection.json").read_text(encoding="utf-8")).get("k")
+        if ka is not None:
+            parts.append(f"k {ka}" + ("" if ka == kb else f" vs {kb}"))
+    if sa == sb:
+        parts.append("same set" + ("" if first == second else ", other order"))
+    else:
+        parts.append(f"Jaccard {jaccard:.3f}, {swapped} of {len(sa)} swapped")
+    score_diff = next((d for d in diffs if d.artefact == "scores.npz"), None)
+    if score_diff is not None and score_diff.max_abs is not None:
+        diff.max_abs, diff.max_rel = score_diff.max_abs, score_diff.max_rel
+        parts.append(f"scores.npz max |diff| {_fmt(score_diff.max_abs)}")
+    if not bytes_equal and sa == sb and first == second:
+        parts.append("scores written differ")
+    diff.consequence = "; ".join(parts)
+    diff.first_kind = "discrete" if (sa != sb or first != second or ka != kb) else "tensor"
+    diff.details.update(jaccard=jaccard, swapped=swapped, n=len(sa), k=(ka, kb))
+    return diff
+
+
+def compare_runs(first: Path, second: Path) -> list[Diff]:
+    """Every unit of the first run against the second, in pipeline order."""
+    rows = []
+    for position, unit in units(first):
+        diff = compare_unit(unit, first, second)
+        diff.details["stage"] = ORDER[position] if position < len(ORDER) else "other"
+        rows.append(diff)
+    return rows
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def table(rows: Iterable[Diff]) -> list[str]:
+    lines = [
+        "| artefact | identical? | max \\|diff\\| | max rel | consequence |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        consequence = row.consequence.replace("|", "\\|")
+        lines.append(
+            f"| `{row.artefact}` | {row.identical} | {_fmt(row.max_abs)} | "
+            f"{_fmt(row.max_rel)} | {consequence} |"
+        )
+    return lines
+
+
+def reading(rows: Sequence[Diff], first_env: str, second_env: str) -> str:
+    """A few sentences on where the runs part and what that does to k and the selections."""
+    differing = [r for r in rows if r.identical == "no"]
+    if not differing:
+        return (
+            f"All {len(rows)} artefacts of `{first_env}` and `{second_env}` are equal "
+            "(byte for byte or but for timings): these environments do not part on this config."
+        )
+    first = differing[0]
+    size = (
+        f"by at most {_fmt(first.max_abs)} (relative {_fmt(first.max_rel)})"
+        if first.max_abs is not None
+        else f"({first.consequence})"
+    )
+    sentences = [
+        f"The first artefact that differs between `{first_env}` and `{second_env}` is "
+        f"`{first.artefact}`, {size}; every artefact before it is equal."
+    ]
+    clusters = [r for r in rows if r.artefact.startswith("clusters/")]
+    if clusters:
+        k_changed = [r for r in clusters if len(set(r.details.get("k", ()))) > 1]
+        aris = [r.details["ari"] for r in clusters if "ari" in r.details]
+        if k_changed:
+            sentences.append(
+                f"{len(k_changed)} of {len(clusters)} clusterings choose another k ("
+                + ", ".join(
+                    f"`{r.artefact}` {r.details['k'][0]}→{r.details['k'][1]}" for r in k_changed
+                )
+                + ")."
+            )
+        elif aris:
+            sentences.append(
+                f"Every clustering keeps its k; the label agreement (adjusted Rand index) is "
+                f"{min(aris):.3f} at worst."
+            )
+        else:
+            sentences.append("Every clustering is equal.")
+    selections = [r for r in rows if r.artefact.startswith("selection/")]
+    changed = [r for r in selections if r.details.get("swapped")]
+    if selections:
+        if changed:
+            worst = min(changed, key=lambda r: r.details["jaccard"])
+            sentences.append(
+                f"{len(changed)} of {len(selections)} selections choose another set; the worst, "
+                f"`{worst.artefact}`, swaps {worst.details['swapped']} of {worst.details['n']} "
+                f"examples (Jaccard {worst.details['jaccard']:.3f})."
+            )
+            unchanged_scored = [
+                r for r in selections if not r.details.get("swapped") and r.identical == "no"
+            ]
+            if unchanged_scored:
+                sentences.append(
+                    f"{len(unchanged_scored)} more select the same examples with scores that "
+                    "differ in the last bits."
+                )
+        else:
+            sentences.append(
+                f"All {len(selections)} selections keep their examples "
+                f"({sum(r.identical == 'no' for r in selections)} with scores that differ)."
+            )
+    return " ".join(sentences)
+
+
+def git_commit() -> str:
+    result = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    )
+    return result.stdout.strip() or "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configfile", action="append", required=True, type=Path)
+    parser.add_argument("--workdir", required=True, type=Path)
+    parser.add_argument("--environments", default="native,default")
+    parser.add_argument("--results-md", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--no-results-md", action="store_true", help="only print the tables")
+    args = parser.parse_args(argv)
+
+    native = torch.backends.cpu.get_cpu_capability().lower()
+    known = environments(native)
+    chosen = [name.strip() for name in args.environments.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in known]
+    if unknown or len(chosen) < 2:
+        parser.error(f"--environments: two or more of {sorted(known)}")
+    configfiles = [path.resolve() for path in args.configfile]
+    workdir = args.workdir.resolve()
+    config = merged_config(configfiles)
+    layout = Layout(config)
+    targets = selection_targets(layout)
+    results_dir = str(config["results_dir"])
+    print(f"native capability {native}; {len(targets)} selection targets", flush=True)
+
+    runs = {
+        name: run_environment(known[name], configfiles, targets, workdir, results_dir)
+        for name in chosen
+    }
+    reference = chosen[0]
+    comparisons = {}
+    for name in chosen[1:]:
+        print(f"\n{reference} vs {name}", flush=True)
+        rows = compare_runs(workdir / reference / results_dir, workdir / name / results_dir)
+        comparisons[name] = rows
+        print("\n".join(table(rows)), flush=True)
+        print("\n" + reading(rows, reference, name), flush=True)
+
+    command = "python benchmarks/float_environments.py " + " ".join(
+        [
+            *(f"--configfile {os.path.relpath(p, REPO)}" for p in configfiles),
+            f"--workdir {args.workdir}",
+            f"--environments {','.join(chosen)}",
+        ]
+    )
+    if args.no_results_md:
+        return
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        MARKERS[0],
+        f"{TITLE} (`{command}`)",
+        "",
+        f"Commit `{git_commit()}`, torch {torch.__version__}, native ATen capability "
+        f"`{native}`, {os.cpu_count()} CPUs, snakemake --cores 2, measured {now}. The "
+        f"selection targets ({len(targets)} `select` jobs and everything they need) were run "
+        "once per environment on this machine, each in its own directory; an artefact is "
+        "*identical* when its bytes are, *content* when it is equal but for timings.",
+        "",
+    ]
+    for name in chosen:
+        run = runs[name]
+        lines.append(
+            f"- `{name}`: {known[name].description}; wall {run['wall_s']:.0f} s, "
+            f"jobs {run['job_s']:.0f} s"
+        )
+    for name, rows in comparisons.items():
+        lines += ["", f"### `{reference}` against `{name}`", "", *table(rows), ""]
+        lines.append(reading(rows, reference, name))
+    lines.append(MARKERS[1])
+    replace_section(args.results_md, "\n".join(lines) + "\n", MARKERS)
+    print(f"\nwrote the section to {args.results_md}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,9 @@ are then compared in pipeline order with the first environment's:
   reports (e.g. ``avx2``): the SIMD kernels this CPU kind gets;
 - ``default``: ``ATEN_CPU_CAPABILITY=default``: ATen's kernels without SIMD, as a CPU kind
   without AVX would run them;
+- ``default_shared``: ``default`` starting from a copy of the first environment's ``demo/``
+  (pool, tokenizer, pretrained base and target models): two machines that download the same
+  OLMoE and pool, so that the first stage of the real pipeline that parts shows;
 - ``threads2``: every float rule run with 2 threads (``--set-threads``) instead of the config's
   1. Setting ``OMP_NUM_THREADS`` in the caller's environment would change nothing: Snakemake
   sets it (and ``MKL_NUM_THREADS``, ...) to the job's threads, and the job scripts call
@@ -23,7 +26,7 @@ Usage::
 
     .venv/bin/python benchmarks/float_environments.py \\
         --configfile config/config.yaml --configfile config/small.yaml \\
-        --workdir /tmp/float_envs --environments native,default
+        --workdir /tmp/float_envs --environments native,default,default_shared
 
 An environment whose selections are already there is not run again (Snakemake finds nothing to
 do). The results replace the ``float-environments`` section of ``benchmarks/RESULTS.md``.
@@ -38,6 +41,7 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -107,7 +111,9 @@ SKIPPED = (
     "*.snakemake_timestamp",
 )
 #: JSON keys that hold wall-clock measurements (ignored when comparing content).
-TIMING_KEYS = frozenset({"timings", "wall_time_s", "finished", "elapsed_s", "seconds"})
+TIMING_KEYS = frozenset(
+    {"timings", "wall_time_s", "finished", "elapsed_s", "seconds", "tokens_per_second"}
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,9 @@ class Environment:
     variables: Mapping[str, str]
     arguments: tuple[str, ...] = ()
     description: str = ""
+    #: Start from a copy of the reference run's ``demo/`` (its pool, tokenizer and pretrained
+    #: models), as two machines that download the same base model and pool do.
+    shared_demo: bool = False
 
 
 def environments(native: str) -> dict[str, Environment]:
@@ -129,6 +138,14 @@ def environments(native: str) -> dict[str, Environment]:
         ),
         "default": Environment(
             "default", {"ATEN_CPU_CAPABILITY": "default"}, (), "ATEN_CPU_CAPABILITY=default"
+        ),
+        "default_shared": Environment(
+            "default_shared",
+            {"ATEN_CPU_CAPABILITY": "default"},
+            (),
+            "ATEN_CPU_CAPABILITY=default, demo/ (pool, base and target models) copied from "
+            "the reference run",
+            shared_demo=True,
         ),
         "threads2": Environment(
             "threads2",
@@ -201,11 +218,18 @@ def run_environment(
     targets: Sequence[str],
     workdir: Path,
     results_dir: str,
+    reference: str,
 ) -> dict[str, Any]:
     """Run the selection targets in ``workdir/<env>``; the wall time of the run that did the
     work is kept in ``workdir/runs.json`` (a later call finds nothing to do)."""
     directory = workdir / environment.name
     directory.mkdir(parents=True, exist_ok=True)
+    demo = directory / results_dir / "demo"
+    if environment.shared_demo and not demo.exists():
+        # copy2 keeps the modification times, so Snakemake takes the copy as up to date
+        shutil.copytree(
+            workdir / reference / results_dir / "demo", demo, copy_function=shutil.copy2
+        )
     command = snakemake_command(environment, configfiles, targets, directory)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.update(environment.variables)
@@ -346,7 +370,7 @@ def load_leaves(path: Path) -> dict[str, Any] | None:
             payload = {key: data[key] for key in data.files}
     else:
         return None
-    leaves = flatten(payload)
+    leaves = flatten(_strip_timings(payload))
     kind = path.parent.parent.name if path.suffix == ".pt" else path.suffix
     if kind not in _SHOWN:
         _SHOWN.add(kind)
@@ -615,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"native capability {native}; {len(targets)} selection targets", flush=True)
 
     runs = {
-        name: run_environment(known[name], configfiles, targets, workdir, results_dir)
+        name: run_environment(known[name], configfiles, targets, workdir, results_dir, chosen[0])
         for name in chosen
     }
     reference = chosen[0]

@@ -511,7 +511,7 @@ def _add_selection_commands(sub: Any, helps: Mapping[str, str]) -> None:
 
     p = sub.add_parser("select", help="stage 2b: select data from router data")
     p.add_argument("--configfile", help="a workflow config: run one of its selections as the rule")
-    p.add_argument("--selection", help="with --configfile: the selection (e.g. random/p0.3)")
+    p.add_argument("--selection", help="with --configfile: the selection (e.g. random/p0.3/r42)")
     p.add_argument(
         "--router-data", help="directory of *_router_data.pt (not needed by pool-only methods)"
     )

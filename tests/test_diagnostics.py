@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pandas as pd
 import torch
 from scipy.stats import hypergeom, spearmanr
 from sklearn.metrics import roc_auc_score
@@ -19,6 +20,7 @@ from selectmoe.evidence.diagnostics import (
     spearman,
     write_diagnostics,
 )
+from selectmoe.evidence.overlap import SelectionRun
 from selectmoe.selection.select import run_selection
 from tests.test_labels import write_labels
 from tests.test_selection import make_router_payload, save, write_pool
@@ -149,21 +151,70 @@ def test_write_diagnostics_files(tmp_path):
     untrained, _ = _router_files(tmp_path, "untrained", shift=0.0)
     labels = _labels(tmp_path, payloads)
     pool = write_pool(tmp_path, payloads)
-    selection = tmp_path / "sel.jsonl"
-    selection.write_text(json.dumps({"dataset": "alpha", "id": "alpha_0"}) + "\n")
+    runs = []
+    for rep, ids in ((1, ["alpha_0", "alpha_1"]), (2, ["alpha_1", "alpha_2"])):
+        selection = tmp_path / f"sel{rep}.jsonl"
+        selection.write_text("".join(json.dumps({"dataset": "alpha", "id": i}) + "\n" for i in ids))
+        runs.append(SelectionRun(f"x/p0.1/r{rep}", "x/p0.1", 0.1, rep, str(selection)))
     written = write_diagnostics(
         warmed={"sigmoid": warmed},
         untrained=untrained,
         output_dir=tmp_path / "out",
         labels_path=labels,
-        selections={"x/p0.1": selection},
+        selections=runs,
         pool_files=pool,
     )
     markdown = Path(written["markdown"]).read_text()
     assert "## Loss type `sigmoid`" in markdown and "auroc_junk" in markdown
     assert "| untrained | all |" in markdown
     assert Path(written["sigmoid"]["png"]).stat().st_size > 0
-    assert "x/p0.1" in Path(written["planted_share"]).read_text()
+    assert "x/p0.1/r2" in Path(written["planted_share"]).read_text()
+    # the replicates' overlap: {0, 1} and {1, 2} share one of three
+    overlap = pd.read_csv(written["selection_overlap"])
+    assert overlap.to_dict("records") == [
+        {
+            "percentage": 0.1,
+            "a": "x/p0.1",
+            "b": "x/p0.1",
+            "jaccard": pytest.approx(1 / 3),
+            "jaccard_min": pytest.approx(1 / 3),
+            "jaccard_max": pytest.approx(1 / 3),
+            "n_pairs": 1,
+        }
+    ]
+    assert "## Overlap of the selections" in markdown
+
+
+def test_selection_overlap_pairs_replicates(tmp_path):
+    from selectmoe.evidence.overlap import jaccard, selection_overlap, stability
+
+    def write(name, ids):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"dataset": "d", "id": str(i)}) + "\n" for i in ids))
+        return str(path)
+
+    runs = [
+        SelectionRun("a/r1", "a", 0.5, 1, write("a1", range(0, 4))),
+        SelectionRun("a/r2", "a", 0.5, 2, write("a2", range(2, 6))),
+        SelectionRun("b/r1", "b", 0.5, 1, write("b1", range(0, 4))),
+        SelectionRun("b/r2", "b", 0.5, 2, write("b2", range(4, 8))),
+        SelectionRun("once", "once", 0.5, None, write("once", range(0, 2))),
+        SelectionRun("other", "other", 0.1, 1, write("other", range(0, 1))),
+    ]
+    table = selection_overlap(runs).set_index(["a", "b"])
+    # a with b: r1 with r1 (identical), r2 with r2 ({2..5} and {4..7}: 2 of 6)
+    assert table.loc[("a", "b"), "jaccard"] == pytest.approx((1 + 2 / 6) / 2)
+    assert table.loc[("a", "b"), "n_pairs"] == 2
+    # a row that selects once is paired with every replicate of the other
+    assert table.loc[("a", "once"), "n_pairs"] == 2
+    assert table.loc[("a", "once"), "jaccard_max"] == pytest.approx(2 / 4)
+    # a row with itself: its stability; none for a row that selects once; other sizes apart
+    assert table.loc[("a", "a"), "jaccard"] == pytest.approx(2 / 6)
+    assert ("once", "once") not in table.index and ("a", "other") not in table.index
+    assert stability([runs[0].path, runs[1].path, runs[0].path]) == pytest.approx(
+        (2 / 6 + 1 + 2 / 6) / 3
+    )
+    assert jaccard([], []) != jaccard([], [])  # NaN: no examples to compare
 
 
 def test_auroc_intervals_are_paired_bootstraps():

@@ -411,12 +411,13 @@ def test_paper_plan_has_one_row_per_stage_and_model(paper: dict[str, Any]) -> No
     ] + ["finetune"] * 3 + ["evaluate"] * 3
     assert {m for s, m in stages if s == "finetune"} == {LLAMA, QWEN25, QWEN3}
     warmup, score = _row(rows, "warmup"), _row(rows, "score")
-    assert warmup["jobs"] == 4 and score["jobs"] == 16
-    # 6 router methods x 4 losses x 3 percentages + {random, rds, less} x 3 + full
-    assert _row(rows, "finetune", LLAMA)["jobs"] == 246  # 82 selections x 3 seeds
-    assert _row(rows, "evaluate", LLAMA)["jobs"] == 83  # and the base model
-    # one k-means sweep per loss type serves selectmoe, selectmoe_seed and diversity
-    assert _row(rows, "select")["jobs"] == 4 and _row(rows, "select")["device"] == "cpu"
+    # per loss type and selection replicate (3)
+    assert warmup["jobs"] == 4 * 3 and score["jobs"] == 16 * 3
+    # 6 router methods x 4 losses x 3 percentages + {random, rds, less} x 3 + full = 82 rows
+    assert _row(rows, "finetune", LLAMA)["jobs"] == 246  # 82 rows x 3 replicates x 1 seed
+    assert _row(rows, "evaluate", LLAMA)["jobs"] == 83  # one per row, and the base model
+    # one k-means sweep per loss type and replicate serves selectmoe, selectmoe_seed, diversity
+    assert _row(rows, "select")["jobs"] == 4 * 3 and _row(rows, "select")["device"] == "cpu"
     # the warmup holds the float32 OLMoE (6.92e9 x 4 bytes) and fits one 80 GiB GPU
     assert warmup["memory_gib"]["weights"] == pytest.approx(6_919_194_624 * 4 / GIB, abs=0.01)
     assert warmup["fits"] is True
@@ -682,9 +683,10 @@ def test_targeted_rows_and_jobs(targeted: dict[str, Any]) -> None:
     # the targeted model is the first target's
     assert {_row(rows, stage)["model"] for stage in TARGETED_STAGES} == {LLAMA}
     # one job per pool dataset (4) and one for the query set
+    # (rds has no chance: once; LESS once per selection replicate)
     assert _row(rows, "represent")["jobs"] == 5
-    assert _row(rows, "less_warmup")["jobs"] == 1
-    assert _row(rows, "less_gradients")["jobs"] == 5
+    assert _row(rows, "less_warmup")["jobs"] == 3
+    assert _row(rows, "less_gradients")["jobs"] == 5 * 3
     assert set(_row(rows, "less_gradients")["time_per_job_h"]) == {
         "cot",
         "dolly",

@@ -15,7 +15,9 @@ rule warmup:
         gpu=get_gpus("warmup"),
         mem_mb=get_mem_mb("warmup"),
     params:
-        checkpoint_dir=lambda wildcards: LAYOUT.warmup_checkpoints(wildcards.loss, wildcards.rep),
+        checkpoint_dir=lambda wildcards: LAYOUT.warmup_checkpoints(
+            wildcards.loss, wildcards.rep
+        ),
         settings=lambda wildcards: SETTINGS.warmup(wildcards.loss, wildcards.rep),
     script:
         "../workflow_scripts/warmup.py"

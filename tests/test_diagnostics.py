@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 import torch
 from scipy.stats import hypergeom, spearmanr
 from sklearn.metrics import roc_auc_score

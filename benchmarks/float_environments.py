@@ -40,6 +40,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -84,9 +85,9 @@ ORDER = (
     "demo/queries.jsonl",
     "demo/tasks/",
     "demo/tokenizer/",
-    "demo/demo_manifest.json",
     "demo/base_model/",
     "demo/target_model/",
+    "demo/demo_manifest.json",
     "data/*",
     "models/*/converted/",
     "models/*/verify_conversion.json",
@@ -340,9 +341,25 @@ def compare_leaves(
         if x is not None and y is not None and x.shape == y.shape:
             if x.size:
                 numeric[key] = (float(np.max(np.abs(x - y))), float(np.max(np.abs(x))))
-        elif _strip_timings(a[key]) != _strip_timings(b[key]):
+        elif not _equal(a[key], b[key]):
             other.append(key)
     return numeric, other
+
+
+def _equal(x: Any, y: Any) -> bool:
+    if isinstance(x, np.ndarray | torch.Tensor) or isinstance(y, np.ndarray | torch.Tensor):
+        return type(x) is type(y) and x.shape == y.shape and bool((x == y).all())
+    return _strip_timings(x) == _strip_timings(y)
+
+
+def _unrooted(value: Any, run: Path) -> Any:
+    """``value`` with the run's directory replaced by ``<run>`` in every string."""
+    return json.loads(json.dumps(value).replace(str(run), "<run>"))
+
+
+def _short(key: str) -> str:
+    """A tensor's key without PEFT's wrapping (``base_model.model.``, ``.default``)."""
+    return key.replace("trainable.", "").replace("base_model.model.", "").replace(".default", "")
 
 
 def _strip_timings(value: Any) -> Any:
@@ -391,13 +408,17 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else ("0" if value == 0 else f"{value:.1e}")
 
 
-def compare_files(a: Path, b: Path) -> Diff:
-    """One file of the two runs (``b`` may be missing)."""
+def compare_files(a: Path, b: Path, runs: tuple[Path, Path]) -> Diff:
+    """One file of the two runs (``b`` may be missing); ``runs`` are the two runs' directories,
+    which a file may name (the demo's lm-eval task files do)."""
     name = a.name
     if not b.exists():
         return Diff(name, "no", consequence="missing in the second run", first_kind="bytes")
-    if a.read_bytes() == b.read_bytes():
+    first, second = a.read_bytes(), b.read_bytes()
+    if first == second:
         return Diff(name, "yes")
+    if first.replace(bytes(runs[0]), b"<run>") == second.replace(bytes(runs[1]), b"<run>"):
+        return Diff(name, "content", consequence="equal but for the run's directory")
     leaves_a = load_leaves(a)
     if leaves_a is not None:
         leaves_b = load_leaves(b) or {}
@@ -411,10 +432,13 @@ def compare_files(a: Path, b: Path) -> Diff:
             top = sorted(moved, key=lambda k: -moved[k][0])[:3]
             diff.consequence = (
                 f"{len(moved)} of {len(numeric)} tensors differ; largest: "
-                + ", ".join(f"{k} {_fmt(moved[k][0])}" for k in top)
+                + ", ".join(f"{_short(k)} {_fmt(moved[k][0])}" for k in top)
             )
             diff.first_kind = "tensor"
             diff.details["moved"] = {k: moved[k][0] for k in moved}
+            diff.details["relative"] = {
+                k: moved[k][0] / moved[k][1] if moved[k][1] else None for k in moved
+            }
         if other:
             diff.consequence += ("; " if diff.consequence else "") + "other: " + ", ".join(other)
             diff.first_kind = diff.first_kind or "discrete"
@@ -424,6 +448,8 @@ def compare_files(a: Path, b: Path) -> Diff:
         y = json.loads(b.read_text(encoding="utf-8"))
         if _strip_timings(x) == _strip_timings(y):
             return Diff(name, "content", consequence="equal but for timings")
+        if _strip_timings(_unrooted(x, runs[0])) == _strip_timings(_unrooted(y, runs[1])):
+            return Diff(name, "content", consequence="equal but for the run's directory")
         numeric, other = compare_leaves(flatten(_strip_timings(x)), flatten(_strip_timings(y)))
         moved = {k: v for k, v in numeric.items() if v[0] > 0}
         worst = max(moved, key=lambda k: moved[k][0], default=None)
@@ -445,7 +471,7 @@ def compare_unit(unit: str, a_root: Path, b_root: Path) -> Diff:
             for p in a.rglob("*")
             if p.is_file() and unit_of(f"{unit}/{p.relative_to(a).as_posix()}") is not None
         )
-        diffs = [compare_files(a / f, b / f) for f in files]
+        diffs = [compare_files(a / f, b / f, (a_root.parent, b_root.parent)) for f in files]
         differing = [d for d in diffs if d.identical == "no"]
         if unit.startswith("selection/"):
             return compare_selection(unit, a, b, diffs)
@@ -462,10 +488,36 @@ def compare_unit(unit: str, a_root: Path, b_root: Path) -> Diff:
             )
             diff.first_kind = differing[0].first_kind
         return diff
-    diff = compare_files(a, b)
+    diff = compare_files(a, b, (a_root.parent, b_root.parent))
     diff.artefact = unit
+    if unit.startswith("warmup/") and diff.details.get("moved"):
+        diff = split_warmup(diff)
     if unit.startswith("clusters/") and diff.identical != "yes":
         diff = compare_clusters(unit, a, b, diff)
+    return diff
+
+
+def split_warmup(diff: Diff) -> Diff:
+    """A warmup's difference told apart: its trained weights (``payload["weights"]``, the row's
+    max |diff|) and its loss history."""
+    moved: dict[str, float] = diff.details["moved"]
+    weights = {k: v for k, v in moved.items() if k.startswith("weights.")}
+    history = {k: v for k, v in moved.items() if k.startswith("history")}
+    parts = []
+    if weights:
+        worst = max(weights, key=lambda k: weights[k])
+        diff.max_abs = weights[worst]
+        diff.max_rel = diff.details["relative"][worst]
+        parts.append(f"{len(weights)} weight tensors differ, largest {worst[len('weights.') :]}")
+    else:
+        diff.max_abs = diff.max_rel = None
+        parts.append("weights equal")
+    if history:
+        worst = max(history, key=lambda k: history[k])
+        parts.append(
+            f"loss history: {len(history)} values differ, largest {_fmt(history[worst])} ({worst})"
+        )
+    diff.consequence = "; ".join(parts)
     return diff
 
 
@@ -530,6 +582,59 @@ def compare_runs(first: Path, second: Path) -> list[Diff]:
 
 # ------------------------------------------------------------------------------ report
 
+#: Files of one job (one per dataset) shown as one row of the markdown table.
+GROUPS = (
+    (re.compile(r"^demo/pool/.+$"), "demo/pool/{dataset}/{dataset}_data.jsonl"),
+    (
+        re.compile(r"^(router_data/[^/]+/r\d+)/[^/]+_router_data\.pt$"),
+        r"\1/{dataset}_router_data.pt",
+    ),
+    (
+        re.compile(r"^(targeted/rds|targeted/less/r\d+)/[^/]+_features\.pt$"),
+        r"\1/{part}_features.pt",
+    ),
+)
+
+
+def group_rows(rows: Sequence[Diff]) -> list[Diff]:
+    """Rows of one job's per-dataset files merged (the largest difference and its file)."""
+    grouped: dict[str, list[Diff]] = {}
+    for row in rows:
+        key = row.artefact
+        for pattern, template in GROUPS:
+            if pattern.match(row.artefact):
+                key = pattern.sub(template, row.artefact)
+                break
+        grouped.setdefault(key, []).append(row)
+    merged = []
+    for key, members in grouped.items():
+        if len(members) == 1:
+            merged.append(members[0])
+            continue
+        differing = [m for m in members if m.identical == "no"]
+        row = Diff(key, "no" if differing else "yes")
+        if not differing and any(m.identical == "content" for m in members):
+            row.identical = "content"
+        sized = [m for m in differing if m.max_abs is not None]
+        if sized:
+            worst = max(sized, key=lambda m: m.max_abs or 0.0)
+            row.max_abs, row.max_rel = worst.max_abs, worst.max_rel
+            per_key: dict[str, float] = {}
+            for member in differing:
+                for key, value in member.details.get("moved", {}).items():
+                    per_key[key] = max(value, per_key.get(key, 0.0))
+            row.details["moved"] = per_key
+            keys = sorted(per_key, key=lambda k: -per_key[k])
+            row.consequence = (
+                f"{len(differing)} of {len(members)} files differ; per key: "
+                + ", ".join(f"{_short(k)} {_fmt(per_key[k])}" for k in keys[:8])
+            )
+        elif differing:
+            row.consequence = f"{len(differing)} of {len(members)} files differ"
+        row.details["stage"] = members[0].details.get("stage")
+        merged.append(row)
+    return merged
+
 
 def table(rows: Iterable[Diff]) -> list[str]:
     lines = [
@@ -545,13 +650,39 @@ def table(rows: Iterable[Diff]) -> list[str]:
     return lines
 
 
+#: Stages whose largest difference the reading names (label, prefix of the artefacts).
+STAGE_NAMES = (
+    ("the converted model", "models/"),
+    ("the warmup weights", "warmup/"),
+    ("the router data", "router_data/"),
+    ("the RDS features", "targeted/rds/"),
+    ("the LESS features", "targeted/less/"),
+)
+
+
+def _stage_maxima(rows: Sequence[Diff]) -> list[str]:
+    parts = []
+    for label, prefix in STAGE_NAMES:
+        sized = [r for r in rows if r.artefact.startswith(prefix) and r.max_abs is not None]
+        if sized:
+            worst = max(sized, key=lambda r: r.max_abs or 0.0)
+            moved = worst.details.get("moved", {})
+            if prefix == "warmup/":
+                moved = {k: v for k, v in moved.items() if k.startswith("weights.")}
+            key = max(moved, key=lambda k: moved[k], default=None)
+            where = f" ({_short(key)})" if key else ""
+            parts.append(f"{label} by up to {_fmt(worst.max_abs)}{where}")
+    return parts
+
+
 def reading(rows: Sequence[Diff], first_env: str, second_env: str) -> str:
     """A few sentences on where the runs part and what that does to k and the selections."""
     differing = [r for r in rows if r.identical == "no"]
     if not differing:
         return (
-            f"All {len(rows)} artefacts of `{first_env}` and `{second_env}` are equal "
-            "(byte for byte or but for timings): these environments do not part on this config."
+            f"All {len(rows)} artefacts of `{first_env}` and `{second_env}` are equal (byte for "
+            "byte, or but for timings and the run's directory): these environments do not part "
+            "on this config."
         )
     first = differing[0]
     size = (
@@ -561,8 +692,13 @@ def reading(rows: Sequence[Diff], first_env: str, second_env: str) -> str:
     )
     sentences = [
         f"The first artefact that differs between `{first_env}` and `{second_env}` is "
-        f"`{first.artefact}`, {size}; every artefact before it is equal."
+        f"`{first.artefact}`, {size}; every artefact before it in pipeline order is equal (byte "
+        "for byte, or but for timings and the run's directory)."
     ]
+    later = rows[rows.index(first) + 1 :]
+    maxima = _stage_maxima(later)
+    if maxima:
+        sentences.append("Downstream, " + ", ".join(maxima) + " differ.")
     clusters = [r for r in rows if r.artefact.startswith("clusters/")]
     if clusters:
         k_changed = [r for r in clusters if len(set(r.details.get("k", ()))) > 1]
@@ -577,14 +713,18 @@ def reading(rows: Sequence[Diff], first_env: str, second_env: str) -> str:
             )
         elif aris:
             sentences.append(
-                f"Every clustering keeps its k; the label agreement (adjusted Rand index) is "
-                f"{min(aris):.3f} at worst."
+                f"Every clustering keeps its k, and the labels agree (adjusted Rand index "
+                f"{min(aris):.3f} at worst); only the inertia and silhouette curves move."
             )
         else:
-            sentences.append("Every clustering is equal.")
+            sentences.append("Every clustering is byte-identical.")
     selections = [r for r in rows if r.artefact.startswith("selection/")]
-    changed = [r for r in selections if r.details.get("swapped")]
     if selections:
+        changed = [r for r in selections if r.details.get("swapped")]
+        reordered = [
+            r for r in selections if not r.details.get("swapped") and "other order" in r.consequence
+        ]
+        scored = [r for r in selections if r.identical == "no"]
         if changed:
             worst = min(changed, key=lambda r: r.details["jaccard"])
             sentences.append(
@@ -592,18 +732,12 @@ def reading(rows: Sequence[Diff], first_env: str, second_env: str) -> str:
                 f"`{worst.artefact}`, swaps {worst.details['swapped']} of {worst.details['n']} "
                 f"examples (Jaccard {worst.details['jaccard']:.3f})."
             )
-            unchanged_scored = [
-                r for r in selections if not r.details.get("swapped") and r.identical == "no"
-            ]
-            if unchanged_scored:
-                sentences.append(
-                    f"{len(unchanged_scored)} more select the same examples with scores that "
-                    "differ in the last bits."
-                )
         else:
             sentences.append(
-                f"All {len(selections)} selections keep their examples "
-                f"({sum(r.identical == 'no' for r in selections)} with scores that differ)."
+                f"All {len(selections)} selections keep their examples"
+                + (f" ({len(reordered)} in another order)" if reordered else "")
+                + f"; {len(scored)} write scores that differ"
+                + (f", by up to {_fmt(max(r.max_abs or 0.0 for r in scored))}." if scored else ".")
             )
     return " ".join(sentences)
 
@@ -679,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"jobs {run['job_s']:.0f} s"
         )
     for name, rows in comparisons.items():
-        lines += ["", f"### `{reference}` against `{name}`", "", *table(rows), ""]
+        lines += ["", f"### `{reference}` against `{name}`", "", *table(group_rows(rows)), ""]
         lines.append(reading(rows, reference, name))
     lines.append(MARKERS[1])
     replace_section(args.results_md, "\n".join(lines) + "\n", MARKERS)

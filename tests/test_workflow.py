@@ -33,7 +33,7 @@ def _copy_workflow(destination: Path) -> Path:
     return destination
 
 
-def _snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def _snakemake(workdir: Path, *args: str, timeout: int = 2400) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     # job scripts run with the `python` on PATH: make it the interpreter running the tests
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

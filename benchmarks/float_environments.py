@@ -7,6 +7,8 @@ are then compared in pipeline order with the first environment's:
 
 - ``native``: ``ATEN_CPU_CAPABILITY`` set to what ``torch.backends.cpu.get_cpu_capability()``
   reports (e.g. ``avx2``): the SIMD kernels this CPU kind gets;
+- ``control``: ``native`` again in another directory: what a plain rerun changes (nothing, on
+  a CPU);
 - ``default``: ``ATEN_CPU_CAPABILITY=default``: ATen's kernels without SIMD, as a CPU kind
   without AVX would run them;
 - ``default_shared``: ``default`` starting from a copy of the first environment's ``demo/``
@@ -137,6 +139,12 @@ def environments(native: str) -> dict[str, Environment]:
         "native": Environment(
             "native", {"ATEN_CPU_CAPABILITY": native}, (), f"ATEN_CPU_CAPABILITY={native}"
         ),
+        "control": Environment(
+            "control",
+            {"ATEN_CPU_CAPABILITY": native},
+            (),
+            f"ATEN_CPU_CAPABILITY={native} again, in another directory: the rerun control",
+        ),
         "default": Environment(
             "default", {"ATEN_CPU_CAPABILITY": "default"}, (), "ATEN_CPU_CAPABILITY=default"
         ),
@@ -213,6 +221,18 @@ def job_seconds(results: Path) -> float:
     return total
 
 
+def run_commits(results: Path) -> str:
+    """The commits the run's jobs recorded in their provenance (``*`` after one with
+    uncommitted changes in the checkout), most jobs first."""
+    counts: dict[str, int] = {}
+    for record in results.rglob("*provenance.json"):
+        git = json.loads(record.read_text(encoding="utf-8")).get("software", {}).get("git", {})
+        if git.get("commit"):
+            name = git["commit"][:7] + ("*" if git.get("dirty") else "")
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} ({n})" for name, n in sorted(counts.items(), key=lambda i: -i[1]))
+
+
 def run_environment(
     environment: Environment,
     configfiles: Sequence[Path],
@@ -253,6 +273,7 @@ def run_environment(
     if wall > 60 or "wall_s" not in record:  # a run that found nothing to do keeps the old wall
         record = {"wall_s": round(wall, 1), "command": shlex.join(command)}
     record["job_s"] = round(job_seconds(directory / results_dir), 1)
+    record["commits"] = run_commits(directory / results_dir)
     ledger[environment.name] = record
     ledger_path.write_text(json.dumps(ledger, indent=2), encoding="utf-8")
     print(f"[{environment.name}] done: {record}", flush=True)
@@ -271,7 +292,6 @@ class Diff:
     max_abs: float | None = None
     max_rel: float | None = None
     consequence: str = ""
-    first_kind: str = ""  # "tensor", "discrete", "bytes": what differs
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -352,6 +372,20 @@ def _equal(x: Any, y: Any) -> bool:
     return _strip_timings(x) == _strip_timings(y)
 
 
+def _hash_of_unrooted(key: str, a: Path, b: Path, runs: tuple[Path, Path]) -> bool:
+    """Whether ``key`` is a manifest's size or hash (``files.<path>.sha256``) of a file that
+    differs between the runs only by naming the run's directory."""
+    if not key.startswith("files.") or not key.endswith((".sha256", ".bytes")):
+        return False
+    relative = key[len("files.") :].rsplit(".", 1)[0]
+    first, second = a.parent / relative, b.parent / relative
+    if not (first.is_file() and second.is_file()):
+        return False
+    return first.read_bytes().replace(bytes(runs[0]), b"<run>") == second.read_bytes().replace(
+        bytes(runs[1]), b"<run>"
+    )
+
+
 def _unrooted(value: Any, run: Path) -> Any:
     """``value`` with the run's directory replaced by ``<run>`` in every string."""
     return json.loads(json.dumps(value).replace(str(run), "<run>"))
@@ -413,7 +447,7 @@ def compare_files(a: Path, b: Path, runs: tuple[Path, Path]) -> Diff:
     which a file may name (the demo's lm-eval task files do)."""
     name = a.name
     if not b.exists():
-        return Diff(name, "no", consequence="missing in the second run", first_kind="bytes")
+        return Diff(name, "no", consequence="missing in the second run")
     first, second = a.read_bytes(), b.read_bytes()
     if first == second:
         return Diff(name, "yes")
@@ -434,14 +468,12 @@ def compare_files(a: Path, b: Path, runs: tuple[Path, Path]) -> Diff:
                 f"{len(moved)} of {len(numeric)} tensors differ; largest: "
                 + ", ".join(f"{_short(k)} {_fmt(moved[k][0])}" for k in top)
             )
-            diff.first_kind = "tensor"
             diff.details["moved"] = {k: moved[k][0] for k in moved}
             diff.details["relative"] = {
                 k: moved[k][0] / moved[k][1] if moved[k][1] else None for k in moved
             }
         if other:
             diff.consequence += ("; " if diff.consequence else "") + "other: " + ", ".join(other)
-            diff.first_kind = diff.first_kind or "discrete"
         return diff
     if a.suffix == ".json":
         x = json.loads(a.read_text(encoding="utf-8"))
@@ -452,14 +484,16 @@ def compare_files(a: Path, b: Path, runs: tuple[Path, Path]) -> Diff:
             return Diff(name, "content", consequence="equal but for the run's directory")
         numeric, other = compare_leaves(flatten(_strip_timings(x)), flatten(_strip_timings(y)))
         moved = {k: v for k, v in numeric.items() if v[0] > 0}
+        other = [k for k in other if not _hash_of_unrooted(k, a, b, runs)]
+        if not moved and not other:
+            return Diff(name, "content", consequence="equal but for the run's directory")
         worst = max(moved, key=lambda k: moved[k][0], default=None)
         diff = Diff(name, "no", consequence="keys differ: " + ", ".join([*moved, *other][:6]))
         if worst is not None:
             diff.max_abs = moved[worst][0]
             diff.max_rel = moved[worst][0] / moved[worst][1] if moved[worst][1] else None
-        diff.first_kind = "discrete" if other else "tensor"
         return diff
-    return Diff(name, "no", consequence="bytes differ", first_kind="bytes")
+    return Diff(name, "no", consequence="bytes differ")
 
 
 def compare_unit(unit: str, a_root: Path, b_root: Path) -> Diff:
@@ -486,14 +520,16 @@ def compare_unit(unit: str, a_root: Path, b_root: Path) -> Diff:
             diff.consequence = f"{len(differing)} of {len(files)} files differ: " + "; ".join(
                 f"{d.artefact} ({d.consequence})" for d in differing[:2]
             )
-            diff.first_kind = differing[0].first_kind
+            diff.details["moved"] = {
+                key: value for d in differing for key, value in d.details.get("moved", {}).items()
+            }
         return diff
     diff = compare_files(a, b, (a_root.parent, b_root.parent))
     diff.artefact = unit
     if unit.startswith("warmup/") and diff.details.get("moved"):
         diff = split_warmup(diff)
     if unit.startswith("clusters/") and diff.identical != "yes":
-        diff = compare_clusters(unit, a, b, diff)
+        diff = compare_clusters(a, b, diff)
     return diff
 
 
@@ -518,10 +554,12 @@ def split_warmup(diff: Diff) -> Diff:
             f"loss history: {len(history)} values differ, largest {_fmt(history[worst])} ({worst})"
         )
     diff.consequence = "; ".join(parts)
+    diff.details["moved"], diff.details["history"] = weights, history
     return diff
 
 
-def compare_clusters(unit: str, a: Path, b: Path, diff: Diff) -> Diff:
+def compare_clusters(a: Path, b: Path, diff: Diff) -> Diff:
+    """The chosen k and the labels' agreement (adjusted Rand index) of two clusterings."""
     from sklearn.metrics import adjusted_rand_score
 
     x = json.loads(a.read_text(encoding="utf-8"))
@@ -532,8 +570,6 @@ def compare_clusters(unit: str, a: Path, b: Path, diff: Diff) -> Diff:
         f"; {diff.consequence}" if diff.identical == "no" else ""
     )
     diff.details.update(k=(x["k"], y["k"]), ari=ari)
-    if x["k"] != y["k"] or ari < 1:
-        diff.first_kind = "discrete"
     return diff
 
 
@@ -565,7 +601,6 @@ def compare_selection(unit: str, a: Path, b: Path, diffs: Sequence[Diff]) -> Dif
     if not bytes_equal and sa == sb and first == second:
         parts.append("scores written differ")
     diff.consequence = "; ".join(parts)
-    diff.first_kind = "discrete" if (sa != sb or first != second or ka != kb) else "tensor"
     diff.details.update(jaccard=jaccard, swapped=swapped, n=len(sa), k=(ka, kb))
     return diff
 
@@ -671,7 +706,7 @@ def _stage_maxima(rows: Sequence[Diff]) -> list[str]:
                 moved = {k: v for k, v in moved.items() if k.startswith("weights.")}
             key = max(moved, key=lambda k: moved[k], default=None)
             where = f" ({_short(key)})" if key else ""
-            parts.append(f"{label} by up to {_fmt(worst.max_abs)}{where}")
+            parts.append(f"{_fmt(worst.max_abs)} in {label}{where}")
     return parts
 
 
@@ -685,8 +720,11 @@ def reading(rows: Sequence[Diff], first_env: str, second_env: str) -> str:
             "on this config."
         )
     first = differing[0]
+    moved = first.details.get("moved", {})
+    top = sorted(moved, key=lambda k: -moved[k])[:3]
     size = (
-        f"by at most {_fmt(first.max_abs)} (relative {_fmt(first.max_rel)})"
+        f"by at most {_fmt(first.max_abs)} (relative {_fmt(first.max_rel)}; "
+        f"{len(moved)} tensors differ, largest {', '.join(_short(k) for k in top)})"
         if first.max_abs is not None
         else f"({first.consequence})"
     )
@@ -695,10 +733,21 @@ def reading(rows: Sequence[Diff], first_env: str, second_env: str) -> str:
         f"`{first.artefact}`, {size}; every artefact before it in pipeline order is equal (byte "
         "for byte, or but for timings and the run's directory)."
     ]
+    if moved and all("quality_gate" in key for key in moved):
+        sentences.append(
+            "Only the quality gates differ there, the tensors that `convert` draws with "
+            "`torch.randn`: its vectorised normal sampler rounds the last bit according to the "
+            "CPU's kernels, so the same seed gives gates one ulp apart."
+        )
+    if first.artefact.startswith("demo/"):
+        sentences.append(
+            "`demo/` holds the demo's own pretrained models, which a real run downloads instead; "
+            "`default_shared` starts from the reference run's copy of them."
+        )
     later = rows[rows.index(first) + 1 :]
     maxima = _stage_maxima(later)
     if maxima:
-        sentences.append("Downstream, " + ", ".join(maxima) + " differ.")
+        sentences.append("Downstream the difference reaches " + ", ".join(maxima) + ".")
     clusters = [r for r in rows if r.artefact.startswith("clusters/")]
     if clusters:
         k_changed = [r for r in clusters if len(set(r.details.get("k", ()))) > 1]
@@ -795,29 +844,53 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.no_results_md:
         return
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    key = "+".join(path.name for path in configfiles)
     lines = [
-        MARKERS[0],
-        f"{TITLE} (`{command}`)",
+        f"### {' + '.join(f'`{path.name}`' for path in configfiles)} (`{command}`)",
         "",
         f"Commit `{git_commit()}`, torch {torch.__version__}, native ATen capability "
-        f"`{native}`, {os.cpu_count()} CPUs, snakemake --cores 2, measured {now}. The "
-        f"selection targets ({len(targets)} `select` jobs and everything they need) were run "
-        "once per environment on this machine, each in its own directory; an artefact is "
-        "*identical* when its bytes are, *content* when it is equal but for timings.",
+        f"`{native}`, {os.cpu_count()} CPUs shared with other work, `snakemake --cores 2`; "
+        f"measured {now}. {len(targets)} `select` jobs and everything they need, per "
+        "environment (wall: the run that did the work; jobs: the sum of its jobs' wall times; "
+        "`*`: the checkout had uncommitted changes):",
         "",
     ]
     for name in chosen:
         run = runs[name]
         lines.append(
             f"- `{name}`: {known[name].description}; wall {run['wall_s']:.0f} s, "
-            f"jobs {run['job_s']:.0f} s"
+            f"jobs {run['job_s']:.0f} s; commits of its jobs (jobs): {run['commits']}"
         )
     for name, rows in comparisons.items():
-        lines += ["", f"### `{reference}` against `{name}`", "", *table(group_rows(rows)), ""]
+        lines += ["", f"#### `{reference}` against `{name}`", "", *table(group_rows(rows)), ""]
         lines.append(reading(rows, reference, name))
-    lines.append(MARKERS[1])
-    replace_section(args.results_md, "\n".join(lines) + "\n", MARKERS)
-    print(f"\nwrote the section to {args.results_md}", flush=True)
+    write_section(args.results_md, key, "\n".join(lines))
+    print(f"\nwrote the {key} part of the section to {args.results_md}", flush=True)
+
+
+INTRO = (
+    "Each part below runs the workflow's selection targets once per float environment on one "
+    "machine, each environment in its own `--directory`, and compares every artefact in "
+    "pipeline order with the first environment's. *identical?*: `yes` byte for byte, "
+    "`content` equal but for timings or the run's directory named in a file, `no` otherwise; "
+    "*max \\|diff\\|*: the largest absolute difference of the artefact's tensors (of a "
+    "warmup, its trained weights; of a selection, its `scores.npz`), *max rel* that divided by "
+    "the tensor's largest magnitude. Files of one job per dataset share a row."
+)
+
+
+def write_section(path: Path, key: str, body: str) -> None:
+    """Put the part ``key`` (a scenario's config files) into the section, keeping the others."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    parts: dict[str, str] = {}
+    if MARKERS[0] in text and MARKERS[1] in text:
+        inner = text.split(MARKERS[0], 1)[1].split(MARKERS[1], 1)[0]
+        pattern = r"<!-- part:(\S+) -->\n.*?<!-- /part:\1 -->\n"
+        for match in re.finditer(pattern, inner, re.S):
+            parts[match.group(1)] = match.group(0)
+    parts[key] = f"<!-- part:{key} -->\n{body}\n<!-- /part:{key} -->\n"
+    section = "\n".join([MARKERS[0], TITLE, "", INTRO, "", "\n".join(parts.values()) + MARKERS[1]])
+    replace_section(path, section + "\n", MARKERS)
 
 
 if __name__ == "__main__":

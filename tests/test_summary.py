@@ -135,11 +135,15 @@ def test_values_intervals_and_comparisons(points, tmp_path):
     grids = _grids(points[0])
     overall, per_task = mean_intervals(grids)
     assert sm["qa_a/acc"] == pytest.approx(grids[0].mean())
-    assert (sm["qa_a/acc_low"], sm["qa_a/acc_high"]) == (per_task[0].low, per_task[0].high)
+    # the t interval, clipped to the scores' range [0, 1]
+    assert (sm["qa_a/acc_low"], sm["qa_a/acc_high"]) == (
+        max(per_task[0].low, 0.0),
+        min(per_task[0].high, 1.0),
+    )
     assert (sm["mean"], sm["mean_low"], sm["mean_high"]) == (
         pytest.approx(overall.estimate),
-        overall.low,
-        overall.high,
+        max(overall.low, 0.0),
+        min(overall.high, 1.0),
     )
     comparison = paired_difference(grids, _grids(points[1]))
     assert sm["vs_random"] == pytest.approx(comparison.difference)
@@ -346,3 +350,20 @@ def test_replicate_columns_stability_and_k(points, tmp_path):
     assert "| replicates | overlap |" in markdown and "| 0.56 |" in markdown
     means = [float(m) for m in sm["replicate_means"].split(";")]
     assert " / ".join(f"{m:.3f}" for m in means) in markdown
+
+
+def test_intervals_stay_within_the_range_of_the_scores(tmp_path):
+    """Three replicates far apart near the ceiling: the t interval would pass 1, the table's
+    stops there (a mean of 0/1 scores cannot leave [0, 1])."""
+    rng = np.random.default_rng(5)
+    d = tmp_path / "runs"
+    d.mkdir()
+    point = _point(d, rng, "high", 0.93, target="tiny", method="selectmoe", percentage=0.1)
+    grids = _grids(point)
+    unclipped, per_task = mean_intervals(grids)
+    assert max(i.high for i in [unclipped, *per_task]) > 1.0  # the case this test is about
+    frame, _, _ = _run([point], tmp_path / "out")
+    row = frame.iloc[0]
+    for name in ("qa_a/acc", "qa_b/acc", "mean"):
+        assert 0.0 <= row[f"{name}_low"] <= row[name] <= row[f"{name}_high"] <= 1.0, name
+    assert row["qa_a/acc_low"] == per_task[0].low  # the other end is the t interval's

@@ -7,6 +7,8 @@ finetune seed. The table has one row per point:
 - per task, the mean per-question score over replicates, seeds and questions (lm-eval's
   per-document metric, ``acc`` by default) with its interval over all three sources of chance
   (:mod:`selectmoe.evidence.stats`);
+- every interval clipped to the range of the scores (0 and 1 for accuracy), which a mean of
+  them cannot leave: with three replicates a t interval can reach past it;
 - the replicates: how many, the mean of each, their spread, the overlap of their selections
   (``stability``, the mean Jaccard index over pairs of replicates) and the k each clustered;
 - the unweighted mean over tasks, with its interval;
@@ -43,6 +45,7 @@ from selectmoe.errors import SelectMoeError
 from selectmoe.evidence.figures import new_figure, save_figure
 from selectmoe.evidence.overlap import stability
 from selectmoe.evidence.stats import (
+    Interval,
     format_p_value,
     mean_intervals,
     paired_difference,
@@ -189,10 +192,17 @@ def summarize(
 
     reference = settings.reference_method
     by_key = {(p.target, p.method, p.percentage): p for p in normalized}
+    # a mean lies within the range of the scores it averages (0 and 1 for accuracy): an
+    # interval is clipped to it
+    bounds = (
+        min(float(grid.min()) for p in normalized for grid in p.grids.values()),
+        max(float(grid.max()) for p in normalized for grid in p.grids.values()),
+    )
     rows = []
     for point in normalized:
         grids = [point.grids[task] for task in task_list]
         overall, per_task = mean_intervals(grids, confidence=settings.confidence_level)
+        overall, per_task = _clip(overall, bounds), [_clip(i, bounds) for i in per_task]
         row: dict[str, Any] = {
             "target": point.target,
             "method": point.method,
@@ -554,6 +564,13 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
             point.metric_of[task] = chosen[task]
     assert task_list is not None
     return task_list
+
+
+def _clip(interval: Interval, bounds: tuple[float, float]) -> Interval:
+    """``interval`` within ``bounds`` (the range of the scores): with few replicates a t interval
+    can reach past what a mean of those scores can be."""
+    low, high = bounds
+    return Interval(interval.estimate, max(interval.low, low), min(interval.high, high))
 
 
 def _replicate_groups(point: _Point) -> list[list[int]]:

@@ -481,6 +481,12 @@ def _plot_quality(table: pd.DataFrame, loss: str, path: Path) -> None:
     save_figure(figure, path, dpi=100)
 
 
+def _write_csv(frame: pd.DataFrame, path: Path) -> str:
+    """``frame`` as CSV at ``path`` (atomically); returns the path."""
+    atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+    return str(path)
+
+
 def _markdown_table(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for record in frame.to_dict("records"):
@@ -550,11 +556,10 @@ def write_diagnostics(
     ]
     for loss, paths in warmed.items():
         table = quality_table(paths, untrained, labels_path=labels_path)
-        csv_path = out / f"quality_{loss}.csv"
-        atomic_write_text(csv_path, table.to_csv(index=False, lineterminator="\n"))
+        csv_path = _write_csv(table, out / f"quality_{loss}.csv")
         png_path = out / f"quality_{loss}.png"
         _plot_quality(table, loss, png_path)
-        written[loss] = {"csv": str(csv_path), "png": str(png_path)}
+        written[loss] = {"csv": csv_path, "png": str(png_path)}
         columns = ["gate", "scope", "n", "mean", "std", "spearman_length"]
         columns += [c for c in table.columns if c.startswith("auroc")]
         columns += [c for c in ("spearman_untrained", "mean_abs_change") if c in table]
@@ -576,9 +581,7 @@ def write_diagnostics(
             )
             frames.append(table.assign(loss=loss))
         scores = pd.concat(frames, ignore_index=True)
-        scores_path = out / "method_scores.csv"
-        atomic_write_text(scores_path, scores.to_csv(index=False, lineterminator="\n"))
-        written["method_scores"] = str(scores_path)
+        written["method_scores"] = _write_csv(scores, out / "method_scores.csv")
         md += [
             "## The score each method ranks by",
             "",
@@ -596,9 +599,7 @@ def write_diagnostics(
         md.append("")
     if selections:
         overlap = selection_overlap(selections)
-        overlap_path = out / "selection_overlap.csv"
-        atomic_write_text(overlap_path, overlap.to_csv(index=False, lineterminator="\n"))
-        written["selection_overlap"] = str(overlap_path)
+        written["selection_overlap"] = _write_csv(overlap, out / "selection_overlap.csv")
         md += [
             "## Overlap of the selections",
             "",
@@ -617,9 +618,7 @@ def write_diagnostics(
             labels_path=labels_path,
             pool_keys=[(e.dataset, e.id) for e in pool],
         )
-        share_path = out / "planted_share.csv"
-        atomic_write_text(share_path, shares.to_csv(index=False, lineterminator="\n"))
-        written["planted_share"] = str(share_path)
+        written["planted_share"] = _write_csv(shares, out / "planted_share.csv")
         md += [
             "## Planted examples kept by each selection",
             "",

@@ -428,7 +428,9 @@ def test_demo_workflow_end_to_end(finished_demo: tuple[Path, dict]) -> None:
         if method != "base":
             assert len(row["replicate_means"].split(";")) == len(replicates)
             overlap = float(row["stability"])
-            assert overlap == 1.0 if method in ("rds", "full") else 0.0 <= overlap < 1.0
+            # one selection for every replicate: the same examples; the others may agree too
+            # (a top-k of a score that the replicates barely move)
+            assert overlap == 1.0 if method in ("rds", "full") else 0.0 <= overlap <= 1.0
         if method == "selectmoe":
             assert len(row["k"].split(";")) == len(replicates)
         compared = method in ("selectmoe", "ifd", "rds", "less", "oracle", "anti_oracle")

@@ -37,7 +37,6 @@ do). The results replace the ``float-environments`` section of ``benchmarks/RESU
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import datetime
 import json
@@ -59,7 +58,7 @@ import torch
 import yaml
 from results_md import replace_section
 
-from selectmoe.workflow.config import with_defaults
+from selectmoe.workflow.config import merge_configs, with_defaults
 from selectmoe.workflow.layout import Layout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,22 +167,11 @@ def environments(native: str) -> dict[str, Environment]:
 # ------------------------------------------------------------------------------ config, runs
 
 
-def deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``update`` into ``base`` as Snakemake merges several ``--configfile``: mappings
-    recursively, everything else (lists included) replaced."""
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
 def merged_config(paths: Sequence[Path]) -> dict[str, Any]:
     """The validated config of several files read in order (with the schema's defaults)."""
     merged: dict[str, Any] = {}
     for path in paths:
-        deep_update(merged, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        merge_configs(merged, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     return with_defaults(merged)
 
 

@@ -53,13 +53,17 @@ def test_shipped_configs_are_valid(schema: dict[str, Any], name: str) -> None:
 def test_the_small_scenario_is_valid_read_after_the_default(
     schema: dict[str, Any], config: dict[str, Any]
 ) -> None:
-    from tests.test_workflow import _deep_update
+    from selectmoe.workflow.config import merge_configs
 
     small = yaml.safe_load((REPO / "config" / "small.yaml").read_text(encoding="utf-8"))
-    merged = _deep_update(config, small)
+    merged = merge_configs(config, small)
     assert validate_config(merged, schema) is None
     assert merged["selection"]["loss_types"] == ["sigmoid", "beta_moment_matching"]
     assert merged["finetune"]["lora_r"] == config["finetune"]["lora_r"]  # kept from the default
+    # lists are replaced, not appended, and by a copy of the update's
+    assert merged["selection"]["replicates"] == [1, 2]
+    small["selection"]["replicates"].append(9)
+    assert merged["selection"]["replicates"] == [1, 2]
 
 
 @pytest.mark.parametrize("value", [0, -0.1, 1.5])

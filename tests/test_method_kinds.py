@@ -174,17 +174,17 @@ def test_a_plugin_kind_runs_through_snakemake_into_summary_costs_and_plan(tmp_pa
     """A kind of method with its own input artefact: the plugin alone declares it, and the one
     select rule, the artefact rule, the summary, the cost ledger and the plan follow it."""
     from selectmoe.plan import format_plan_markdown, plan_table
-    from selectmoe.workflow.config import with_defaults
+    from selectmoe.workflow.config import merge_configs, with_defaults
     from selectmoe.workflow.plugins import load_plugins
-    from tests.test_workflow import SMALL_DEMO, _copy_workflow, _deep_update, _snakemake
+    from tests.test_workflow import SMALL_DEMO, _copy_workflow, _snakemake
 
     workflow_dir = tmp_path / "wf"
     workflow_dir.mkdir()
     _copy_workflow(workflow_dir)
     (workflow_dir / "words_plugin.py").write_text(PLUGIN)
     config = yaml.safe_load((workflow_dir / "config/config.yaml").read_text())
-    _deep_update(config, json.loads(json.dumps({"demo": SMALL_DEMO["demo"]})))
-    _deep_update(
+    merge_configs(config, json.loads(json.dumps({"demo": SMALL_DEMO["demo"]})))
+    merge_configs(
         config,
         {
             "plugins": ["words_plugin"],

@@ -86,15 +86,16 @@ def test_a_plugin_registers_a_loss_a_trash_expert_and_a_method(tmp_path, monkeyp
 @pytest.mark.slow
 def test_a_plugin_runs_warmup_and_scoring_through_snakemake(tmp_path):
     """The config names a plugin module; warmup (its loss, its trash expert) and scoring run."""
-    from tests.test_workflow import SMALL_DEMO, _copy_workflow, _deep_update, _snakemake
+    from selectmoe.workflow.config import merge_configs
+    from tests.test_workflow import SMALL_DEMO, _copy_workflow, _snakemake
 
     workflow_dir = tmp_path / "wf"
     workflow_dir.mkdir()
     _copy_workflow(workflow_dir)
     (workflow_dir / "my_plugin.py").write_text(PLUGIN)
     config = yaml.safe_load((workflow_dir / "config/config.yaml").read_text())
-    _deep_update(config, json.loads(json.dumps(SMALL_DEMO)))
-    _deep_update(
+    merge_configs(config, json.loads(json.dumps(SMALL_DEMO)))
+    merge_configs(
         config,
         {
             "plugins": ["my_plugin"],

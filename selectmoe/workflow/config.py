@@ -28,6 +28,7 @@ __all__ = [
     "format_schema_error",
     "load_schema",
     "load_workflow_config",
+    "merge_configs",
     "validate_config",
     "with_defaults",
 ]
@@ -65,6 +66,18 @@ def with_defaults(
     for _ in _defaulting_validator()(schema).iter_errors(filled):
         pass  # validated above; the pass fills the defaults
     return filled
+
+
+def merge_configs(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into ``base`` in place, as Snakemake merges several ``--configfile``:
+    mappings recursively, everything else (lists included) replaced by a copy; returns ``base``.
+    """
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge_configs(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
 
 
 def load_workflow_config(

@@ -22,7 +22,7 @@ rule score:
 
 
 rule score_untrained:
-    """The control of the quality diagnostics: the converted model's untrained gates."""
+    """The converted model's gates and LM: the diagnostics' control, excess_loss's reference."""
     input:
         unpack(get_inputs("score_untrained")),
     output:
@@ -39,7 +39,7 @@ rule score_untrained:
         gpu=get_gpus("score_untrained"),
         mem_mb=get_mem_mb("score_untrained"),
     params:
-        settings=SETTINGS.scoring(untrained=True),
+        settings=SETTINGS.scoring(),
         ifd=False,
     script:
         "../workflow_scripts/score.py"

@@ -319,6 +319,9 @@ def _cmd_select(args: argparse.Namespace) -> None:
             labels_path=args.labels,
             clusters_path=args.clusters,
             queries_path=queries,
+            reference_router_data_paths=(
+                _router_files(args.reference_router_data) if args.reference_router_data else ()
+            ),
         )
     )
 
@@ -514,6 +517,10 @@ def _add_selection_commands(sub: Any, helps: Mapping[str, str]) -> None:
     p.add_argument("--selection", help="with --configfile: the selection (e.g. random/p0.3/r42)")
     p.add_argument(
         "--router-data", help="directory of *_router_data.pt (not needed by pool-only methods)"
+    )
+    p.add_argument(
+        "--reference-router-data",
+        help="excess_loss: directory of the converted model's *_router_data.pt (LM statistics)",
     )
     p.add_argument(
         "--features",

@@ -282,3 +282,68 @@ def test_method_score_table_ranks_each_method_by_its_own_score(tmp_path):
     assert row["diff"] == pytest.approx(1.0 - seed_auroc)
     assert row["auroc_junk"] == 1.0 and row["auroc_truncated"] == 1.0
     assert np.isfinite(row["spearman_length"])
+
+
+def test_method_score_table_flags_inverted_kinds_and_length_blind_scores(tmp_path):
+    """A score that ranks one planted kind above clean examples is flagged ``inverted`` for that
+    kind; one that follows the answer's length is ``length_blind``; without labels the table
+    still says what the score measures (length, the untrained model's same score)."""
+    from selectmoe.evidence.diagnostics import method_score_table
+    from selectmoe.selection.methods import method_definitions
+
+    paths, payloads = _router_files(tmp_path, "warmed", shift=0.0)
+    reference_paths, reference_payloads = _router_files(tmp_path, "untrained", shift=0.0)
+    for path, payload, ref_path, ref in zip(
+        paths, payloads, reference_paths, reference_payloads, strict=True
+    ):
+        n = len(payload["sample_ids"])
+        position = torch.arange(n)
+        planted = position % 3 == 0
+        junk = planted & (position % 2 == 1)
+        # junk gets the lowest loss (ranked first: inverted), truncated the highest
+        loss = torch.linspace(1.0, 2.0, n) + 3.0 * (planted & ~junk) - 0.9 * junk
+        payload["answer_loss"] = loss
+        payload["n_answer_tokens"] = (100 * loss).to(torch.int64)  # length follows the loss
+        save(payload, path)
+        ref["answer_loss"] = loss + 0.1 * torch.cos(position.float())  # nearly the same ranks
+        ref["n_answer_tokens"] = payload["n_answer_tokens"]
+        save(ref, ref_path)
+    labels = _labels(tmp_path, payloads)
+    pool = write_pool(tmp_path, payloads)
+    out = tmp_path / "perplexity"
+    run_selection(
+        paths,
+        pool,
+        output_jsonl=out / "selected_data.jsonl",
+        output_json=out / "selection.json",
+        output_scores=out / "scores.npz",
+        method="perplexity",
+        selection_percentage=0.25,
+        seed=0,
+    )
+    common = {"scores": {"perplexity": out / "scores.npz"}, "definitions": method_definitions()}
+    labelled = method_score_table(
+        paths, **common, labels_path=labels, untrained=reference_paths, n_resamples=50
+    ).set_index("method")
+    row = labelled.loc["perplexity"]
+    assert row["auroc_junk"] < 0.5 < row["auroc_truncated"]
+    assert row["inverted"] == "junk"
+    assert row["length_blind"] and row["spearman_answer_length"] < -0.5
+    assert row["spearman_untrained"] > 0.9
+    unlabelled = method_score_table(paths, **common, untrained=reference_paths).set_index("method")
+    assert "auroc" not in unlabelled and "inverted" not in unlabelled
+    assert unlabelled.loc["perplexity", "length_blind"]
+    assert unlabelled.loc["perplexity", "spearman_untrained"] == pytest.approx(
+        row["spearman_untrained"]
+    )
+    # the gate's untrained twin is the untrained gate (these router data have the same gates)
+    assert unlabelled.loc["selectmoe_seed", "spearman_untrained"] == pytest.approx(1.0)
+    written = write_diagnostics(
+        warmed={"sigmoid": paths},
+        untrained=reference_paths,
+        output_dir=tmp_path / "diag",
+        method_scores={"sigmoid": common["scores"]},
+    )
+    markdown = Path(written["markdown"]).read_text()
+    assert "`perplexity` (sigmoid): mostly measures length" in markdown
+    assert "inverted" not in markdown.split("Blind spots:")[1]  # no labels, no such claim

@@ -18,7 +18,7 @@ from selectmoe.selection.methods import (
     method_definitions,
     uses_score,
 )
-from selectmoe.selection.scores import compute_score
+from selectmoe.selection.scores import attach_reference_loss, compute_score
 from selectmoe.selection.select import select_indices
 from tests.test_selection import MANUAL_K, make_router_payload, save
 
@@ -33,6 +33,9 @@ def with_statistics(payload: dict, *, seed: int) -> dict:
     alone = answer_loss + torch.randn(n, generator=gen) * 0.5
     eos = torch.rand(n, generator=gen) * 3
     answer_loss[3] = alone[5] = eos[4] = float("nan")
+    quantiles = torch.sort(torch.rand(n, 6, generator=gen) * 5, dim=1).values
+    quantiles[3] = float("nan")
+    worst_turn = answer_loss + torch.rand(n, generator=gen)
     return {
         **payload,
         "quality_good": torch.rand(n, n_layers, generator=gen),
@@ -41,6 +44,8 @@ def with_statistics(payload: dict, *, seed: int) -> dict:
         "answer_loss": answer_loss,
         "eos_loss": eos,
         "answer_loss_alone": alone,
+        "answer_loss_quantiles": quantiles,
+        "answer_loss_worst_turn": worst_turn,
     }
 
 
@@ -116,6 +121,61 @@ def test_lm_scores_follow_their_definitions(router):
     np.testing.assert_array_equal(seeded, np.random.default_rng(4).random(N))
 
 
+def test_loss_profile_scores_follow_their_definitions(router):
+    quantiles = router.statistics["answer_loss_quantiles"].double().numpy()
+    top = compute_score(router, "loss_quantile", params={"q": 0.9})
+    assert top[3] == -math.inf
+    np.testing.assert_allclose(np.delete(top, 3), -np.delete(quantiles[:, 4], 3), atol=1e-12)
+    largest = compute_score(router, "loss_quantile", params={"q": 1.0})
+    np.testing.assert_allclose(np.delete(largest, 3), -np.delete(quantiles[:, 5], 3), atol=1e-12)
+    assert compute_score(router, "loss_quantile")[7] == top[7]  # q=0.9 is the default
+    with pytest.raises(SelectionError, match=r"loss_quantile q=0.3: .*0.1, 0.25, 0.5"):
+        compute_score(router, "loss_quantile", params={"q": 0.3})
+    worst = router.statistics["answer_loss_worst_turn"].double().numpy()
+    expected = np.where(np.isfinite(worst), -worst, -np.inf)
+    np.testing.assert_allclose(compute_score(router, "worst_turn_loss"), expected, atol=1e-12)
+
+
+def test_excess_loss_is_the_loss_above_the_reference_models(router, tmp_path: Path):
+    """excess_loss = -(loss_warm - loss_converted), the reference aligned by (dataset, id)."""
+    with pytest.raises(SelectionError, match="needs the converted model's answer loss"):
+        compute_score(router, "excess_loss")
+    reversed_payload = make_router_payload("alpha", N, seed=1)
+    reversed_payload["sample_ids"] = reversed_payload["sample_ids"][::-1]
+    reference_loss = torch.linspace(1.0, 3.0, N)
+    reversed_payload["answer_loss"] = reference_loss
+    reference = load_router_data([save(reversed_payload, tmp_path / "ref_router_data.pt")])
+    attach_reference_loss(router, reference)
+    warm = router.statistics["answer_loss"].double().numpy()
+    expected = -(warm - reference_loss.double().numpy()[::-1])
+    excess = compute_score(router, "excess_loss")
+    assert excess[3] == -math.inf  # the warm loss is undefined there
+    np.testing.assert_allclose(np.delete(excess, 3), np.delete(expected, 3), atol=1e-6)
+    short = make_router_payload("alpha", N - 1, seed=1)
+    short["answer_loss"] = torch.ones(N - 1)
+    partial = load_router_data([save(short, tmp_path / "short_router_data.pt")])
+    with pytest.raises(SelectionError, match="reference router data lacks 1 example"):
+        attach_reference_loss(router, partial)
+
+
+def test_length_residual_removes_what_length_explains(router):
+    loss = router.statistics["answer_loss"].double().numpy()
+    length = np.log(np.maximum(router.statistics["n_answer_tokens"].double().numpy(), 1.0))
+    finite = np.isfinite(loss)
+    design = np.stack([length[finite], np.ones(finite.sum())], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, -loss[finite], rcond=None)
+    expected = -loss[finite] - design @ coefficients
+    residual = compute_score(router, "length_residual")  # default: of lm_loss
+    assert residual[3] == -math.inf
+    np.testing.assert_allclose(residual[finite], expected, atol=1e-9)
+    # no linear trend with length is left
+    assert abs(np.corrcoef(residual[finite], length[finite])[0, 1]) < 1e-9
+    of_eos = compute_score(router, "length_residual", params={"score": "eos_loss"})
+    assert of_eos[4] == -math.inf
+    with pytest.raises(SelectionError, match="length_residual of 'rank_blend'"):
+        compute_score(router, "length_residual", params={"score": "rank_blend"})
+
+
 def test_lm_scores_name_the_missing_statistics(tmp_path: Path):
     payload = make_router_payload("a", 6, seed=1)
     for key in ("answer_loss", "eos_loss"):  # router data scored with lm_statistics: false
@@ -129,7 +189,9 @@ def test_lm_scores_name_the_missing_statistics(tmp_path: Path):
         SelectionError, match=r"needs 'answer_loss_alone' .*ranks by ifd in selection.methods"
     ):
         compute_score(router, "ifd")
-    with pytest.raises(SelectionError, match="unknown score 'nope'; valid: eos_loss, gate"):
+    with pytest.raises(
+        SelectionError, match="unknown score 'nope'; valid: eos_loss, excess_loss, gate"
+    ):
         compute_score(router, "nope")
 
 
@@ -221,12 +283,106 @@ def test_proportional_quotas_follow_cluster_sizes():
     assert set(chosen[clusters[chosen] == 2].tolist()) == {98, 99}  # each cluster's best
 
 
+def floor_round_robin_loop(scores, clusters, n, floor):
+    """floor_round_robin with plain loops: eligible rows of eligible clusters in turn, then
+    the rest by score."""
+    size = len(scores)
+    ranks = [
+        (sum(s < scores[i] for s in scores) + (sum(s == scores[i] for s in scores) - 1) / 2)
+        / max(size - 1, 1)
+        for i in range(size)
+    ]
+    eligible = []
+    for cluster in sorted(set(clusters.tolist())):
+        members = [i for i in range(size) if clusters[i] == cluster]
+        if np.median([ranks[i] for i in members]) >= floor:
+            eligible += [i for i in members if ranks[i] >= floor]
+    order: list[int] = []
+    by_cluster = {
+        c: sorted((i for i in eligible if clusters[i] == c), key=lambda i: (-scores[i], i))
+        for c in sorted({int(clusters[i]) for i in eligible})
+    }
+    turn = 0
+    while any(turn < len(members) for members in by_cluster.values()):
+        order += [members[turn] for members in by_cluster.values() if turn < len(members)]
+        turn += 1
+    rest = sorted(set(range(size)) - set(order), key=lambda i: (-scores[i], i))
+    return (order + rest)[:n]
+
+
+@pytest.mark.parametrize("case", range(15))
+def test_floor_round_robin_matches_a_plain_loop(case):
+    rng = np.random.default_rng(100 + case)
+    size = int(rng.integers(5, 50))
+    scores = np.round(rng.normal(size=size), 1)
+    clusters = rng.integers(0, int(rng.integers(1, 6)), size=size)
+    n = int(rng.integers(0, size + 1))
+    floor = float(rng.choice([0.0, 0.25, 0.5]))
+    chosen = allocate("floor_round_robin", scores, clusters, n, params={"floor_quantile": floor})
+    assert chosen.tolist() == floor_round_robin_loop(scores, clusters, n, floor)
+
+
+@pytest.mark.parametrize("allocation", ["floor_round_robin", "quality_quota"])
+@pytest.mark.parametrize("case", range(25))
+def test_a_cluster_of_the_worst_examples_gets_no_more_than_under_topk(allocation, case):
+    """The property round robin lacks: a cluster made only of the pool's lowest-scored
+    examples (all below the floor quantile) gets no more of the budget than top-k gives it."""
+    rng = np.random.default_rng(case)
+    clean_clusters = int(rng.integers(1, 6))
+    clean = rng.normal(1.0, 1.0, size=int(rng.integers(20, 200)))
+    # at most a third of the clean count: all of it below the pool's lower quartile
+    n_worst = int(rng.integers(1, len(clean) // 3))
+    worst = np.sort(clean)[0] - rng.exponential(1.0, size=n_worst)
+    scores = np.concatenate([clean, worst])
+    clusters = np.concatenate(
+        [rng.integers(0, clean_clusters, size=len(clean)), np.full(len(worst), clean_clusters)]
+    )
+    noise = clusters == clean_clusters
+    for n in (1, len(scores) // 10, len(scores) // 2, len(scores) - 1, len(scores)):
+        chosen = allocate(allocation, scores, clusters, n)
+        top = allocate("topk", scores, None, n)
+        assert noise[chosen].sum() <= noise[top].sum(), (n, noise[chosen].sum())
+        round_robin_takes = noise[allocate("round_robin", scores, clusters, n)].sum()
+        if 0 < n < len(clean):
+            assert noise[chosen].sum() == 0
+            assert round_robin_takes >= min(len(worst), n // (clean_clusters + 1))
+
+
+@pytest.mark.parametrize("allocation", ["floor_round_robin", "quality_quota"])
+def test_quality_aware_allocations_keep_round_robins_spread_over_clean_clusters(allocation):
+    """Clusters alike in quality share the budget as round robin (or size) would share it."""
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(4), [100, 100, 100, 100])
+    scores = rng.normal(size=400)
+    chosen = allocate(allocation, scores, clusters, 80)
+    counts = np.bincount(clusters[chosen], minlength=4)
+    assert counts.min() >= 15 and counts.max() <= 25, counts
+    # each cluster gives its best: within a cluster the chosen outrank the rest
+    for cluster in range(4):
+        members = clusters == cluster
+        picked = np.zeros(400, dtype=bool)
+        picked[chosen] = True
+        assert scores[members & picked].min() > scores[members & ~picked].max()
+
+
+def test_quality_quota_follows_score_mass():
+    """A cluster of middling examples gets less than one of the best, none below the floor."""
+    scores = np.concatenate([np.linspace(3, 4, 100), np.linspace(1, 2, 100), np.zeros(60) - 1])
+    clusters = np.repeat([0, 1, 2], [100, 100, 60])
+    counts = np.bincount(clusters[allocate("quality_quota", scores, clusters, 50)], minlength=3)
+    assert counts[2] == 0 and counts[0] > counts[1] > 0, counts
+    assert counts.sum() == 50
+
+
 def test_allocations_reject_bad_input():
     scores = np.zeros(4)
     with pytest.raises(SelectionError, match="allocation 'round_robin' needs clusters"):
         allocate("round_robin", scores, None, 2)
     with pytest.raises(SelectionError, match=r"drop_share is 1\.0; it must be in"):
         allocate("drop_then_round_robin", scores, np.zeros(4, int), 2, params={"drop_share": 1})
+    for allocation in ("floor_round_robin", "quality_quota"):
+        with pytest.raises(SelectionError, match=r"floor_quantile is 1\.0; it must be in"):
+            allocate(allocation, scores, np.zeros(4, int), 2, params={"floor_quantile": 1})
     with pytest.raises(SelectionError, match=r"unknown parameter\(s\) k of allocation 'topk'"):
         allocate("topk", scores, None, 2, params={"k": 3})
     with pytest.raises(SelectionError, match="unknown allocation 'best'; valid: "):

@@ -12,7 +12,7 @@ import torch
 
 from selectmoe.data.encoding import encode_examples
 from selectmoe.data.pool import load_pool
-from selectmoe.data.router_data import ROUTER_DATA_KEYS
+from selectmoe.data.router_data import ANSWER_LOSS_QUANTILES, ROUTER_DATA_KEYS
 from selectmoe.errors import ConfigError, DataError, ModelError
 from selectmoe.hashing import file_sha256
 from selectmoe.model.warmed import load_warmed_model
@@ -20,7 +20,7 @@ from selectmoe.stages.scoring import answer_alone_losses, score_dataset
 from selectmoe.stages.warmup import FULL_RANK_TARGETS, WarmupSettings, run_warmup
 
 TRAINED = [f"model.layers.{i}.{suffix}" for i in range(2) for suffix in FULL_RANK_TARGETS]
-LM_STATISTICS = ("answer_loss", "eos_loss")
+LM_STATISTICS = ("answer_loss", "eos_loss", "answer_loss_quantiles", "answer_loss_worst_turn")
 NOT_STATISTICS = {"sample_ids", "dataset", "n_tokens", "metadata"}
 
 
@@ -270,6 +270,8 @@ def test_router_data_values_are_per_sample_means(
         if not answer[1:].any():  # the answer was truncated away: no answer statistics
             seen["no answer"] += 1
             assert data["answer_loss"][row].isnan() and data["eos_loss"][row].isnan()
+            assert data["answer_loss_quantiles"][row].isnan().all()
+            assert data["answer_loss_worst_turn"][row].isnan()
             continue
         seen["answer"] += 1
         answer_score = torch.stack([g[answer].mean() for g in gate])
@@ -282,6 +284,25 @@ def test_router_data_values_are_per_sample_means(
         )
         answer_loss = token_losses[labels[0, 1:] != -100].mean()
         torch.testing.assert_close(data["answer_loss"][row], answer_loss, rtol=0, atol=1e-5)
+        # quantiles of the answer-token losses, and the worst turn (a run of labelled tokens)
+        answer_losses = token_losses[labels[0, 1:] != -100]
+        levels = torch.tensor(ANSWER_LOSS_QUANTILES)
+        torch.testing.assert_close(
+            data["answer_loss_quantiles"][row],
+            torch.quantile(answer_losses, levels),
+            rtol=0,
+            atol=1e-5,
+        )
+        turns: list[list[float]] = []
+        previous = None
+        for position in torch.nonzero(labels[0, 1:] != -100).view(-1).tolist():
+            if previous is None or position != previous + 1:
+                turns.append([])
+            turns[-1].append(float(token_losses[position]))
+            previous = position
+        seen["turns"] = max(seen.get("turns", 0), len(turns))
+        worst = max(sum(turn) / len(turn) for turn in turns)
+        assert float(data["answer_loss_worst_turn"][row]) == pytest.approx(worst, abs=1e-5)
         at_eos = labels[0, 1:] == eos
         if at_eos.any():
             seen["eos"] += 1
@@ -291,6 +312,7 @@ def test_router_data_values_are_per_sample_means(
             seen["eos cut"] += 1
             assert data["eos_loss"][row].isnan()
     assert seen["answer"] and seen["no answer"] and seen["eos"], seen
+    assert seen["turns"] >= 2, seen  # a multi-turn answer's worst turn was checked
     assert data["n_tokens"].tolist() == [len(e.input_ids) for e in encoded]
     # examples differ in length, so the batches really were padded
     assert len({len(e.input_ids) for e in encoded}) > 1

@@ -6,7 +6,8 @@ A ``{dataset}_router_data.pt`` file is a ``torch.save``d dict:
 - ``moe_probs`` ``[N, L, E]`` float32: mean routing distribution per layer;
 - ``sample_ids`` (N str), ``dataset`` (str), ``n_tokens`` ``[N]`` int64, ``metadata`` (dict);
 - optionally the per-example statistics of :data:`OPTIONAL_STATISTICS` (the gate over answer
-  tokens, the LM's answer and end-of-sequence losses, the answer-alone loss for IFD).
+  tokens, the LM's answer and end-of-sequence losses, the quantiles of the answer-token losses
+  and the worst answer turn's mean loss, the answer-alone loss for IFD).
 
 :func:`save_router_data` writes one (atomically); :func:`load_router_data` reads and checks
 several and concatenates them into a :class:`RouterData`.
@@ -27,6 +28,7 @@ from selectmoe.errors import RouterDataError
 from selectmoe.io import atomic_torch_save
 
 __all__ = [
+    "ANSWER_LOSS_QUANTILES",
     "OPTIONAL_STATISTICS",
     "REQUIRED_KEYS",
     "ROUTER_DATA_KEYS",
@@ -57,7 +59,12 @@ OPTIONAL_STATISTICS: tuple[str, ...] = (
     "answer_loss",
     "eos_loss",
     "answer_loss_alone",
+    "answer_loss_quantiles",
+    "answer_loss_worst_turn",
 )
+#: The quantile levels of ``answer_loss_quantiles`` ``[N, Q]``: each example's answer-token losses
+#: at these levels (1.0 is the largest token loss).
+ANSWER_LOSS_QUANTILES: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 @dataclasses.dataclass

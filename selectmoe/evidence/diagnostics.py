@@ -40,6 +40,7 @@ from selectmoe.evidence.overlap import SelectionRun, selection_overlap
 from selectmoe.io import atomic_write_text
 
 __all__ = [
+    "LENGTH_BLIND",
     "auroc",
     "auroc_intervals",
     "method_score_table",
@@ -170,25 +171,39 @@ def auroc_intervals(
     return out
 
 
+#: |Spearman| with length above which the diagnostics say a score mostly measures length.
+LENGTH_BLIND = 0.5
+
+
 def method_score_table(
     paths: Sequence[str | os.PathLike[str]],
     *,
     scores: Mapping[str, str | os.PathLike[str]],
     definitions: Mapping[str, Mapping[str, Any]],
-    labels_path: str | os.PathLike[str],
+    labels_path: str | os.PathLike[str] | None = None,
+    untrained: Sequence[str | os.PathLike[str]] | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """How well the score of each method ranks clean examples above planted ones.
+    """What the score of each method measures, and with labels how well it ranks clean examples
+    above planted ones.
 
     One row per method that scores (routed or targeted), from the scores its selection wrote
-    (:func:`selectmoe.selection.select.load_selection_scores`): AUROC with a 95% bootstrap
-    interval, the paired difference to the seed's gate score (``selectmoe_seed``'s, computed
-    from ``paths`` when no selection of the sweep wrote it) with its interval, Spearman with
-    length, and AUROC per planted kind. Examples a score cannot rank (no answer tokens, say)
-    rank lowest; IFD ranks low first (what the IFD filter keeps). A targeted method ranks by its
-    similarity to the query set (:mod:`selectmoe.selection.targeted`), a score that is not about
-    quality at all.
+    (:func:`selectmoe.selection.select.load_selection_scores`), plus the seed's gate score
+    (``selectmoe_seed``'s, computed from ``paths`` when no selection of the sweep wrote it):
+
+    - always: Spearman with the example's length in tokens and with its answer's length, and
+      with the same score computed on the untrained (converted) model's router data where that
+      data has what the score reads (a score that is the untrained model's has learnt nothing
+      from warmup); ``length_blind`` when ``|spearman_length|`` or
+      ``|spearman_answer_length|`` exceeds :data:`LENGTH_BLIND`;
+    - with labels: AUROC with a 95% bootstrap interval, the paired difference to the seed's gate
+      score with its interval, AUROC per planted kind, and ``inverted``: the kinds whose AUROC
+      is below 0.5 (the score ranks them *above* clean examples).
+
+    Examples a score cannot rank (no answer tokens, say) rank lowest; IFD ranks low first (what
+    the IFD filter keeps). A targeted method ranks by its similarity to the query set
+    (:mod:`selectmoe.selection.targeted`), a score that is not about quality at all.
 
     Parameters
     ----------
@@ -198,19 +213,20 @@ def method_score_table(
         Method -> the scores file of one of its selections under this loss type.
     definitions : mapping
         The method definitions (:func:`selectmoe.selection.methods.method_definitions`).
-    labels_path : path
+    labels_path : path, optional
         The pool's quality labels.
+    untrained : sequence of path, optional
+        The untrained-gate router data (the converted model's).
     """
+    from selectmoe.errors import SelectionError
     from selectmoe.selection.methods import SEED_METHOD
     from selectmoe.selection.scores import compute_score, describe
     from selectmoe.selection.select import load_selection_scores
 
     router = load_router_data(paths)
     keys = list(zip(router.datasets, router.sample_ids, strict=True))
-    labels = align_labels(labels_path, keys)
-    clean = ~labels.planted
-    kinds = sorted(set(labels.kinds) - {CLEAN})
     values, described = {}, {}
+    gate_definition = {"score": "gate", "score_params": {}}
     if SEED_METHOD not in scores:
         gate = compute_score(router, "gate", params={}, seed=seed)
         values[SEED_METHOD] = np.where(np.isfinite(gate), gate, -np.inf)
@@ -233,23 +249,57 @@ def method_score_table(
         values[method] = score
         described[method] = str(saved["score_definition"])
     chosen = [SEED_METHOD, *(m for m in values if m != SEED_METHOD)]
-    intervals = auroc_intervals(
-        values, clean, reference=SEED_METHOD, n_resamples=n_resamples, seed=seed
-    )
+    reference = load_router_data(untrained) if untrained else None
     lengths = router.statistics.get("n_tokens")
+    answer_lengths = router.statistics.get("n_answer_tokens")
     rows = []
     for method in chosen:
         row: dict[str, Any] = {"method": method, "score": described[method]}
-        row.update(intervals[method])
         row["spearman_length"] = (
             spearman(values[method], lengths.numpy()) if lengths is not None else math.nan
         )
-        kind_array = np.asarray(labels.kinds)
+        row["spearman_answer_length"] = (
+            spearman(values[method], answer_lengths.numpy())
+            if answer_lengths is not None
+            else math.nan
+        )
+        row["length_blind"] = bool(
+            max(abs(row["spearman_length"]), abs(row["spearman_answer_length"])) > LENGTH_BLIND
+        )
+        row["spearman_untrained"] = math.nan
+        definition = gate_definition if method == SEED_METHOD else definitions.get(method)
+        if reference is not None and definition is not None:
+            try:
+                same = compute_score(
+                    reference, definition["score"], params=definition.get("score_params")
+                )
+            except SelectionError:  # the untrained data lacks what this score reads
+                same = None
+            if same is not None and reference.n_samples == len(keys):
+                row["spearman_untrained"] = spearman(
+                    np.where(np.isfinite(values[method]), values[method], -1e300),
+                    np.where(np.isfinite(same), same, -1e300),
+                )
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if labels_path is None:
+        return table
+    labels = align_labels(labels_path, keys)
+    clean = ~labels.planted
+    kinds = sorted(set(labels.kinds) - {CLEAN})
+    intervals = auroc_intervals(
+        values, clean, reference=SEED_METHOD, n_resamples=n_resamples, seed=seed
+    )
+    kind_array = np.asarray(labels.kinds)
+    labelled = []
+    for method in chosen:
+        row = dict(intervals[method])
         for kind in kinds:
             pair = (kind_array == kind) | clean
             row[f"auroc_{kind}"] = auroc(values[method][pair], clean[pair])
-        rows.append(row)
-    return pd.DataFrame(rows)
+        row["inverted"] = ", ".join(k for k in kinds if row[f"auroc_{k}"] < 0.5)
+        labelled.append(row)
+    return pd.concat([table, pd.DataFrame(labelled)], axis=1)
 
 
 @dataclass
@@ -568,7 +618,7 @@ def write_diagnostics(
         md += ["", "Per layer and dataset:", ""]
         md += _markdown_table(table[table["scope"] != "all"], columns)
         md.append("")
-    if labels_path is not None and warmed:
+    if warmed:
         from selectmoe.selection.methods import method_definitions
 
         frames = []
@@ -578,6 +628,7 @@ def write_diagnostics(
                 scores=(method_scores or {}).get(loss, {}),
                 definitions=method_definitions(definitions),
                 labels_path=labels_path,
+                untrained=untrained,
             )
             frames.append(table.assign(loss=loss))
         scores = pd.concat(frames, ignore_index=True)
@@ -585,17 +636,43 @@ def write_diagnostics(
         md += [
             "## The score each method ranks by",
             "",
-            "AUROC of each method's score (clean above planted; for the targeted methods, their "
-            "similarity to the query set) with its 95% bootstrap "
-            "interval over examples, and the paired difference to the seed's gate score "
-            "(`selectmoe_seed`) on the same resamples: an interval that excludes 0 is a "
-            "difference these examples support.",
+            "What each method's score measures (for the targeted methods: their similarity to "
+            "the query set): Spearman with the example's length and its answer's length "
+            f"(`length_blind` beyond ±{LENGTH_BLIND}: a score that mostly measures length) and "
+            "with the same score of the untrained model (near 1: warmup changed little)."
+            + (
+                " With the pool's labels: AUROC (clean above planted) with its 95% bootstrap "
+                "interval over examples, the paired difference to the seed's gate score "
+                "(`selectmoe_seed`) on the same resamples (an interval that excludes 0 is a "
+                "difference these examples support), AUROC per planted kind, and `inverted`: "
+                "the kinds the score ranks *above* clean examples (AUROC < 0.5)."
+                if labels_path is not None
+                else ""
+            ),
             "",
         ]
-        columns = ["loss", "method", "score", "auroc", "low", "high", "diff", "diff_low"]
-        columns += ["diff_high", "spearman_length"]
+        columns = ["loss", "method", "score"]
+        if labels_path is not None:
+            columns += ["auroc", "low", "high", "diff", "diff_low", "diff_high", "inverted"]
+        columns += ["spearman_length", "spearman_answer_length", "length_blind"]
+        columns += ["spearman_untrained"]
         columns += [c for c in scores if c.startswith("auroc_")]
         md += _markdown_table(scores, columns)
+        flagged = [
+            f"- `{row.method}` ({row.loss}): "
+            + "; ".join(
+                part
+                for part in (
+                    f"inverted on {row.inverted}" if getattr(row, "inverted", "") else "",
+                    "mostly measures length" if row.length_blind else "",
+                )
+                if part
+            )
+            for row in scores.itertuples()
+            if getattr(row, "inverted", "") or row.length_blind
+        ]
+        if flagged:
+            md += ["", "Blind spots:", "", *flagged]
         md.append("")
     if selections:
         overlap = selection_overlap(selections)

@@ -11,6 +11,18 @@ selection order):
   remainders), its best examples; then the same round-robin order;
 - ``drop_then_round_robin``: drop the lowest-scored ``drop_share`` of the pool (default 0.3),
   then round robin over the clusters of what remains;
+- ``floor_round_robin``: round robin that cannot hand noise a turn: an example whose score
+  is below the pool's ``floor_quantile`` (default 0.25) is not eligible, nor is a whole cluster
+  whose median score is; round robin over the eligible examples of the eligible clusters, then
+  (if the budget is not met) the rest by score, as top-k would take them;
+- ``quality_quota``: each cluster's quota is proportional to its *score mass*, the sum over its
+  members of ``max(0, r - floor_quantile)`` with ``r`` the member's percentile rank in the
+  pool (largest remainders, capped at the cluster's eligible members and the overflow passed
+  on); each cluster's best eligible examples, in round-robin order; then the rest by score. A
+  cluster of clean examples gets a quota near its size's share, a cluster of noise none.
+
+Both quality-aware allocations keep the property that a cluster made only of examples below
+the pool's ``floor_quantile`` gets no more of the budget than top-k would give it.
 - ``ifd_filter``: Cherry-LLM / Superfiltering's IFD selection: keep ``score < threshold``
   (default 1: the question must help), highest first; the authors stop there (a smaller set);
   with a fixed budget the rest is filled with the examples at or above the threshold, those
@@ -40,13 +52,21 @@ __all__ = [
 AllocationFn = Callable[..., np.ndarray]
 _REGISTRY: dict[str, AllocationFn] = {}
 #: Allocations that spread the budget over clusters (they need the clustering of the features).
-CLUSTERED_ALLOCATIONS: set[str] = {"round_robin", "proportional", "drop_then_round_robin"}
+CLUSTERED_ALLOCATIONS: set[str] = {
+    "round_robin",
+    "proportional",
+    "drop_then_round_robin",
+    "floor_round_robin",
+    "quality_quota",
+}
 #: The parameters each built-in allocation takes, with their defaults.
 ALLOCATION_PARAMS: dict[str, dict[str, Any]] = {
     "topk": {},
     "round_robin": {},
     "proportional": {},
     "drop_then_round_robin": {"drop_share": 0.3},
+    "floor_round_robin": {"floor_quantile": 0.25},
+    "quality_quota": {"floor_quantile": 0.25},
     "ifd_filter": {"threshold": 1.0},
     "random": {},
 }
@@ -181,6 +201,70 @@ def _drop_then_round_robin(scores, clusters, n, *, params, seed):
     return kept[within]
 
 
+def _percentile_ranks(scores: np.ndarray) -> np.ndarray:
+    """Each score's rank in ``[0, 1]`` (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    return (rankdata(scores, method="average") - 1.0) / max(len(scores) - 1, 1)
+
+
+def _floor(params: Mapping[str, Any]) -> float:
+    floor = float(params["floor_quantile"])
+    if not 0.0 <= floor < 1.0:
+        raise SelectionError(f"floor_quantile is {floor}; it must be in [0, 1)")
+    return floor
+
+
+def _then_the_rest(scores: np.ndarray, picked: np.ndarray, n: int) -> np.ndarray:
+    """``picked``, then the best-scored of the other rows until there are ``n``."""
+    picked = picked[:n]
+    if len(picked) == n:
+        return picked
+    rest = np.setdiff1d(np.arange(scores.shape[0]), picked)
+    rest = rest[np.lexsort((rest, -scores[rest]))]
+    return np.concatenate([picked, rest[: n - len(picked)]])
+
+
+def _floor_round_robin(scores, clusters, n, *, params, seed):
+    scores = _finite(scores)
+    ranks = _percentile_ranks(scores)
+    floor = _floor(params)
+    ids, inverse = np.unique(clusters, return_inverse=True)
+    median_rank = np.array([np.median(ranks[inverse == c]) for c in range(len(ids))])
+    eligible = np.flatnonzero((ranks >= floor) & (median_rank[inverse] >= floor))
+    within = round_robin(scores[eligible], clusters[eligible], min(n, len(eligible)))
+    return _then_the_rest(scores, eligible[within], n)
+
+
+def _quality_quota(scores, clusters, n, *, params, seed):
+    scores = _finite(scores)
+    ranks = _percentile_ranks(scores)
+    floor = _floor(params)
+    eligible = ranks >= floor
+    ids, inverse = np.unique(clusters, return_inverse=True)
+    mass = np.bincount(inverse, weights=np.maximum(ranks - floor, 0.0), minlength=len(ids))
+    capacity = np.bincount(inverse, weights=eligible, minlength=len(ids)).astype(np.int64)
+    capacity[mass <= 0] = 0
+    quotas = np.zeros(len(ids), dtype=np.int64)
+    left = min(n, int(capacity.sum()))
+    while left > 0:  # largest remainders over the clusters with room; the overflow moves on
+        open_ = (quotas < capacity) & (mass > 0)
+        share = np.where(open_, mass, 0.0)
+        exact = left * share / share.sum()
+        extra = np.floor(exact).astype(np.int64)
+        order = np.lexsort((np.arange(len(ids)), -(exact - extra)))
+        extra[order[: left - extra.sum()]] += 1
+        extra = np.minimum(extra, capacity - quotas)
+        quotas += extra
+        left -= int(extra.sum())
+    chosen = np.zeros(scores.shape[0], dtype=bool)
+    for cluster, quota in enumerate(quotas):
+        members = np.flatnonzero((inverse == cluster) & eligible)
+        chosen[members[np.lexsort((members, -scores[members]))][:quota]] = True
+    within = round_robin(scores[chosen], clusters[chosen], int(chosen.sum()))
+    return _then_the_rest(scores, np.flatnonzero(chosen)[within], n)
+
+
 def _ifd_filter(scores, clusters, n, *, params, seed):
     threshold = float(params["threshold"])
     total = scores.shape[0]
@@ -202,6 +286,8 @@ for _name, _fn in (
     ("round_robin", _round_robin),
     ("proportional", _proportional),
     ("drop_then_round_robin", _drop_then_round_robin),
+    ("floor_round_robin", _floor_round_robin),
+    ("quality_quota", _quality_quota),
     ("ifd_filter", _ifd_filter),
     ("random", _random_order),
 ):

@@ -38,6 +38,7 @@ from selectmoe.selection.methods import (
     SEED_METHOD,
     method_definitions,
     uses_clusters,
+    uses_score,
 )
 
 __all__ = [
@@ -265,6 +266,10 @@ def _routed_inputs(layout: Any, selection: Any) -> dict[str, list[str]]:
     }
     if uses_clusters(selection.method, layout.definitions):
         inputs["clusters"] = [layout.clusters(selection.loss, selection.replicate)]
+    if uses_score("excess_loss", [selection.method], layout.definitions):
+        inputs["reference_router_data"] = [
+            layout.router_data(layout.UNTRAINED, d) for d in layout.datasets
+        ]
     return inputs
 
 
@@ -308,6 +313,11 @@ def _load_routed(inputs: Mapping[str, Sequence[str]], request: SelectionRequest)
             "(only random, full, oracle and anti_oracle select from the pool alone)"
         )
     router = load_router_data(paths)
+    reference = list(inputs.get("reference_router_data") or [])
+    if reference:
+        from selectmoe.selection.scores import attach_reference_loss
+
+        attach_reference_loss(router, load_router_data(reference))
     clusters = _one(inputs, "clusters")
     clustering = None
     if clusters is not None and uses_clusters(request.method, request.definitions):

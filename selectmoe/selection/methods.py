@@ -25,7 +25,14 @@ __all__ = [
 ]
 
 #: Scores that read the LM statistics of the scoring pass (``scoring.lm_statistics``).
-LM_SCORES: tuple[str, ...] = ("lm_loss", "eos_loss", "ifd")
+LM_SCORES: tuple[str, ...] = (
+    "lm_loss",
+    "eos_loss",
+    "ifd",
+    "loss_quantile",
+    "worst_turn_loss",
+    "excess_loss",
+)
 
 #: The seed's exact Select-MoE: the gate's score as the seed defines it, round robin over the
 #: clusters of the routing features. This name and its definition never change.
@@ -96,6 +103,8 @@ def method_definitions(
 def _score_names(score: str, params: Mapping[str, Any] | None) -> set[str]:
     """``score`` and, for a blend, every score it is made of (recursively)."""
     names = {score}
+    if isinstance((params or {}).get("score"), str):  # a wrapper such as length_residual
+        names |= _score_names(str(params["score"]), params.get("params"))
     for part in (params or {}).get("scores") or []:
         if isinstance(part, Mapping) and "score" in part:
             names |= _score_names(str(part["score"]), part.get("params"))

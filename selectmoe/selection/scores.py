@@ -12,12 +12,24 @@ A score is a function ``(router, *, params, seed) -> numpy.ndarray [N]`` registe
 - ``eos_loss``: minus the LM's loss on the answers' end-of-sequence tokens;
 - ``ifd``: Instruction-Following Difficulty, ``PPL(A | Q) / PPL(A)`` (Cherry-LLM, Superfiltering)
   from the answer loss with and without the question;
+- ``loss_quantile``: minus a quantile of the answer-token losses (``params["q"]``, one of the
+  levels the scoring pass records; 1.0 is the largest token loss);
+- ``worst_turn_loss``: minus the largest mean loss of one answer turn (a multi-turn example is
+  as good as its worst answer);
+- ``excess_loss``: minus the answer loss in excess of the untrained (converted) model's on the
+  same tokens, ``loss_warm - loss_converted`` (a reference-model score, as RHO-1's excess loss;
+  the converted model is the reference, already run by ``score_untrained``);
+- ``length_residual``: another score (``params["score"]``, ``params["params"]``) with what the
+  answer's length explains removed: the residual of a least-squares fit of the score on
+  ``log(answer tokens)`` over the pool (a length-robust variant; no extra pass);
 - ``random``: a seeded uniform score (for allocations that need one, e.g. ``diversity``);
 - ``rank_blend``: a weighted mean of other scores' percentile ranks (``params["scores"]``: a
   list of ``{score, params, weight}``); an example a score cannot rank counts as its lowest.
 
 The LM scores need the statistics that scoring records with ``lm_statistics`` (and ``ifd``); a
-router-data file without them gives a clear error. Plugins register more with
+router-data file without them gives a clear error. Cost: every score but ``ifd`` (a second pass
+over the answers alone) and ``excess_loss`` (the converted model's pass, which the workflow runs
+anyway for the untrained-gate control) reads the one scoring pass. Plugins register more with
 :func:`register_score`.
 """
 
@@ -33,7 +45,15 @@ from selectmoe.catalogue import register_name
 from selectmoe.errors import SelectionError
 from selectmoe.selection.methods import LM_SCORES
 
-__all__ = ["LM_SCORES", "SCORE_PARAMS", "available_scores", "compute_score", "register_score"]
+__all__ = [
+    "LM_SCORES",
+    "REFERENCE_ANSWER_LOSS",
+    "SCORE_PARAMS",
+    "attach_reference_loss",
+    "available_scores",
+    "compute_score",
+    "register_score",
+]
 
 
 ScoreFn = Callable[..., np.ndarray]
@@ -49,9 +69,16 @@ SCORE_PARAMS: dict[str, dict[str, Any]] = {
     "lm_loss": {},
     "eos_loss": {},
     "ifd": {},
+    "loss_quantile": {"q": 0.9},
+    "worst_turn_loss": {},
+    "excess_loss": {},
+    "length_residual": {"score": "lm_loss", "params": {}},
     "random": {},
     "rank_blend": {"scores": []},
 }
+#: The statistic ``excess_loss`` reads: the converted model's ``answer_loss`` on the same
+#: examples, attached to the router data by the loader (:func:`attach_reference_loss`).
+REFERENCE_ANSWER_LOSS = "reference_answer_loss"
 
 
 def register_score(name: str, fn: ScoreFn, *, overwrite: bool = False) -> None:
@@ -177,6 +204,77 @@ def _ifd(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
     return np.exp(conditional - alone)
 
 
+def _loss_quantile(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    from selectmoe.data.router_data import ANSWER_LOSS_QUANTILES
+
+    q = float(params["q"])
+    if q not in ANSWER_LOSS_QUANTILES:
+        raise SelectionError(
+            f"loss_quantile q={q}: the scoring pass records the levels "
+            f"{', '.join(map(str, ANSWER_LOSS_QUANTILES))}; choose one of them"
+        )
+    quantiles = _statistic(router, "answer_loss_quantiles", "loss_quantile").numpy()
+    loss = quantiles[:, ANSWER_LOSS_QUANTILES.index(q)]
+    return np.where(np.isfinite(loss), -loss, -np.inf)
+
+
+def _worst_turn_loss(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    loss = _statistic(router, "answer_loss_worst_turn", "worst_turn_loss").numpy()
+    return np.where(np.isfinite(loss), -loss, -np.inf)
+
+
+def _excess_loss(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    if REFERENCE_ANSWER_LOSS not in router.statistics:
+        raise SelectionError(
+            "score 'excess_loss' needs the converted model's answer loss on the same examples "
+            "(the untrained router data with LM statistics); the workflow passes it to methods "
+            "that rank by excess_loss; stand-alone, give --reference-router-data"
+        )
+    warm = _statistic(router, "answer_loss", "excess_loss").numpy()
+    reference = router.statistics[REFERENCE_ANSWER_LOSS].to(torch.float64).numpy()
+    excess = warm - reference
+    return np.where(np.isfinite(excess), -excess, -np.inf)
+
+
+def attach_reference_loss(router: Any, reference: Any) -> None:
+    """Give ``router`` the converted model's answer loss (``reference``: router data of the same
+    examples with LM statistics) under :data:`REFERENCE_ANSWER_LOSS`, aligned by (dataset, id).
+
+    Raises
+    ------
+    SelectionError
+        When ``reference`` lacks the LM statistics or an example of ``router``.
+    """
+    loss = _statistic(reference, "answer_loss", "excess_loss")
+    position = {
+        key: row
+        for row, key in enumerate(zip(reference.datasets, reference.sample_ids, strict=True))
+    }
+    missing = [
+        key for key in zip(router.datasets, router.sample_ids, strict=True) if key not in position
+    ]
+    if missing:
+        raise SelectionError(
+            f"the reference router data lacks {len(missing)} example(s) of the router data, e.g. "
+            f"{missing[0][0]}/{missing[0][1]}; score both from the same pool files"
+        )
+    rows = [position[key] for key in zip(router.datasets, router.sample_ids, strict=True)]
+    router.statistics[REFERENCE_ANSWER_LOSS] = loss[torch.tensor(rows, dtype=torch.long)].float()
+
+
+def _length_residual(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    inner = str(params["score"])
+    if inner in ("length_residual", "rank_blend"):
+        raise SelectionError(f"length_residual of {inner!r}: give a plain score")
+    values = compute_score(router, inner, params=params.get("params"), seed=seed)
+    length = np.log(np.maximum(_statistic(router, "n_answer_tokens", inner).numpy(), 1.0))
+    finite = np.isfinite(values)
+    if finite.sum() < 3 or np.ptp(length[finite]) == 0:
+        return values  # nothing to fit: the score as it is
+    slope, intercept = np.polyfit(length[finite], values[finite], 1)
+    return np.where(finite, values - (slope * length + intercept), -np.inf)
+
+
 def _random(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(router.n_samples)
 
@@ -218,6 +316,10 @@ for _name, _fn in (
     ("lm_loss", _lm_loss),
     ("eos_loss", _eos_loss),
     ("ifd", _ifd),
+    ("loss_quantile", _loss_quantile),
+    ("worst_turn_loss", _worst_turn_loss),
+    ("excess_loss", _excess_loss),
+    ("length_residual", _length_residual),
     ("random", _random),
 ):
     register_score(_name, _fn)

@@ -470,6 +470,7 @@ def run_selection(
     method_definitions: Mapping[str, Mapping[str, Any]] | None = None,
     clusters_path: str | os.PathLike[str] | None = None,
     queries_path: str | os.PathLike[str] | None = None,
+    reference_router_data_paths: Sequence[str | os.PathLike[str]] = (),
     inputs: Mapping[str, Sequence[str | os.PathLike[str]]] | None = None,
 ) -> dict[str, Any]:
     """Select and write ``selected_data.jsonl``, ``selection.json`` and the scores.
@@ -505,6 +506,9 @@ def run_selection(
         read by a clustered method instead of clustering again.
     queries_path : path, optional
         The query examples' features file (targeted methods).
+    reference_router_data_paths : sequence of path, optional
+        The converted model's router data with LM statistics, for a method that ranks by
+        ``excess_loss``.
     inputs : mapping, optional
         The select job's named inputs as the method's kind declares them
         (:attr:`selectmoe.selection.kinds.MethodKind.inputs`); replaces the path arguments above.
@@ -536,6 +540,7 @@ def run_selection(
             "labels": [labels_path] if labels_path is not None else [],
             "clusters": [clusters_path] if clusters_path is not None else [],
             "queries": [queries_path] if queries_path is not None else [],
+            "reference_router_data": list(reference_router_data_paths),
         }
     files = {name: [os.fspath(p) for p in paths] for name, paths in inputs.items()}
     pool_paths = files.get("pool", [])

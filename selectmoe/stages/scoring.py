@@ -34,7 +34,7 @@ from selectmoe.data.encoding import (
     pad_token_id_of,
 )
 from selectmoe.data.pool import Example, load_pool
-from selectmoe.data.router_data import save_router_data
+from selectmoe.data.router_data import ANSWER_LOSS_QUANTILES, save_router_data
 from selectmoe.errors import DataError, ModelError
 from selectmoe.hashing import file_sha256
 from selectmoe.model.modeling_select_moe import SelectMoeForCausalLM, register_select_moe
@@ -117,6 +117,40 @@ def _token_losses(
     return rows, targets, losses
 
 
+def loss_profiles(
+    rows: torch.Tensor, columns: torch.Tensor, losses: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's answer-token loss quantiles and its worst answer turn's mean loss.
+
+    ``rows``, ``columns`` and ``losses`` (``[P]`` each, row-major order as ``torch.nonzero``
+    gives them) locate and weigh the labelled tokens of ``size`` examples; a *turn* is a run of
+    consecutive labelled columns (one assistant answer and its eos).
+
+    Returns
+    -------
+    quantiles : float32 ``[size, len(ANSWER_LOSS_QUANTILES)]`` (linear interpolation, as
+        ``torch.quantile``), worst_turn : float32 ``[size]``; NaN rows for examples without
+        answer tokens.
+    """
+    levels = torch.tensor(ANSWER_LOSS_QUANTILES, dtype=torch.float32, device=losses.device)
+    quantiles = torch.full((size, len(levels)), float("nan"), device=losses.device)
+    worst_turn = torch.full((size,), float("nan"), device=losses.device)
+    for row in torch.unique(rows).tolist():
+        at = rows == row
+        values, positions = losses[at].float(), columns[at]
+        quantiles[row] = torch.quantile(values, levels)
+        starts = torch.ones_like(positions, dtype=torch.bool)
+        starts[1:] = positions[1:] != positions[:-1] + 1
+        turn = torch.cumsum(starts.long(), dim=0) - 1
+        n_turns = int(turn[-1]) + 1
+        sums = torch.zeros(n_turns, device=losses.device).index_add_(0, turn, values)
+        counts = torch.zeros(n_turns, device=losses.device).index_add_(
+            0, turn, torch.ones_like(values)
+        )
+        worst_turn[row] = (sums / counts).max()
+    return quantiles, worst_turn
+
+
 @torch.inference_mode()
 def compute_example_statistics(
     model: torch.nn.Module,
@@ -145,7 +179,10 @@ def compute_example_statistics(
 
     - ``answer_loss`` ``[N]``: mean cross-entropy of the labelled (answer) tokens;
     - ``eos_loss`` ``[N]``: mean cross-entropy of the labelled end-of-sequence tokens (NaN where
-      an example has none, e.g. truncated).
+      an example has none, e.g. truncated);
+    - ``answer_loss_quantiles`` ``[N, Q]`` and ``answer_loss_worst_turn`` ``[N]``: the
+      answer-token losses' quantiles and the largest mean loss of one answer turn
+      (:func:`loss_profiles`).
 
     Returns
     -------
@@ -168,6 +205,8 @@ def compute_example_statistics(
     if lm_statistics:
         out["answer_loss"] = torch.full((n,), float("nan"))
         out["eos_loss"] = torch.full((n,), float("nan"))
+        out["answer_loss_quantiles"] = torch.full((n, len(ANSWER_LOSS_QUANTILES)), float("nan"))
+        out["answer_loss_worst_turn"] = torch.full((n,), float("nan"))
     # positions of the examples in ``encoded``, so that results land in input order
     for position, item in enumerate(encoded):
         item.index = position
@@ -215,6 +254,10 @@ def compute_example_statistics(
                 )
                 means = torch.where(counts > 0, sums / counts.clamp(min=1.0), float("nan"))
                 out[key][rows] = means.cpu()
+            columns = torch.nonzero(labels[:, 1:] != IGNORE_INDEX, as_tuple=True)[1]
+            quantiles, worst_turn = loss_profiles(batch_rows, columns, losses, size)
+            out["answer_loss_quantiles"][rows] = quantiles.cpu()
+            out["answer_loss_worst_turn"][rows] = worst_turn.cpu()
     return out
 
 

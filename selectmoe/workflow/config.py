@@ -265,7 +265,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     """
     from selectmoe.catalogue import names
     from selectmoe.selection.kinds import available_methods, kind_of
-    from selectmoe.selection.methods import LM_SCORES, method_definitions
+    from selectmoe.selection.methods import LM_SCORES, method_definitions, uses_score
 
     selection = config.get("selection", {})
     defined = selection.get("method_definitions", {}) or {}
@@ -301,12 +301,12 @@ def check_config(config: Mapping[str, Any]) -> None:
                     "(a plugin module listed in plugins can register more)"
                 )
     try:
-        definitions = method_definitions(defined)
+        method_definitions(defined)
     except ValueError as error:
         raise ConfigError(f"config key selection.method_definitions: {error}") from None
     methods = list(selection.get("methods", []))
     if not config.get("scoring", {}).get("lm_statistics", True):
-        needing = [m for m in methods if definitions.get(m, {}).get("score") in LM_SCORES]
+        needing = [m for m in methods if any(uses_score(s, [m], defined) for s in LM_SCORES)]
         if needing:
             raise ConfigError(
                 f"config key scoring.lm_statistics is false, but method(s) {', '.join(needing)} "

@@ -54,12 +54,10 @@ class RuleSettings:
             "gate_init_seed": int(rep),
         }
 
-    def scoring(self, *, untrained: bool = False) -> dict[str, Any]:
-        """The scoring section; the untrained control records no LM statistics."""
-        settings = self._section("scoring")
-        if untrained:
-            settings["lm_statistics"] = False
-        return settings
+    def scoring(self) -> dict[str, Any]:
+        """The scoring section (the untrained control's too: its LM statistics are
+        ``excess_loss``'s reference and the diagnostics' comparison)."""
+        return self._section("scoring")
 
     def clustering(self, rep: Any) -> dict[str, Any]:
         """The settings of a cluster job; the replicate seeds k-means."""

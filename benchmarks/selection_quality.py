@@ -1,29 +1,31 @@
-"""How well does each score rank clean examples above planted noise, and how much noise does
-each selection method keep? Measured on a labelled pool with the package's own warmup, scoring
-and selection code.
+"""Which score and allocation keep the least planted noise, by their *worst* kind of noise?
 
-For a pool (the demo's, or the second pool of ``tests/second_pool.py`` with other noise kinds)
-this script warms the gates of the converted demo model (config/config.yaml's warmup section,
-one run per warmup seed and trash mode), scores every dataset with the LM statistics and IFD,
-and scores it with the untrained gates as a control. It then reports
+Measured on the family of planted noise (``tests/noise_family.py``: 18 kinds in four families,
+each at two severities) over two worlds of content (the demo's invented world and ``atlas``,
+other templates and vocabulary), with the package's own warmup, scoring and selection code and
+the converted demo model. For every world and warmup seed this script
 
-- per score: AUROC for "clean ranks above planted" with a 95% bootstrap interval over examples,
-  and the paired difference to the seed's score (same resamples), per warmup seed;
-- per method (a score and an allocation) and budget: the planted share of the selection, with
-  a random selection's expected share and 95% range (hypergeometric).
+1. builds the labelled pool (30% planted) unless it is in ``--work`` already;
+2. scores it with the converted model (the untrained control; its answer loss is
+   ``excess_loss``'s reference), warms the gates up (config/config.yaml's warmup, sigmoid loss,
+   one run per warmup seed) and scores it again with the LM statistics and IFD;
+3. computes every candidate score (:data:`SCORES`) and every allocation (:data:`ALLOCATIONS`)
+   over the routing clusters of that warmup, at 5, 10 and 25% of the pool.
+
+It reports the AUROC of each score per kind (clean above planted), and per score x allocation
+the planted share of each *family* relative to its share of the pool (1.0: as random; the
+``ratio``). The default is chosen by the worst case: the candidate whose largest ratio over
+(world, family, budget) is smallest; leave-one-family-out repeats the choice without one
+family and reports how the chosen candidate does on the family it never saw.
 
 Usage::
 
-    python -m tests.second_pool results/demo results/second_pool
-    python benchmarks/selection_quality.py --name demo --pool results/demo/pool \\
-        --labels results/demo/noise_labels.jsonl --work results/bench_quality/demo
-    python benchmarks/selection_quality.py --name second --pool results/second_pool/pool \\
-        --labels results/second_pool/noise_labels.jsonl --work results/bench_quality/second
+    python benchmarks/selection_quality.py --work /tmp/bq
 
-Each writes its section of ``benchmarks/RESULTS.md`` (``--output``); warmed models and router
-data are cached under ``--work``.
-
-It needs the converted demo model (``results/models/demo-olmoe/converted``: run the demo once).
+writes the section of ``benchmarks/RESULTS.md`` between ``<!-- selection-quality:begin -->``
+and ``<!-- selection-quality:end -->``; pools, warmed weights and router data are cached under
+``--work`` (about 3 minutes per world and warmup seed from scratch on 2 cores). It needs the
+converted demo model (``results/models/demo-olmoe/converted``: run the demo once).
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from scipy.stats import hypergeom
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,312 +50,331 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_md import replace_section  # noqa: E402
 
-from selectmoe.data.labels import align_labels  # noqa: E402
 from selectmoe.data.router_data import load_router_data  # noqa: E402
-from selectmoe.evidence.diagnostics import auroc, auroc_intervals  # noqa: E402
+from selectmoe.evidence.diagnostics import auroc  # noqa: E402
 from selectmoe.selection.allocation import allocate  # noqa: E402
-from selectmoe.selection.scores import compute_score  # noqa: E402
+from selectmoe.selection.methods import SEED_METHOD  # noqa: E402
+from selectmoe.selection.scores import attach_reference_loss, compute_score  # noqa: E402
 from selectmoe.selection.select import budget, select_indices  # noqa: E402
 from selectmoe.stages.scoring import score_dataset  # noqa: E402
 from selectmoe.stages.warmup import WarmupSettings, run_warmup  # noqa: E402
 from selectmoe.workflow.config import build_settings  # noqa: E402
+from tests.noise_family import FAMILIES, WORLDS, build_noise_family  # noqa: E402
 
 DATASETS = ("cot", "dolly", "flan_v2", "oasst1")
-GATE = "gate"
-#: The scores measured: name -> (score, params). ``-ifd`` ranks low IFD first (for AUROC only).
+SECTION = ("<!-- selection-quality:begin -->", "<!-- selection-quality:end -->")
+
+
+def _blend(*parts: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    return "rank_blend", {"scores": [{"score": s, "params": p, "weight": 1} for s, p in parts]}
+
+
+LM = ("lm_loss", {})
+EOS = ("eos_loss", {})
+WORST_TURN = ("worst_turn_loss", {})
+#: The candidate scores: name -> (score, params), all higher-is-better.
 SCORES: dict[str, tuple[str, dict[str, Any]]] = {
-    "gate (seed)": (GATE, {}),
-    "gate layer 0": (GATE, {"layers": [0]}),
-    "gate layer 1": (GATE, {"layers": [1]}),
-    "gate answer tokens": (GATE, {"tokens": "answer"}),
-    "gate mean of sigmoid": (GATE, {"aggregation": "mean_of_sigmoid"}),
-    "lm_loss": ("lm_loss", {}),
-    "eos_loss": ("eos_loss", {}),
-    "-ifd": ("ifd", {}),
-    "blend gate+lm_loss": (
-        "rank_blend",
-        {"scores": [{"score": GATE, "weight": 1}, {"score": "lm_loss", "weight": 1}]},
-    ),
-    "blend gate layer 1+lm_loss": (
-        "rank_blend",
-        {
-            "scores": [
-                {"score": GATE, "params": {"layers": [1]}, "weight": 1},
-                {"score": "lm_loss", "weight": 1},
-            ]
-        },
-    ),
+    "gate (seed)": ("gate", {}),
+    "lm_loss": LM,
+    "eos_loss": EOS,
+    "loss q0.5": ("loss_quantile", {"q": 0.5}),
+    "loss q0.9": ("loss_quantile", {"q": 0.9}),
+    "loss max": ("loss_quantile", {"q": 1.0}),
+    "worst_turn_loss": WORST_TURN,
+    "excess_loss": ("excess_loss", {}),
+    "ifd (low first)": ("ifd", {}),
+    "lm_loss, length residual": ("length_residual", {"score": "lm_loss"}),
+    "blend lm+eos": _blend(LM, EOS),
+    "blend worst_turn+eos": _blend(WORST_TURN, EOS),
+    "blend lm+eos+q0.9": _blend(LM, EOS, ("loss_quantile", {"q": 0.9})),
+    "blend lm+eos+excess": _blend(LM, EOS, ("excess_loss", {})),
+    "blend lm+eos+gate": _blend(LM, EOS, ("gate", {})),
 }
-ALLOCATIONS = ("topk", "round_robin", "proportional", "drop_then_round_robin")
-SELECTION_SCORES = ("gate (seed)", "gate layer 1", "lm_loss", "eos_loss", "blend gate+lm_loss")
-PERCENTAGES = (0.1, 0.3)
+#: Scores ranked by their negative for AUROC and selection (IFD: the lower, the more the
+#: question helps).
+NEGATED = {"ifd (low first)"}
+ALLOCATIONS = (
+    "topk",
+    "round_robin",
+    "proportional",
+    "drop_then_round_robin",
+    "floor_round_robin",
+    "quality_quota",
+)
+PERCENTAGES = (0.05, 0.1, 0.25)
 
 
-def _pool_files(pool: Path) -> dict[str, list[Path]]:
-    return {d: [pool / d / f"{d}_data.jsonl"] for d in DATASETS}
+def _values(router: Any, name: str) -> np.ndarray:
+    score, params = SCORES[name]
+    values = compute_score(router, score, params=params)
+    if name in NEGATED:
+        values = -values
+    return np.where(np.isfinite(values), values, -1e9)  # undefined: last
 
 
-def prepare(
-    *, model: Path, pool: Path, work: Path, config: dict[str, Any], variant: dict[str, Any]
-) -> list[Path]:
-    """Warm up (unless ``variant["untrained"]``) and score every dataset; cached on disk."""
-    name = variant["name"]
-    out = work / name
+def _pool_files(pool: Path) -> list[Path]:
+    return [pool / d / f"{d}_data.jsonl" for d in DATASETS]
+
+
+def _score_all(model: Path, weights: Path | None, pool: Path, out: Path, *, config: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    weights = None
-    if not variant.get("untrained"):
-        weights = out / "full_rank_weights.pt"
-        if not weights.exists():
-            settings = dict(config["warmup"])
-            settings.update(quality_loss_type="sigmoid", device="cpu", **variant["warmup"])
-            run_warmup(
-                model_dir=model,
-                pool_files=[f for files in _pool_files(pool).values() for f in files],
-                output_path=weights,
-                settings=build_settings(WarmupSettings, settings, section="warmup"),
-                checkpoint_dir=out / "checkpoints",
-            )
-    paths = []
-    for dataset, files in _pool_files(pool).items():
+    for dataset, file in zip(DATASETS, _pool_files(pool), strict=True):
         path = out / f"{dataset}_router_data.pt"
         if not path.exists():
             score_dataset(
                 model_dir=model,
                 weights_path=weights,
-                pool_files=files,
+                pool_files=[file],
                 dataset=dataset,
                 output_path=path,
                 batch_size=config["scoring"]["batch_size"],
                 max_sequence_length=config["scoring"]["max_sequence_length"],
                 device="cpu",
                 progress=False,
-                ifd=True,
+                ifd=weights is not None,
             )
-        paths.append(path)
-    return paths
+    return out
 
 
-def measure_scores(router: Any, labels: Any) -> dict[str, np.ndarray]:
-    values = {}
-    for name, (score, params) in SCORES.items():
-        value = compute_score(router, score, params=params)
-        values[name] = -value if name == "-ifd" else value
-        values[name] = np.where(np.isfinite(values[name]), values[name], -1e9)  # undefined: last
-    return values
+def prepare_world(
+    world: str, *, model: Path, work: Path, config: dict[str, Any], seeds: Iterable[int]
+) -> dict[str, Any]:
+    """Build the world's pool, score it untrained, warm up and score once per seed (cached)."""
+    base = work / world
+    if not (base / "noise_labels.jsonl").exists():
+        build_noise_family(base, world=world)
+    pool = base / "pool"
+    reference = _score_all(model, None, pool, base / "untrained", config=config)
+    warmed = {}
+    for seed in seeds:
+        out = base / f"warm_seed{seed}"
+        weights = out / "full_rank_weights.pt"
+        if not weights.exists():
+            settings = dict(config["warmup"])
+            settings.update(
+                quality_loss_type="sigmoid", device="cpu", seed=seed, gate_init_seed=seed
+            )
+            run_warmup(
+                model_dir=model,
+                pool_files=_pool_files(pool),
+                output_path=weights,
+                settings=build_settings(WarmupSettings, settings, section="warmup"),
+                checkpoint_dir=out / "checkpoints",
+            )
+        warmed[seed] = _score_all(model, weights, pool, out / "router_data", config=config)
+    return {"labels": base / "noise_labels.jsonl", "reference": reference, "warmed": warmed}
 
 
-def planted_shares(
-    router: Any, labels: Any, config: dict[str, Any], seed: int
+def _labels(path: Path, router: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(planted, kind, family) arrays aligned to the router's rows."""
+    records = {
+        (r["dataset"], r["id"]): r
+        for r in (json.loads(line) for line in path.read_text().splitlines())
+    }
+    rows = [records[key] for key in zip(router.datasets, router.sample_ids, strict=True)]
+    return (
+        np.array([r["planted"] for r in rows]),
+        np.array([r["kind"] for r in rows]),
+        np.array([r["family"] for r in rows]),
+    )
+
+
+def measure_world(
+    world: str, prepared: dict[str, Any], config: dict[str, Any]
 ) -> list[dict[str, Any]]:
+    """One record per (warmup seed): AUROC per score and kind/family, and the family ratios of
+    every score x allocation x budget."""
     selection = config["selection"]
-    clustered = select_indices(
-        router,
-        method="selectmoe_seed",
-        selection_percentage=0.1,
-        clustering_method=selection["clustering_method"],
-        clustering_params={**selection["clustering_params"], "device": "cpu"},
-        seed=seed,
-    )
-    clusters = clustered.labels
-    rows = []
-    n_pool, n_planted = len(labels.planted), int(labels.planted.sum())
-    for percentage in PERCENTAGES:
-        n = budget(percentage, n_pool)
-        distribution = hypergeom(n_pool, n_planted, n)
-        rows.append(
-            {
-                "method": "random (expected, 95% range)",
-                "percentage": percentage,
-                "share": n_planted / n_pool,
-                "low": distribution.ppf(0.025) / n,
-                "high": distribution.ppf(0.975) / n,
+    reference = load_router_data(sorted(prepared["reference"].glob("*_router_data.pt")))
+    records = []
+    for seed, directory in prepared["warmed"].items():
+        router = load_router_data(sorted(directory.glob("*_router_data.pt")))
+        attach_reference_loss(router, reference)
+        planted, kinds, families = _labels(prepared["labels"], router)
+        clean = ~planted
+        clusters = select_indices(
+            router,
+            method=SEED_METHOD,
+            selection_percentage=0.1,
+            clustering_method=selection["clustering_method"],
+            clustering_params={**selection["clustering_params"], "device": "cpu"},
+            seed=seed,
+        ).labels
+        values = {name: _values(router, name) for name in SCORES}
+        record: dict[str, Any] = {"world": world, "seed": seed, "auroc": {}, "ratio": {}}
+        for name, value in values.items():
+            by_kind = {
+                kind: auroc(value[(kinds == kind) | clean], clean[(kinds == kind) | clean])
+                for kind in sorted(set(kinds[planted]))
             }
-        )
-        for score_name in SELECTION_SCORES:
-            score, params = SCORES[score_name]
-            values = compute_score(router, score, params=params, seed=seed)
+            record["auroc"][name] = {"all": auroc(value, clean), **by_kind}
             for allocation in ALLOCATIONS:
-                picked = allocate(allocation, values, clusters, n, seed=seed)
-                rows.append(
-                    {
-                        "method": f"{score_name} + {allocation}",
-                        "percentage": percentage,
-                        "share": float(labels.planted[picked].mean()),
-                    }
-                )
+                for percentage in PERCENTAGES:
+                    n = budget(percentage, len(value))
+                    picked = allocate(allocation, value, clusters, n, seed=seed)
+                    ratios = {"all": float(planted[picked].mean() / planted.mean())}
+                    for family in FAMILIES:
+                        in_pool = (families == family).mean()
+                        ratios[family] = float((families[picked] == family).mean() / in_pool)
+                    record["ratio"][f"{name} + {allocation} @ {percentage}"] = ratios
         ifd = compute_score(router, "ifd")
-        picked = allocate("ifd_filter", ifd, None, n)
-        rows.append(
-            {
-                "method": "ifd + ifd_filter",
-                "percentage": percentage,
-                "share": float(labels.planted[picked].mean()),
+        for percentage in PERCENTAGES:
+            picked = allocate("ifd_filter", ifd, None, budget(percentage, len(ifd)))
+            record["ratio"][f"ifd + ifd_filter @ {percentage}"] = {
+                "all": float(planted[picked].mean() / planted.mean()),
+                **{
+                    f: float((families[picked] == f).mean() / (families == f).mean())
+                    for f in FAMILIES
+                },
             }
-        )
-    return rows
+        records.append(record)
+        print(f"[{world} seed {seed}] measured {len(values)} scores", flush=True)
+    return records
 
 
-def _interval(row: dict[str, float], key: str = "", signed: bool = False) -> str:
-    value, low, high = (
-        row[key or "auroc"],
-        row[f"{key}_low" if key else "low"],
-        row[f"{key}_high" if key else "high"],
-    )
-    form = "{:+.3f}" if signed else "{:.3f}"
-    return f"{form.format(value)} [{form.format(low)}, {form.format(high)}]"
+def _candidates(records: list[dict[str, Any]]) -> list[str]:
+    keys = records[0]["ratio"]
+    return sorted({key.rsplit(" @ ", 1)[0] for key in keys})
 
 
-def markdown(report: dict[str, Any], name: str, seeds: list[int]) -> str:
-    """The RESULTS.md section of one pool: AUROC per score, planted share per method."""
-    variants = report["variants"]
-    warm = [f"warm_seed{s}" for s in seeds]
-    kinds = sorted(next(iter(variants[warm[0]]["auroc_by_kind"].values())))
-    begin, end = (
-        f"<!-- selection-quality-{name}:begin -->",
-        f"<!-- selection-quality-{name}:end -->",
-    )
+def ratio_table(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str, float], float]]:
+    """candidate -> {(world, family, percentage): mean ratio over warmup seeds}."""
+    table: dict[str, dict[tuple[str, str, float], list[float]]] = {}
+    for record in records:
+        for key, ratios in record["ratio"].items():
+            candidate, percentage = key.rsplit(" @ ", 1)
+            for family, ratio in ratios.items():
+                cell = (record["world"], family, float(percentage))
+                table.setdefault(candidate, {}).setdefault(cell, []).append(ratio)
+    return {c: {cell: float(np.mean(v)) for cell, v in cells.items()} for c, cells in table.items()}
+
+
+def worst(cells: dict[tuple[str, str, float], float], families: Iterable[str]) -> float:
+    """The largest ratio over the given families (every world and budget)."""
+    wanted = set(families)
+    return max(value for (_, family, _), value in cells.items() if family in wanted)
+
+
+def choose(table: dict[str, dict], families: Iterable[str]) -> str:
+    """The candidate whose worst ratio over ``families`` is smallest (ties: smaller mean)."""
+    families = list(families)
+
+    def key(candidate: str) -> tuple[float, float]:
+        cells = table[candidate]
+        mean = np.mean([v for (_, f, _), v in cells.items() if f in families])
+        return worst(cells, families), float(mean)
+
+    return min(table, key=key)
+
+
+def _mean_auroc(records: list[dict[str, Any]], score: str, kind: str) -> float:
+    return float(np.mean([r["auroc"][score][kind] for r in records if kind in r["auroc"][score]]))
+
+
+def markdown(records: list[dict[str, Any]], *, command: str, seconds: float, commit: str) -> str:
+    """The RESULTS.md section: per-kind AUROC, the worst-case table, leave-one-family-out."""
+    families = list(FAMILIES)
+    table = ratio_table(records)
+    worlds = sorted({r["world"] for r in records})
+    seeds = sorted({r["seed"] for r in records})
+    kinds = [k for f in families for k in FAMILIES[f]]
+    chosen = choose(table, families)
     lines = [
-        begin,
-        f"### Pool `{name}`: {report['pool']}",
+        SECTION[0],
+        f"Command: `{command}` (commit {commit}; {seconds / 60:.0f} min including the cached "
+        f"steps). Worlds: {', '.join(worlds)}; warmup seeds {', '.join(map(str, seeds))}; "
+        "2,000 examples per world, 30% planted, 18 kinds x 2 severities "
+        "(tests/noise_family.py).",
         "",
-        f"Command: `{report['command']}` ({report['seconds']:.0f} s, reusing the warmups and "
-        "router data already in `--work`; about 2 minutes from scratch on 2 cores). Warmup as in "
-        "config/config.yaml (sigmoid loss), once per warmup seed "
-        f"({', '.join(map(str, seeds))}) and once with `trash_expert_mode: noise` (seed 42).",
+        "#### AUROC per kind (clean above that kind; mean over worlds and warmup seeds; "
+        "below 0.5: the score ranks that kind *above* clean examples)",
         "",
-        "AUROC (clean above planted, 95% bootstrap interval over examples) and the paired "
-        "difference to the seed's gate score on the same resamples, for each warmup seed; "
-        "per kind: AUROC of clean against that kind (warmup seed "
-        f"{seeds[0]}). 'noise trash': the same score after a warmup with the noise trash expert.",
-        "",
-        "| score | AUROC | Δ vs seed's gate, per warmup seed | noise trash | "
-        + " | ".join(kinds)
-        + " |",
-        "|---|---|---|---|" + "---|" * len(kinds),
+        "| score | all | worst kind | " + " | ".join(kinds) + " |",
+        "|---|---|---|" + "---|" * len(kinds),
     ]
-    first = variants[warm[0]]
-    for score in first["auroc"]:
-        deltas = "; ".join(
-            _interval(variants[w]["auroc"][score], "diff", signed=True) for w in warm
+    for score in SCORES:
+        per_kind = {k: _mean_auroc(records, score, k) for k in kinds}
+        low = min(per_kind, key=per_kind.get)
+        cells = " | ".join(
+            f"**{per_kind[k]:.2f}**" if per_kind[k] < 0.5 else f"{per_kind[k]:.2f}" for k in kinds
         )
-        noise = variants["warm_noise_trash"]["auroc"].get(score)
-        per_kind = first["auroc_by_kind"][score]
-        noise_cell = f"{noise['auroc']:.3f}" if noise else "–"
-        kind_cells = " | ".join(f"{per_kind[k]:.2f}" for k in kinds)
         lines.append(
-            f"| {score} | {_interval(first['auroc'][score])} | {deltas} | {noise_cell} | "
-            f"{kind_cells} |"
+            f"| {score} | {_mean_auroc(records, score, 'all'):.3f} | {low} {per_kind[low]:.2f} "
+            f"| {cells} |"
         )
     lines += [
         "",
-        "Planted share of each selection (score + allocation) per warmup seed; random's row is "
-        "the expected share and the 95% range of a random selection (hypergeometric).",
+        "#### Planted share relative to random, by family (1.00: as random; mean over warmup "
+        "seeds; worst over worlds and the 5 / 10 / 25% budgets)",
         "",
-        "| method | 10%: "
-        + " / ".join(map(str, seeds))
-        + " | 30%: "
-        + " / ".join(map(str, seeds))
-        + " |",
-        "|---|---|---|",
+        "Sorted by the worst family (the criterion). `all`: every planted kind together, the "
+        "10% budget, mean over worlds.",
+        "",
+        "| score + allocation | worst | " + " | ".join(families) + " | all @ 10% |",
+        "|---|---|" + "---|" * len(families) + "---|",
     ]
-    shares: dict[str, dict[float, list[str]]] = {}
-    for w in warm:
-        for row in variants[w]["planted_shares"]:
-            cell = (
-                f"{row['share']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
-                if "low" in row
-                else f"{row['share']:.3f}"
-            )
-            shares.setdefault(row["method"], {}).setdefault(row["percentage"], []).append(cell)
-    for method, by_percentage in shares.items():
-        cells = []
-        for percentage in PERCENTAGES:
-            values = by_percentage[percentage]
-            cells.append(values[0] if method.startswith("random") else " / ".join(values))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", end]
+    ranked = sorted(table, key=lambda c: (worst(table[c], families), c))
+    for candidate in ranked:
+        cells = table[candidate]
+        overall = np.mean([v for (w, f, p), v in cells.items() if f == "all" and p == 0.1])
+        per_family = " | ".join(f"{worst(cells, [f]):.2f}" for f in families)
+        mark = " (chosen)" if candidate == chosen else ""
+        lines.append(
+            f"| {candidate}{mark} | {worst(cells, families):.2f} | {per_family} | {overall:.2f} |"
+        )
+    lines += [
+        "",
+        "#### Leave one family out: chosen without it, measured on it",
+        "",
+        "| held-out family | chosen on the other three | its worst ratio on the held-out family "
+        "| the full choice's | `selectmoe` before (lm_loss + round_robin) |",
+        "|---|---|---|---|---|",
+    ]
+    for held_out in families:
+        others = [f for f in families if f != held_out]
+        pick = choose(table, others)
+        before = table.get("lm_loss + round_robin")
+        lines.append(
+            f"| {held_out} | {pick} | {worst(table[pick], [held_out]):.2f} | "
+            f"{worst(table[chosen], [held_out]):.2f} | "
+            f"{worst(before, [held_out]):.2f} |"
+            if before
+            else f"| {held_out} | {pick} | {worst(table[pick], [held_out]):.2f} | | |"
+        )
+    lines += ["", f"Chosen by the worst case over all four families: **{chosen}**.", SECTION[1]]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pool", type=Path, required=True)
-    parser.add_argument("--labels", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--model", type=Path, default=ROOT / "results/models/demo-olmoe/converted")
     parser.add_argument("--config", type=Path, default=ROOT / "config/config.yaml")
+    parser.add_argument("--worlds", nargs="+", default=list(WORLDS))
     parser.add_argument("--warmup-seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--name", required=True, help="the pool's name in RESULTS.md")
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
     config = yaml.safe_load(args.config.read_text())
-    variants = [{"name": "untrained", "untrained": True}]
-    variants += [{"name": f"warm_seed{s}", "warmup": {"seed": s}} for s in args.warmup_seeds]
-    variants += [{"name": "warm_noise_trash", "warmup": {"trash_expert_mode": "noise"}}]
-    report: dict[str, Any] = {
-        "pool": str(args.pool),
-        "command": shlex.join(["python", *sys.argv]),
-        "variants": {},
-    }
     start = time.perf_counter()
-    untrained = None
-    for variant in variants:
-        paths = prepare(
-            model=args.model, pool=args.pool, work=args.work, config=config, variant=variant
+    records = []
+    for world in args.worlds:
+        prepared = prepare_world(
+            world, model=args.model, work=args.work, config=config, seeds=args.warmup_seeds
         )
-        router = load_router_data(paths)
-        keys = list(zip(router.datasets, router.sample_ids, strict=True))
-        labels = align_labels(args.labels, keys)
-        clean = ~labels.planted
-        values = measure_scores(router, labels)
-        if variant.get("untrained"):
-            untrained = values["gate (seed)"]
-        else:
-            values["untrained gate (control)"] = untrained
-        kinds = sorted(set(labels.kinds) - {"clean"})
-        entry: dict[str, Any] = {
-            "auroc": auroc_intervals(
-                values, clean, reference="gate (seed)", n_resamples=args.resamples, seed=0
-            ),
-            "auroc_by_kind": {
-                name: {
-                    kind: auroc(
-                        v[(np.asarray(labels.kinds) == kind) | clean],
-                        clean[(np.asarray(labels.kinds) == kind) | clean],
-                    )
-                    for kind in kinds
-                }
-                for name, v in values.items()
-            },
-        }
-        if not variant.get("untrained"):
-            entry["planted_shares"] = planted_shares(router, labels, config, seed=42)
-        report["variants"][variant["name"]] = entry
-        print(f"## {variant['name']}")
-        for name, row in entry["auroc"].items():
-            print(
-                f"{name:32s} {row['auroc']:.3f} [{row['low']:.3f}, {row['high']:.3f}]  "
-                f"vs seed {row['diff']:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]  "
-                + " ".join(f"{k}={entry['auroc_by_kind'][name][k]:.2f}" for k in kinds)
-            )
-        for row in entry.get("planted_shares", []):
-            extra = f" [{row['low']:.3f}, {row['high']:.3f}]" if "low" in row else ""
-            print(f"  p={row['percentage']:.1f} {row['method']:45s} {row['share']:.3f}{extra}")
-        sys.stdout.flush()
-    report["seconds"] = time.perf_counter() - start
-    (args.work / "selection_quality.json").write_text(json.dumps(report, indent=1))
-    section = markdown(report, args.name, args.warmup_seeds)
-    print(section)
-    replace_section(
-        args.output,
-        section,
-        (
-            f"<!-- selection-quality-{args.name}:begin -->",
-            f"<!-- selection-quality-{args.name}:end -->",
-        ),
+        records += measure_world(world, prepared, config)
+    (args.work / "selection_quality.json").write_text(json.dumps(records, indent=1))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    section = markdown(
+        records,
+        command=shlex.join(["python", *sys.argv]),
+        seconds=time.perf_counter() - start,
+        commit=commit,
     )
+    print(section)
+    replace_section(args.output, section, SECTION)
 
 
 if __name__ == "__main__":

@@ -240,3 +240,24 @@ def test_routed_methods_follow_their_definitions():
     assert layout.selection_paths()[:2] == ["mine/sigmoid/p0.05/r1", "mine/sigmoid/p0.05/r2"]
     # topk clusters nothing: no cluster job
     assert "cluster" not in layout.job_counts()
+
+
+def test_a_method_ranking_by_excess_loss_reads_the_converted_models_router_data():
+    """excess_loss's reference is the untrained control's router data (no replicate), which
+    then records the LM statistics; other methods do not read it."""
+    blend = {
+        "score": "rank_blend",
+        "score_params": {"scores": [{"score": "lm_loss"}, {"score": "excess_loss"}]},
+        "allocation": "quality_quota",
+    }
+    config = _config(**{**SECTION, "methods": ["mine", "perplexity"]})
+    config["selection"]["method_definitions"] = {"mine": blend}
+    layout = Layout(copy.deepcopy(config))
+    inputs = layout.inputs("select", {"selection": "mine/sigmoid/p0.05/r2"})
+    assert [str(p) for p in inputs["reference_router_data"]] == [
+        f"results/router_data/untrained/{d}_router_data.pt" for d in layout.datasets
+    ]
+    assert {ref.job[0] for ref in inputs["reference_router_data"]} == {"score_untrained"}
+    assert "clusters" in inputs  # quality_quota spreads over the clusters
+    other = layout.inputs("select", {"selection": "perplexity/sigmoid/p0.05/r2"})
+    assert "reference_router_data" not in other

@@ -137,7 +137,8 @@ def test_loss_profile_scores_follow_their_definitions(router):
 
 
 def test_excess_loss_is_the_loss_above_the_reference_models(router, tmp_path: Path):
-    """excess_loss = -(loss_warm - loss_converted), the reference aligned by (dataset, id)."""
+    """excess_loss = loss_warm - loss_converted, high first as RHO-1 selects; the reference is
+    aligned by (dataset, id)."""
     with pytest.raises(SelectionError, match="needs the converted model's answer loss"):
         compute_score(router, "excess_loss")
     reversed_payload = make_router_payload("alpha", N, seed=1)
@@ -147,7 +148,7 @@ def test_excess_loss_is_the_loss_above_the_reference_models(router, tmp_path: Pa
     reference = load_router_data([save(reversed_payload, tmp_path / "ref_router_data.pt")])
     attach_reference_loss(router, reference)
     warm = router.statistics["answer_loss"].double().numpy()
-    expected = -(warm - reference_loss.double().numpy()[::-1])
+    expected = warm - reference_loss.double().numpy()[::-1]
     excess = compute_score(router, "excess_loss")
     assert excess[3] == -math.inf  # the warm loss is undefined there
     np.testing.assert_allclose(np.delete(excess, 3), np.delete(expected, 3), atol=1e-6)
@@ -174,6 +175,33 @@ def test_length_residual_removes_what_length_explains(router):
     assert of_eos[4] == -math.inf
     with pytest.raises(SelectionError, match="length_residual of 'rank_blend'"):
         compute_score(router, "length_residual", params={"score": "rank_blend"})
+
+
+def test_rank_blend_averages_percentile_ranks_over_the_pool_or_each_dataset(tmp_path: Path):
+    from scipy.stats import rankdata
+
+    files = [
+        save(with_statistics(make_router_payload(d, n, seed=i), seed=10 + i), tmp_path / f"{d}.pt")
+        for i, (d, n) in enumerate((("alpha", 30), ("beta", 20)))
+    ]
+    router = load_router_data(files)
+    loss = router.statistics["answer_loss"].double().numpy()
+    eos = router.statistics["eos_loss"].double().numpy()
+
+    def ranks(values: np.ndarray) -> np.ndarray:  # NaN (unrankable) lowest, ties averaged
+        return (rankdata(np.where(np.isnan(values), -np.inf, values)) - 1) / (len(values) - 1)
+
+    parts = [{"score": "lm_loss", "weight": 3}, {"score": "eos_loss", "weight": 1}]
+    pooled = compute_score(router, "rank_blend", params={"scores": parts})
+    np.testing.assert_allclose(pooled, (3 * ranks(-loss) + ranks(-eos)) / 4, atol=1e-12)
+    per_dataset = compute_score(router, "rank_blend", params={"scores": parts, "within": "dataset"})
+    for rows in (slice(0, 30), slice(30, 50)):
+        expected = (3 * ranks(-loss[rows]) + ranks(-eos[rows])) / 4
+        np.testing.assert_allclose(per_dataset[rows], expected, atol=1e-12)
+    # every dataset's blended ranks average 0.5: no dataset is ranked below another as a whole
+    assert per_dataset[:30].mean() == pytest.approx(0.5) == per_dataset[30:].mean()
+    with pytest.raises(SelectionError, match="rank_blend within 'cluster'"):
+        compute_score(router, "rank_blend", params={"scores": parts, "within": "cluster"})
 
 
 def test_lm_scores_name_the_missing_statistics(tmp_path: Path):

@@ -16,15 +16,19 @@ A score is a function ``(router, *, params, seed) -> numpy.ndarray [N]`` registe
   levels the scoring pass records; 1.0 is the largest token loss);
 - ``worst_turn_loss``: minus the largest mean loss of one answer turn (a multi-turn example is
   as good as its worst answer);
-- ``excess_loss``: minus the answer loss in excess of the untrained (converted) model's on the
-  same tokens, ``loss_warm - loss_converted`` (a reference-model score, as RHO-1's excess loss;
-  the converted model is the reference, already run by ``score_untrained``);
+- ``excess_loss``: RHO-1's excess loss, ``loss_warm - loss_reference`` on the answer tokens,
+  higher first as RHO-1 selects: the reference is the converted model (pretrained, before the
+  warmup on the pool; ``score_untrained`` runs it anyway), the current model the warmed one.
+  An example whose loss the warmup on the pool lowered the most ranks last;
 - ``length_residual``: another score (``params["score"]``, ``params["params"]``) with what the
   answer's length explains removed: the residual of a least-squares fit of the score on
   ``log(answer tokens)`` over the pool (a length-robust variant; no extra pass);
 - ``random``: a seeded uniform score (for allocations that need one, e.g. ``diversity``);
 - ``rank_blend``: a weighted mean of other scores' percentile ranks (``params["scores"]``: a
   list of ``{score, params, weight}``); an example a score cannot rank counts as its lowest.
+  ``params["within"]``: ``pool`` ranks over the whole pool; ``dataset`` ranks each example
+  among its own dataset's, so that a dataset whose format is harder to predict (a higher loss
+  for every example) is not ranked below the others as a whole.
 
 The LM scores need the statistics that scoring records with ``lm_statistics`` (and ``ifd``); a
 router-data file without them gives a clear error. Cost: every score but ``ifd`` (a second pass
@@ -74,7 +78,7 @@ SCORE_PARAMS: dict[str, dict[str, Any]] = {
     "excess_loss": {},
     "length_residual": {"score": "lm_loss", "params": {}},
     "random": {},
-    "rank_blend": {"scores": []},
+    "rank_blend": {"scores": [], "within": "pool"},
 }
 #: The statistic ``excess_loss`` reads: the converted model's ``answer_loss`` on the same
 #: examples, attached to the router data by the loader (:func:`attach_reference_loss`).
@@ -232,8 +236,8 @@ def _excess_loss(router: Any, *, params: Mapping[str, Any], seed: int) -> np.nda
         )
     warm = _statistic(router, "answer_loss", "excess_loss").numpy()
     reference = router.statistics[REFERENCE_ANSWER_LOSS].to(torch.float64).numpy()
-    excess = warm - reference
-    return np.where(np.isfinite(excess), -excess, -np.inf)
+    excess = warm - reference  # RHO-1: high excess loss first
+    return np.where(np.isfinite(excess), excess, -np.inf)
 
 
 def attach_reference_loss(router: Any, reference: Any) -> None:
@@ -294,6 +298,16 @@ def _rank_blend(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndar
         raise SelectionError(
             "rank_blend needs params.scores: a list of {score, params, weight} (at least one)"
         )
+    within = params["within"]
+    if within not in ("pool", "dataset"):
+        raise SelectionError(f"rank_blend within {within!r}: use 'pool' or 'dataset'")
+    groups = (
+        [np.arange(router.n_samples)]
+        if within == "pool"
+        else [
+            np.flatnonzero(np.asarray(router.datasets) == d) for d in dict.fromkeys(router.datasets)
+        ]
+    )
     total = np.zeros(router.n_samples)
     weights = 0.0
     for part in parts:
@@ -303,7 +317,8 @@ def _rank_blend(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndar
         if weight < 0:
             raise SelectionError(f"rank_blend weight {weight} of {part['score']!r} must be >= 0")
         values = compute_score(router, part["score"], params=part.get("params"), seed=seed)
-        total += weight * percentile_ranks(values)
+        for rows in groups:
+            total[rows] += weight * percentile_ranks(values[rows])
         weights += weight
     if weights <= 0:
         raise SelectionError("rank_blend weights must not all be 0")

@@ -21,7 +21,7 @@ from selectmoe.evidence.diagnostics import (
     write_diagnostics,
 )
 from selectmoe.evidence.overlap import SelectionRun
-from selectmoe.selection.select import run_selection
+from selectmoe.selection.select import load_selection_scores, run_selection
 from tests.test_labels import write_labels
 from tests.test_selection import make_router_payload, save, write_pool
 
@@ -275,13 +275,18 @@ def test_method_score_table_ranks_each_method_by_its_own_score(tmp_path):
     assert table["method"].tolist() == ["selectmoe_seed", "selectmoe", "perplexity"]
     clean = np.concatenate([np.arange(n) % 3 != 0 for n in (30, 18)])
     loss = torch.cat(losses).numpy()
-    row = table.set_index("method").loc["selectmoe"]
+    row = table.set_index("method").loc["perplexity"]
     assert row["auroc"] == pytest.approx(roc_auc_score(clean, -loss), abs=1e-12) == 1.0
     assert row["score"] == "lm_loss()"
     seed_auroc = table.set_index("method").loc["selectmoe_seed", "auroc"]
     assert row["diff"] == pytest.approx(1.0 - seed_auroc)
     assert row["auroc_junk"] == 1.0 and row["auroc_truncated"] == 1.0
     assert np.isfinite(row["spearman_length"])
+    # selectmoe's row is its own score (the blend its selection wrote), not the answer loss
+    blended = load_selection_scores(scores["selectmoe"])["score"]
+    selectmoe = table.set_index("method").loc["selectmoe"]
+    assert selectmoe["score"].startswith("rank_blend(")
+    assert selectmoe["auroc"] == pytest.approx(roc_auc_score(clean, blended), abs=1e-12)
 
 
 def test_method_score_table_flags_inverted_kinds_and_length_blind_scores(tmp_path):

@@ -490,11 +490,15 @@ def test_a_method_defined_in_the_config_selects_by_its_definition(router):
     current = select_indices(
         router, method="selectmoe", selection_percentage=0.25, clustering_params=MANUAL_K, seed=0
     )
-    # the same clusters; the seed ranks by its gate score, selectmoe by the answer loss
+    # the same clusters; the seed ranks by its gate score in round robin, selectmoe by the
+    # blend of the answer and end-of-sequence losses (ranked within each dataset), in
+    # quotas by the clusters' score mass
     assert seed_result.labels.tolist() == current.labels.tolist()
     clusters = seed_result.labels
     assert seed_result.indices.tolist() == round_robin(router.scores, clusters, 10).tolist()
-    by_loss = np.where(np.isnan(loss), -np.inf, -loss)
-    expected = allocate("round_robin", by_loss, clusters, 10)
+    parts = [{"score": "lm_loss"}, {"score": "eos_loss"}]
+    blend = compute_score(router, "rank_blend", params={"scores": parts, "within": "dataset"})
+    expected = allocate("quality_quota", blend, clusters, 10)
     assert current.indices.tolist() == expected.tolist()
+    np.testing.assert_allclose(current.scores, blend, atol=1e-12)
     assert seed_result.indices.tolist() != current.indices.tolist()

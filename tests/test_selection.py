@@ -15,6 +15,9 @@ from selectmoe.data.router_data import find_router_data, load_router_data
 from selectmoe.errors import RouterDataError, SelectionError
 from selectmoe.evidence.selection_plots import PLOT_FILES
 from selectmoe.selection import round_robin
+from selectmoe.selection.allocation import allocate
+from selectmoe.selection.methods import BUILTIN_DEFINITIONS
+from selectmoe.selection.scores import compute_score
 from selectmoe.selection.select import budget, select_indices
 from selectmoe.workflow.select_job import run_select_job
 
@@ -315,7 +318,7 @@ def test_select_quality_topk_random_full(router_files):
     }
 
 
-def test_select_selectmoe_is_round_robin_over_kmeans_clusters(router_files):
+def test_select_selectmoe_allocates_over_kmeans_clusters(router_files):
     router = load_router_data(router_files)
     result = select_indices(
         router, method="selectmoe", selection_percentage=0.5, clustering_params=MANUAL_K, seed=3
@@ -328,7 +331,17 @@ def test_select_selectmoe_is_round_robin_over_kmeans_clusters(router_files):
         labels = result.labels[offset : offset + n]
         mapping = {g: set(labels[groups == g].tolist()) for g in range(3)}
         assert all(len(m) == 1 for m in mapping.values())
-    assert result.indices.tolist() == round_robin(result.scores, result.labels, 24).tolist()
+    # selectmoe: quotas by the clusters' score mass; the seed's method: round robin
+    expected = allocate("quality_quota", result.scores, result.labels, 24)
+    assert result.indices.tolist() == expected.tolist()
+    seed = select_indices(
+        router,
+        method="selectmoe_seed",
+        selection_percentage=0.5,
+        clustering_params=MANUAL_K,
+        seed=3,
+    )
+    assert seed.indices.tolist() == round_robin(seed.scores, seed.labels, 24).tolist()
     assert sum(result.info["cluster_sizes"]) == 48
     assert sum(result.info["cluster_selected"]) == 24
     counts = result.info["per_dataset"]
@@ -360,7 +373,7 @@ def test_select_with_a_plugged_in_clustering_method(router_files):
     router = load_router_data(router_files)
     result = select_indices(
         router,
-        method="selectmoe",
+        method="selectmoe_seed",  # round robin: the same number from each cluster
         selection_percentage=0.25,
         clustering_method="by_dataset_for_test",
         clustering_params={"anything": 1},
@@ -381,7 +394,7 @@ def test_select_reports_any_integer_cluster_ids(router_files):
     router = load_router_data(router_files)
     result = select_indices(
         router,
-        method="selectmoe",
+        method="selectmoe_seed",  # round robin
         selection_percentage=0.5,
         clustering_method="signed_for_test",
         clustering_params={},
@@ -469,8 +482,11 @@ def test_run_selection_writes_reproducible_outputs(tmp_path, router_files, capsy
     assert first["messages"][0]["role"] == "user"
     router = load_router_data(router_files)
     row = router.sample_ids.index(first["id"])
-    # selectmoe ranks by the MoE's answer loss: the written score is minus that loss
-    assert first["score"] == round(-float(router.statistics["answer_loss"][row]), 8)
+    # the written score is selectmoe's: the blend of the answer and end-of-sequence losses
+    # ranked within each dataset (compute_score's own values are checked in test_scores.py)
+    definition = BUILTIN_DEFINITIONS["selectmoe"]
+    blend = compute_score(router, definition["score"], params=definition["score_params"])
+    assert first["score"] == round(float(blend[row]), 8)
     # selection.json: the curves, the chosen k, sizes, counts, timings
     saved = json.loads((tmp_path / "a" / "selection.json").read_text())
     assert saved["ks"] == list(range(2, 9))

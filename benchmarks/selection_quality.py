@@ -342,7 +342,8 @@ def markdown(records: list[dict[str, Any]], *, command: str, seconds: float, com
     lines = [
         SECTION[0],
         f"Command: `{command}` (commit {commit}; {seconds:.0f} s, the pools, warmups and "
-        f"router data made or read from `--work`). Worlds: {', '.join(worlds)}; warmup seeds {', '.join(map(str, seeds))}; "
+        f"router data made or read from `--work`). Worlds: {', '.join(worlds)}; warmup seeds "
+        f"{', '.join(map(str, seeds))}; "
         f"2,000 examples per world, 30% planted, {len(KINDS)} kinds in {len(FAMILIES)} "
         "families x 2 severities (tests/noise_family.py).",
         "",

@@ -398,6 +398,30 @@ def markdown(records: list[dict[str, Any]], *, command: str, seconds: float, com
             f"| {candidate}{mark} | {value:.2f} ± {se:.2f} | {per_family} | {overall:.2f} | "
             f"{inverted} |"
         )
+    shown = [chosen, "lm_loss + round_robin", "lm_loss + topk", "gate (seed) + round_robin"]
+    lines += [
+        "",
+        "#### Per budget: planted share relative to random, by family (mean over warmup seeds; "
+        "atlas / demo)",
+        "",
+        "| score + allocation | budget | all | " + " | ".join(families) + " |",
+        "|---|---|---|" + "---|" * len(families),
+    ]
+    for candidate in shown:
+        for percentage in PERCENTAGES:
+            key = f"{candidate} @ {percentage}"
+
+            def cell(family: str, key: str = key) -> str:
+                return " / ".join(
+                    f"{np.mean([r['ratio'][key][family] for r in records if r['world'] == w]):.2f}"
+                    for w in worlds
+                )
+
+            lines.append(
+                f"| {candidate} | {percentage:.0%} | {cell('all')} | "
+                + " | ".join(cell(f) for f in families)
+                + " |"
+            )
     lines += [
         "",
         "#### Leave one family out: chosen without it, measured on it",

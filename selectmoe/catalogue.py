@@ -24,11 +24,24 @@ REGISTRIES: dict[str, str] = {
 #: The built-in names of each registry, in the order the registry lists them (sorted).
 BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
     "quality_loss": ("beta_moment_matching", "mean_variance_regularization", "mse", "sigmoid"),
-    "score": ("eos_loss", "gate", "ifd", "lm_loss", "random", "rank_blend"),
+    "score": (
+        "eos_loss",
+        "excess_loss",
+        "gate",
+        "ifd",
+        "length_residual",
+        "lm_loss",
+        "loss_quantile",
+        "random",
+        "rank_blend",
+        "worst_turn_loss",
+    ),
     "allocation": (
         "drop_then_round_robin",
+        "floor_round_robin",
         "ifd_filter",
         "proportional",
+        "quality_quota",
         "random",
         "round_robin",
         "topk",

@@ -192,7 +192,14 @@ MULTI_TURN = [
 ]
 
 
-def _expected(tokenizer, messages, *, full_sequence_prediction: bool, mask_special_tokens: bool):
+def _expected(
+    tokenizer,
+    messages,
+    *,
+    full_sequence_prediction: bool,
+    mask_special_tokens: bool,
+    template: str = "less",
+):
     """Token ids and labels of SPEC §4, for a byte-level tokenizer whose chat tags and eos are
     special tokens (so that newlines and tags split the text into independent pieces)."""
 
@@ -217,34 +224,37 @@ def _expected(tokenizer, messages, *, full_sequence_prediction: bool, mask_speci
         add(text(message["content"].strip()), labelled[role])
         if role == "assistant":
             add([tokenizer.eos_token_id], True)
-        if not last:  # the final newline is stripped
+        if not last or template == "less":  # open_instruct strips the final newline
             add(text("\n"), labelled[role])
     return ids, labels
 
 
+@pytest.mark.parametrize("template", ["less", "open_instruct"])
 @pytest.mark.parametrize("messages", [SINGLE_TURN, MULTI_TURN], ids=["single", "multi"])
 @pytest.mark.parametrize("full_sequence_prediction", [True, False])
 @pytest.mark.parametrize("mask_special_tokens", [True, False])
 def test_label_mask_is_exact(
-    tiny_tokenizer, messages, full_sequence_prediction: bool, mask_special_tokens: bool
+    tiny_tokenizer, messages, full_sequence_prediction: bool, mask_special_tokens: bool, template
 ) -> None:
     (encoded,) = encode_examples(
         [messages],
         tiny_tokenizer,
         full_sequence_prediction=full_sequence_prediction,
         mask_special_tokens=mask_special_tokens,
+        template=template,
     )
     ids, labels = _expected(
         tiny_tokenizer,
         messages,
         full_sequence_prediction=full_sequence_prediction,
         mask_special_tokens=mask_special_tokens,
+        template=template,
     )
     assert encoded.input_ids == ids
     assert encoded.labels == labels
     assert encoded.n_label_tokens == sum(label != I for label in labels)
     # the ids spell the chat template exactly (this tokenizer adds no <s>)
-    assert tiny_tokenizer.decode(encoded.input_ids) == render_chat(messages, "</s>")
+    assert tiny_tokenizer.decode(encoded.input_ids) == render_chat(messages, "</s>", template)
 
 
 def test_label_mask_single_turn_written_out(tiny_tokenizer) -> None:
@@ -256,19 +266,26 @@ def test_label_mask_single_turn_written_out(tiny_tokenizer) -> None:
     u, a = tok.convert_tokens_to_ids(["<|user|>", "<|assistant|>"])
     eos = tok.eos_token_id
     (sft,) = encode_examples([SINGLE_TURN], tok, full_sequence_prediction=False)
-    assert sft.input_ids == [u, *newline, *user, *newline, a, *newline, *answer, eos]
-    assert sft.labels == [I] * (len(user) + 3 * len(newline) + 2) + [*answer, eos]
+    # LESS's template: the answer, its eos and the newline after it, all labelled
+    assert sft.input_ids == [u, *newline, *user, *newline, a, *newline, *answer, eos, *newline]
+    assert sft.labels == [I] * (len(user) + 3 * len(newline) + 2) + [*answer, eos, *newline]
     (full,) = encode_examples([SINGLE_TURN], tok, full_sequence_prediction=True)
     prompt = [I, *([I] * len(newline))]  # a tag and its newline
-    assert full.labels == [*prompt, *user, *newline, *prompt, *answer, eos]
+    assert full.labels == [*prompt, *user, *newline, *prompt, *answer, eos, *newline]
     (unmasked,) = encode_examples(
         [SINGLE_TURN], tok, full_sequence_prediction=True, mask_special_tokens=False
     )
-    assert unmasked.labels == [u, *newline, *user, *newline, a, *newline, *answer, eos]
+    assert unmasked.labels == [u, *newline, *user, *newline, a, *newline, *answer, eos, *newline]
+    (stripped,) = encode_examples(
+        [SINGLE_TURN], tok, full_sequence_prediction=False, template="open_instruct"
+    )
+    assert stripped.input_ids == sft.input_ids[: -len(newline)]
+    assert stripped.labels == sft.labels[: -len(newline)]
 
 
 def test_render_chat_is_less_template() -> None:
-    """Contents stripped, eos after each answer, the final newline dropped (as LESS does)."""
+    """Contents stripped, eos and a newline after each answer, the final one too (as LESS's
+    ``concat_messages``); open-instruct's strips the text's end."""
     messages = [
         {"role": "system", "content": " be brief \n"},
         {"role": "user", "content": "\nhi  "},
@@ -276,10 +293,14 @@ def test_render_chat_is_less_template() -> None:
         {"role": "user", "content": "bye"},
         {"role": "assistant", "content": "ciao "},
     ]
-    assert render_chat(messages, "</s>") == (
+    less = (
         "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\nhello</s>\n"
-        "<|user|>\nbye\n<|assistant|>\nciao</s>"
+        "<|user|>\nbye\n<|assistant|>\nciao</s>\n"
     )
+    assert render_chat(messages, "</s>") == less == render_chat(messages, "</s>", "less")
+    assert render_chat(messages, "</s>", "open_instruct") == less[:-1]
+    with pytest.raises(DataError, match="chat template 'alpaca': use one of less, open_instruct"):
+        render_chat(messages, "</s>", "alpaca")
 
 
 def test_encode_accepts_examples_and_keeps_order(tiny_tokenizer, tiny_build_tokenizer) -> None:

@@ -63,9 +63,15 @@ def tokenizer(request, tmp_path_factory) -> Any:
 
 
 def intended_regions(
-    messages, eos: str, *, full_sequence_prediction: bool, mask_special_tokens: bool
+    messages,
+    eos: str,
+    *,
+    full_sequence_prediction: bool,
+    mask_special_tokens: bool,
+    template: str = "less",
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The text and the character ranges that should carry labels, written out from SPEC §4."""
+    """The text and the character ranges that should carry labels, written out from SPEC §4:
+    LESS's text as it is (``less``) or stripped at its end (``open_instruct``)."""
     text, regions = "", []
     for message in messages:
         role = message["role"]
@@ -78,7 +84,8 @@ def intended_regions(
         if labelled:
             regions.append((len(text), len(text) + len(body)))
         text += body
-    text = text.rstrip()
+    if template == "open_instruct":
+        text = text.rstrip()
     return text, [(a, min(b, len(text))) for a, b in regions if a < len(text)]
 
 
@@ -90,10 +97,11 @@ def _touches(start: int, end: int, regions) -> bool:
     return any(start < b and a < end for a, b in regions)
 
 
+@pytest.mark.parametrize("template", ["less", "open_instruct"])
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 @pytest.mark.parametrize(("full_sequence_prediction", "mask_special_tokens"), MODES)
 def test_whole_string_ids_and_label_spans(
-    tokenizer, name, full_sequence_prediction, mask_special_tokens
+    tokenizer, name, full_sequence_prediction, mask_special_tokens, template
 ):
     messages = CONVERSATIONS[name]
     (encoded,) = encode_examples(
@@ -101,14 +109,16 @@ def test_whole_string_ids_and_label_spans(
         tokenizer,
         full_sequence_prediction=full_sequence_prediction,
         mask_special_tokens=mask_special_tokens,
+        template=template,
     )
     text, regions = intended_regions(
         messages,
         tokenizer.eos_token,
         full_sequence_prediction=full_sequence_prediction,
         mask_special_tokens=mask_special_tokens,
+        template=template,
     )
-    assert render_chat(messages, tokenizer.eos_token) == text
+    assert render_chat(messages, tokenizer.eos_token, template) == text
     whole = tokenizer(text, return_offsets_mapping=True)
     assert encoded.input_ids == whole["input_ids"]
     mismatches = []
@@ -140,6 +150,14 @@ def test_byte_level_labels_decode_to_exactly_the_answers(tokenizer):
     (encoded,) = encode_examples([messages], tokenizer, full_sequence_prediction=False)
     labelled = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label >= 0]
     eos = tokenizer.eos_token
+    # LESS's template: every answer ends in eos and a newline, the last one too
+    assert tokenizer.decode(labelled) == f"Paris.{eos}\nMadrid is the capital of Spain.{eos}\n"
+    (stripped,) = encode_examples(
+        [messages], tokenizer, full_sequence_prediction=False, template="open_instruct"
+    )
+    labelled = [
+        t for t, label in zip(stripped.input_ids, stripped.labels, strict=True) if label >= 0
+    ]
     assert tokenizer.decode(labelled) == f"Paris.{eos}\nMadrid is the capital of Spain.{eos}"
 
 
@@ -169,8 +187,9 @@ def test_evaluation_prompts_tokenize_like_training(tokenizer):
     assert trained.input_ids[len(evaluated)] == tokenizer.eos_token_id
 
 
-def _less_labels(tokenizer, messages) -> list[int]:
-    """LESS / open-instruct's own masking: prefix lengths of the rendered prefixes."""
+def _less_labels(tokenizer, messages, *, strip: bool = False) -> list[int]:
+    """LESS's own masking (``encode_with_messages_format``): prefix lengths of the rendered
+    prefixes; LESS tokenizes ``concat_messages`` as it is, open-instruct strips it."""
     eos = tokenizer.eos_token
 
     def concat(part) -> str:
@@ -180,7 +199,8 @@ def _less_labels(tokenizer, messages) -> list[int]:
             out += f"<|{m['role']}|>\n" + m["content"].strip() + end
         return out
 
-    ids = tokenizer(concat(messages).strip())["input_ids"]
+    whole = concat(messages)
+    ids = tokenizer(whole.strip() if strip else whole)["input_ids"]
     labels = list(ids)
     for index, message in enumerate(messages):
         if message["role"] == "assistant":
@@ -194,21 +214,66 @@ def _less_labels(tokenizer, messages) -> list[int]:
     return labels
 
 
+@pytest.mark.parametrize("template", ["less", "open_instruct"])
 @pytest.mark.parametrize("name", ["single", "multi_with_system"])
-def test_sft_labels_equal_less_prefix_masking(tokenizer, name):
+def test_sft_labels_equal_less_prefix_masking(tokenizer, name, template):
     """Equal to LESS's masking, except on a token that merges across a part's border: LESS counts
     the tokens of the prefix alone (where the merge does not happen) and labels it; we do not."""
     messages = CONVERSATIONS[name]
-    (encoded,) = encode_examples([messages], tokenizer, full_sequence_prediction=False)
+    (encoded,) = encode_examples(
+        [messages], tokenizer, full_sequence_prediction=False, template=template
+    )
     text, regions = intended_regions(
-        messages, tokenizer.eos_token, full_sequence_prediction=False, mask_special_tokens=True
+        messages,
+        tokenizer.eos_token,
+        full_sequence_prediction=False,
+        mask_special_tokens=True,
+        template=template,
     )
     offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-    less = _less_labels(tokenizer, messages)
+    less = _less_labels(tokenizer, messages, strip=template == "open_instruct")
+    assert encoded.input_ids == tokenizer(text)["input_ids"]
     for ours, theirs, (start, end) in zip(encoded.labels, less, offsets, strict=True):
         crosses = _touches(start, end, regions) and not _inside(start, end, regions)
         if not crosses:
             assert ours == theirs, text[start:end]
+
+
+def test_less_template_renders_and_labels_as_less_does(tokenizer):
+    """LESS's ``concat_messages`` / ``encode_with_messages_format`` (princeton-nlp/LESS @
+    8abf962, less/data_selection/get_training_dataset.py), written out as expected values for a
+    system + two-exchange conversation: every message ends in a newline, an assistant's after
+    its eos; system, user and the ``<|assistant|>\\n`` tag are masked; each answer, its eos and
+    the newline after it are labelled, the final newline too."""
+    eos = tokenizer.eos_token
+    messages = [
+        {"role": "system", "content": " Be brief. "},
+        {"role": "user", "content": "Hi\n"},
+        {"role": "assistant", "content": " Hello! "},
+        {"role": "user", "content": "2 + 2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    expected_text = (
+        f"<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello!{eos}\n"
+        f"<|user|>\n2 + 2?\n<|assistant|>\n4{eos}\n"
+    )
+    assert render_chat(messages, eos, "less") == expected_text
+    (encoded,) = encode_examples([messages], tokenizer, full_sequence_prediction=False)
+    assert encoded.input_ids == tokenizer(expected_text)["input_ids"]
+    offsets = tokenizer(expected_text, return_offsets_mapping=True)["offset_mapping"]
+    covered = sorted(
+        {
+            i
+            for label, (start, end) in zip(encoded.labels, offsets, strict=True)
+            if label != IGNORE_INDEX
+            for i in range(start, end)
+        }
+    )  # characters, not tokens: byte-fallback tokens share a character's offsets
+    labelled = "".join(expected_text[i] for i in covered)
+    # a SentencePiece vocabulary trained on multi-line text merges the newline after the first
+    # eos with the next tag ("\n<|"): that border token is not labelled (LESS's prefix counts
+    # would label it); every other character LESS labels is
+    assert labelled in (f"Hello!{eos}\n4{eos}\n", f"Hello!{eos}4{eos}\n")
 
 
 def test_a_slow_tokenizer_is_refused(tmp_path: Path):

@@ -258,8 +258,10 @@ def test_download_goes_through_the_hub(
 
 
 def test_rendered_like_less_tulu_prompts(archive: Path) -> None:
-    """The chat template renders each query as LESS's tulu text (prompt + completion)."""
+    """The chat template renders each query as LESS's tulu text (prompt + completion, no
+    newline after it: ``QUERY_TEMPLATE``)."""
     from selectmoe.data.encoding import render_chat
+    from selectmoe.data.queries import QUERY_TEMPLATE
 
     by_id = {r["id"]: r for r in less_query_records(archive, QUERY_TASKS)}
     less = {
@@ -273,4 +275,4 @@ def test_rendered_like_less_tulu_prompts(archive: Path) -> None:
         "capital?\n<|assistant|>\nAnswer: Paris",
     }
     for key, text in less.items():
-        assert render_chat(by_id[key]["messages"], "") == text
+        assert render_chat(by_id[key]["messages"], "", QUERY_TEMPLATE) == text

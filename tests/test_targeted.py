@@ -16,7 +16,7 @@ import torch
 
 from selectmoe.data.encoding import collate_encoded, encode_examples
 from selectmoe.data.pool import load_jsonl_examples
-from selectmoe.data.queries import load_queries
+from selectmoe.data.queries import QUERY_TEMPLATE, load_queries
 from selectmoe.errors import DataError, RouterDataError
 from selectmoe.model.losses import causal_lm_loss
 from selectmoe.selection.select import run_selection
@@ -239,7 +239,11 @@ def test_gradient_features_equal_a_direct_computation(
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         examples = load_queries(path).examples if is_query else load_jsonl_examples(path)
         encoded = encode_examples(
-            examples, tokenizer, full_sequence_prediction=False, max_sequence_length=160
+            examples,
+            tokenizer,
+            full_sequence_prediction=False,
+            max_sequence_length=160,
+            template=QUERY_TEMPLATE if is_query else "less",  # LESS's validation / train format
         )
         projection = RademacherProjection(
             len(

@@ -64,6 +64,45 @@ def uninterrupted(
     return {"path": output, "returned": returned, "checkpoints": directory / "ckpt"}
 
 
+def _transformers_rates(base_lr: float, *, total_steps: int, warmup_steps: int) -> list[float]:
+    """The learning rate of each optimizer step as transformers' Trainer applies it: a scheduler
+    stepped once after every optimizer step."""
+    from transformers import get_linear_schedule_with_warmup
+
+    parameter = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.AdamW([parameter], lr=base_lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        parameter.grad = torch.ones(1)
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_the_learning_rate_of_every_step_is_transformers_schedule(
+    uninterrupted: dict[str, Any],
+) -> None:
+    """18 optimizer steps, the schema's warmup ratio: every logged rate equals the rate
+    transformers' linear schedule gives that step (0 at the first step of a warmup)."""
+    import math
+
+    from selectmoe.training.loop import linear_schedule
+
+    history = uninterrupted["returned"]["history"]
+    assert [entry["step"] for entry in history] == list(range(1, 19))
+    ratio = _settings().warmup_ratio
+    warmup_steps = math.ceil(ratio * 18)
+    expected = _transformers_rates(1e-2, total_steps=18, warmup_steps=warmup_steps)
+    assert [entry["lr"] for entry in history] == pytest.approx(expected, rel=1e-12, abs=0)
+    # a longer warmup: the rise and the decay, step by step
+    multiplier = linear_schedule(total_steps=40, warmup_steps=10)
+    rates = _transformers_rates(1.0, total_steps=40, warmup_steps=10)
+    assert [multiplier(step) for step in range(40)] == pytest.approx(rates, rel=1e-12, abs=0)
+    assert rates[0] == 0.0 and rates[10] == 1.0 and rates[39] == pytest.approx(1 / 30)
+
+
 # ----------------------------------------------------------------------------------------------
 # checkpoints and resume
 

@@ -19,6 +19,7 @@ def main(job):
         dtype=settings["dtype"],
         lm_statistics=settings.get("lm_statistics", True),
         ifd=job.params.ifd,
+        template=settings["template"],
     )
 
 

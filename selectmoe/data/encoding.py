@@ -8,9 +8,12 @@ from typing import Any
 
 from selectmoe.data.pool import CHAT_TAGS, Example
 from selectmoe.errors import DataError
+from selectmoe.schema import section_defaults
 
 __all__ = [
+    "DEFAULT_TEMPLATE",
     "IGNORE_INDEX",
+    "TEMPLATES",
     "EncodedExample",
     "collate_encoded",
     "encode_examples",
@@ -20,6 +23,9 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+#: The chat templates (``data.template``): how the rendered text ends.
+TEMPLATES: tuple[str, ...] = ("less", "open_instruct")
+DEFAULT_TEMPLATE: str = section_defaults("data")["template"]
 
 
 @dataclass(frozen=True)
@@ -33,12 +39,18 @@ class _Span:
     kind: str  # "tag" or "content"
 
 
-def _render(messages: Sequence[dict[str, str]], eos_token: str) -> tuple[str, list[_Span]]:
-    """The conversation as LESS / open-instruct render it, and where each part sits.
+def _render(
+    messages: Sequence[dict[str, str]], eos_token: str, template: str = DEFAULT_TEMPLATE
+) -> tuple[str, list[_Span]]:
+    """The conversation as LESS or open-instruct render it, and where each part sits.
 
-    ``<|role|>\n`` + content stripped (+ eos for the assistant) + ``\n`` per message; the
-    whole text stripped at its end (so it ends with the last content, without a newline).
+    ``<|role|>\n`` + content stripped (+ eos for the assistant) + ``\n`` per message, as
+    LESS's ``concat_messages``. ``template="less"`` keeps the text as it is (it ends in the last
+    eos and a newline, and that newline belongs to the assistant's content); ``"open_instruct"``
+    strips the whole text at its end (it ends in the last eos).
     """
+    if template not in TEMPLATES:
+        raise DataError(f"chat template {template!r}: use one of {', '.join(TEMPLATES)}")
     parts: list[str] = []
     spans: list[_Span] = []
     position = 0
@@ -49,7 +61,9 @@ def _render(messages: Sequence[dict[str, str]], eos_token: str) -> tuple[str, li
             spans.append(_Span(position, position + len(text), role, kind))
             parts.append(text)
             position += len(text)
-    text = "".join(parts).rstrip()
+    text = "".join(parts)
+    if template == "open_instruct":
+        text = text.rstrip()
     return text, [
         _Span(span.start, min(span.end, len(text)), span.role, span.kind)
         for span in spans
@@ -57,16 +71,20 @@ def _render(messages: Sequence[dict[str, str]], eos_token: str) -> tuple[str, li
     ]
 
 
-def render_chat(messages: Sequence[dict[str, str]], eos_token: str) -> str:
+def render_chat(
+    messages: Sequence[dict[str, str]], eos_token: str, template: str = DEFAULT_TEMPLATE
+) -> str:
     """The chat template as one string, exactly as it is tokenized (SPEC §4).
 
     Examples
     --------
-    >>> render_chat([{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}],
-    ...             "</s>")
+    >>> chat = [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}]
+    >>> render_chat(chat, "</s>", "less")
+    '<|user|>\\nhi\\n<|assistant|>\\nyo</s>\\n'
+    >>> render_chat(chat, "</s>", "open_instruct")
     '<|user|>\\nhi\\n<|assistant|>\\nyo</s>'
     """
-    return _render(messages, eos_token)[0]
+    return _render(messages, eos_token, template)[0]
 
 
 @dataclass
@@ -90,6 +108,7 @@ def encode_examples(
     mask_special_tokens: bool = True,
     max_sequence_length: int | None = None,
     add_special_tokens: bool = True,
+    template: str = DEFAULT_TEMPLATE,
 ) -> list[EncodedExample]:
     """Tokenize conversations with the chat template and build their labels.
 
@@ -121,6 +140,9 @@ def encode_examples(
         Keep the first ``max_sequence_length`` tokens.
     add_special_tokens : bool, default True
         Let the tokenizer add its special tokens (Llama: ``<s>``; Qwen2: none), as lm-eval does.
+    template : {"less", "open_instruct"}
+        ``data.template`` (:func:`render_chat`): with ``less`` the newline after the last eos is
+        labelled, as LESS labels it.
 
     Returns
     -------
@@ -146,7 +168,7 @@ def encode_examples(
         )
     labelled_roles = {"user", "assistant"} if full_sequence_prediction else {"assistant"}
     conversations = [e.messages if isinstance(e, Example) else e for e in examples]
-    rendered = [_render(messages, tokenizer.eos_token) for messages in conversations]
+    rendered = [_render(messages, tokenizer.eos_token, template) for messages in conversations]
     if not rendered:
         return []
     batch = tokenizer(

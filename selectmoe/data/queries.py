@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from selectmoe.data.pool import Example, iter_jsonl_records, parse_record
 from selectmoe.errors import DataError
 
-__all__ = ["QuerySet", "load_queries"]
+__all__ = ["QUERY_TEMPLATE", "QuerySet", "load_queries"]
+
+#: How a query example is rendered, whatever ``data.template``: as LESS's validation sets
+#: (``get_validation_dataset.py``: prompt + completion, no newline after it), so the text ends at
+#: the answer's eos (the ``open_instruct`` ending).
+QUERY_TEMPLATE = "open_instruct"
 
 
 @dataclass(frozen=True)

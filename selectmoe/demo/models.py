@@ -268,7 +268,9 @@ def _pretraining_corpus(
         messages = _GENERATORS[dataset](world, rng).messages()
         if any(m["content"] in eval_questions for m in messages if m["role"] == "user"):
             continue
-        documents.append(render_chat(messages, EOS_TOKEN))
+        # the pretraining documents keep the ending they were built with, so that the demo's
+        # base models do not depend on data.template
+        documents.append(render_chat(messages, EOS_TOKEN, "open_instruct"))
     return documents
 
 

@@ -41,15 +41,16 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 )
 """Special tokens of the demo tokenizer, in id order (``<unk>`` is 0)."""
 
-# Jinja version of SPEC §4's template, so that ``tokenizer.apply_chat_template`` agrees with
+# Jinja version of SPEC §4's template (``data.template: less``, LESS's ``concat_messages``: every
+# message ends in a newline), so that ``tokenizer.apply_chat_template`` agrees with
 # ``selectmoe.data.encoding.render_chat``.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] | trim }}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{% if not loop.last %}{{ '\\n' }}{% endif %}"
+    "{{ '\\n' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '\\n<|assistant|>\\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 
 # The evaluation prompt is the chat template up to the assistant's answer.

@@ -139,6 +139,7 @@ def run_finetune(
         full_sequence_prediction=False,
         mask_special_tokens=settings.mask_special_tokens,
         max_sequence_length=settings.max_sequence_length,
+        template=settings.template,
     )
     encoded = [item for item in encoded if item.n_label_tokens > 0]
     if not encoded:

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from selectmoe.data.encoding import (
     pad_token_id_of,
 )
 from selectmoe.data.pool import Example, load_pool, subset_examples
-from selectmoe.data.queries import load_queries
+from selectmoe.data.queries import QUERY_TEMPLATE, load_queries
 from selectmoe.errors import ConfigError, DataError
 from selectmoe.hashing import file_sha256, text_sha256
 from selectmoe.io import atomic_output_dir, atomic_torch_save, atomic_write_json
@@ -139,6 +139,7 @@ def run_less_warmup(
         tokenizer,
         full_sequence_prediction=False,
         max_sequence_length=settings.max_sequence_length,
+        template=settings.template,
     )
     encoded = [item for item in encoded if item.n_label_tokens > 0]
     if not encoded:
@@ -258,6 +259,8 @@ def run_less_gradients(
 
     query_set = load_queries(data_path) if queries else None
     examples: list[Example] = query_set.examples if query_set else load_jsonl_examples(data_path)
+    if queries:  # rendered as LESS renders its validation sets
+        settings = replace(settings, template=QUERY_TEMPLATE)
     checkpoints = checkpoint_files(warmup_dir, settings.epochs)
     missing = [str(p) for p in checkpoints if not p.is_file()]
     if missing:
@@ -275,6 +278,7 @@ def run_less_gradients(
         tokenizer,
         full_sequence_prediction=False,
         max_sequence_length=settings.max_sequence_length,
+        template=settings.template,
     )
     batches = length_sorted_batches(encoded, batch_size=settings.batch_size)
     shards = _shard_plan([len(batch) for batch in batches], settings.shard_size)

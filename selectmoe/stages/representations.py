@@ -16,19 +16,20 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from selectmoe.data.encoding import (
+    DEFAULT_TEMPLATE,
     collate_encoded,
     encode_examples,
     length_sorted_batches,
     pad_token_id_of,
 )
 from selectmoe.data.pool import Example, load_jsonl_examples
-from selectmoe.data.queries import load_queries
+from selectmoe.data.queries import QUERY_TEMPLATE, load_queries
 from selectmoe.errors import ConfigError
 from selectmoe.model.source import require_model_source
 from selectmoe.schema import section_defaults
@@ -58,6 +59,7 @@ class RepresentationSettings:
     max_sequence_length: int = _TARGETED_RDS_DEFAULTS["max_sequence_length"]
     dtype: str = _TARGETED_RDS_DEFAULTS["dtype"]
     device: str = _TARGETED_RDS_DEFAULTS["device"]
+    template: str = DEFAULT_TEMPLATE  # data.template
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -95,6 +97,7 @@ def compute_representations(
         tokenizer,
         full_sequence_prediction=True,
         max_sequence_length=settings.max_sequence_length,
+        template=settings.template,
     )
     pad_id = pad_token_id_of(tokenizer)
     pooled: torch.Tensor | None = None
@@ -124,6 +127,8 @@ def run_representations(
 
     query_set = load_queries(data_path) if queries else None
     examples = query_set.examples if query_set else load_jsonl_examples(data_path)
+    if queries:  # rendered as LESS renders its validation sets
+        settings = replace(settings, template=QUERY_TEMPLATE)
     require_model_source(model_source, what="representation model")
     device = resolve_device(settings.device)
     start = time.perf_counter()

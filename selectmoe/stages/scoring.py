@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from selectmoe.data.encoding import (
+    DEFAULT_TEMPLATE,
     IGNORE_INDEX,
     EncodedExample,
     collate_encoded,
@@ -337,6 +338,7 @@ def score_dataset(
     progress: bool = True,
     lm_statistics: bool = True,
     ifd: bool = False,
+    template: str = DEFAULT_TEMPLATE,
 ) -> dict[str, Any]:
     """Score one dataset's pool files and write ``{dataset}_router_data.pt`` atomically.
 
@@ -381,6 +383,7 @@ def score_dataset(
         tokenizer,
         full_sequence_prediction=False,
         max_sequence_length=max_sequence_length,
+        template=template,
     )
     pad_id = pad_token_id_of(tokenizer)
     torch.manual_seed(seed)
@@ -411,7 +414,7 @@ def score_dataset(
         "weights": None if weights_path is None else os.fspath(weights_path),
         "weights_sha256": None if weights_path is None else file_sha256(weights_path),
         "pool_files": [os.fspath(p) for p in pool_files],
-        "template": "selectmoe-chat-v1",
+        "template": template,
         "max_sequence_length": max_sequence_length,
         "quality_loss_type": model.config.quality_loss_type,
         "trash_expert_mode": model.config.trash_expert_mode,

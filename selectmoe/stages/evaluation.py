@@ -39,7 +39,13 @@ from selectmoe.errors import EvaluationError, ModelError
 from selectmoe.io import atomic_write_json, atomic_write_jsonl
 from selectmoe.schema import section_defaults
 
-__all__ = ["evaluate_adapters", "load_results", "read_task_metrics", "run_lm_eval"]
+__all__ = [
+    "evaluate_adapters",
+    "load_results",
+    "read_task_metrics",
+    "run_lm_eval",
+    "split_at_character",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -687,6 +693,33 @@ def _merge_results(parts: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] 
     return merged
 
 
+def split_at_character(
+    ids: Sequence[int], offsets: Sequence[tuple[int, int]], boundary: int
+) -> tuple[list[int], list[int]]:
+    """Split the tokens of one whole string where its character ``boundary`` falls.
+
+    ``ids`` and ``offsets`` are the tokenization of ``context + continuation`` (character
+    offsets of each token; a token the tokenizer adds, such as ``<s>``, has an empty span) and
+    ``boundary`` is ``len(context)``. The context gets every token that ends at or before the
+    boundary; the first token with a character after it (a token that straddles the boundary
+    too) starts the continuation. So the context's tokens are always a prefix of the whole's,
+    the tokens the model is fed are the whole string's, as in training.
+
+    Examples
+    --------
+    >>> split_at_character([1, 7, 8, 9], [(0, 0), (0, 3), (3, 5), (5, 6)], 5)
+    ([1, 7, 8], [9])
+    >>> split_at_character([7, 8], [(0, 3), (3, 6)], 4)  # 8 straddles: continuation
+    ([7], [8])
+    """
+    split = len(ids)
+    for index, (start, end) in enumerate(offsets):
+        if end > start and end > boundary:
+            split = index
+            break
+    return list(ids[:split]), list(ids[split:])
+
+
 def _hflm_class() -> type:
     """lm-eval's ``hf`` model with PEFT adapters attached without shrinking the embeddings, and
     detachable, so that one loaded base model serves several adapters."""
@@ -718,6 +751,29 @@ def _hflm_class() -> type:
             """Remove the adapter's layers again: the base model's weights as they were loaded."""
             self._model = self._model.unload()
             self._model.eval()
+
+        def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+            """Context and continuation tokens as training tokenizes the exchange.
+
+            lm-eval moves the context's trailing whitespace into the continuation and tokenizes
+            the context alone; where the vocabulary merges the prompt's last characters with
+            that newline (Qwen's ``>\\n``), the context's tokens are not a prefix of the whole
+            string's, and the model is fed the prompt without its newline, a sequence training
+            never showed it. Here the whole string is tokenized once and split at the context's
+            end by character offsets (:func:`split_at_character`); a slow tokenizer or a
+            seq2seq model keeps lm-eval's own split.
+            """
+            if self.backend != "causal" or not getattr(self.tokenizer, "is_fast", False):
+                return super()._encode_pair(context, continuation)
+            whole = context + continuation
+            ids = self.tok_encode(whole)
+            for special in (True, False):
+                encoded = self.tokenizer(
+                    whole, add_special_tokens=special, return_offsets_mapping=True
+                )
+                if list(encoded["input_ids"]) == list(ids):
+                    return split_at_character(ids, encoded["offset_mapping"], len(context))
+            return super()._encode_pair(context, continuation)
 
     return _SelectMoeHFLM
 

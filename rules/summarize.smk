@@ -15,7 +15,7 @@ rule summarize:
     threads: 1
     params:
         points=LAYOUT.summary_points(),
-        settings=config["summary"],
+        settings=SETTINGS.summary(),
     script:
         "../workflow_scripts/summarize.py"
 

@@ -195,6 +195,17 @@ def test_base_run_writes_results(base_run: dict[str, object]) -> None:
     assert block["seed"] == 7
     assert block["batch_size"] == 8
     assert block["wall_time_s"] > 0
+    # the evaluation contract, recorded while the task's data file is at hand
+    from selectmoe.data.lm_eval_results import config_digest
+
+    assert block["contracts"] == {
+        "tiny_colours": {
+            "lm_eval": data["lm_eval_version"],
+            "task_version": 1.0,
+            "n_shot": data["n-shot"]["tiny_colours"],
+            "config": config_digest(data["configs"]["tiny_colours"]),
+        }
+    }
     assert "peft" not in data["config"]["model_args"]
     # All four of lm-eval's seeds come from the one seed argument.
     for key in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed"):

@@ -367,3 +367,74 @@ def test_intervals_stay_within_the_range_of_the_scores(tmp_path):
     for name in ("qa_a/acc", "qa_b/acc", "mean"):
         assert 0.0 <= row[f"{name}_low"] <= row[name] <= row[f"{name}_high"] <= 1.0, name
     assert row["qa_a/acc_low"] == per_task[0].low  # the other end is the t interval's
+
+
+def _stamp(point: dict, shots: int) -> dict:
+    """Give every results file of ``point`` lm-eval's config blocks for a ``shots``-shot task."""
+    for path in point["results"]:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data.update(
+            lm_eval_version="0.4.13",
+            versions={task: 1.0 for task in TASKS},
+            configs={
+                task: {"task": task, "num_fewshot": shots, "doc_to_text": "Q: {{q}}\nA:"}
+                for task in TASKS
+            },
+            **{"n-shot": {task: shots for task in TASKS}},
+        )
+        Path(path).write_text(json.dumps(data), encoding="utf-8")
+    return point
+
+
+def test_evaluation_contracts_are_shown_and_different_ones_never_paired(tmp_path: Path):
+    """The summary names each task's contract (lm-eval and task versions, few-shot count, config
+    digest); a row evaluated under another contract than its reference is refused in one line
+    naming the task and both contracts."""
+    from selectmoe.data.lm_eval_results import config_digest
+
+    rng = np.random.default_rng(3)
+    d = tmp_path / "runs"
+    d.mkdir()
+    method = _stamp(
+        _point(d, rng, "sm", 0.6, target="t", method="selectmoe", loss="s", percentage=0.1), 0
+    )
+    random = _stamp(_point(d, rng, "rand", 0.4, target="t", method="random", percentage=0.1), 0)
+    _run([method, random], tmp_path / "same")
+    markdown = (tmp_path / "same" / "summary.md").read_text(encoding="utf-8")
+    digest = config_digest({"task": "qa_a", "num_fewshot": 0, "doc_to_text": "Q: {{q}}\nA:"})
+    assert f"qa_a: lm-eval 0.4.13, task v1.0, 0-shot, config {digest}" in markdown
+    five_shot = _stamp(_point(d, rng, "rand5", 0.4, target="t", method="random", percentage=0.1), 5)
+    with pytest.raises(SelectMoeError) as error:
+        _run([method, five_shot], tmp_path / "mixed")
+    message = str(error.value)
+    assert "task 'qa_a'" in message and "0-shot" in message and "5-shot" in message
+    assert "are not compared" in message and "\n" not in message
+    # one row whose seeds disagree is refused too
+    mixed_seeds = _point(d, rng, "mix", 0.5, target="t", method="random", percentage=0.2)
+    _stamp({"results": mixed_seeds["results"][:1]}, 0)
+    _stamp({"results": mixed_seeds["results"][1:]}, 3)
+    with pytest.raises(SelectMoeError, match="evaluate every seed of a row with the same"):
+        _run([mixed_seeds], tmp_path / "seeds")
+
+
+def test_the_base_model_drift_sentinel_warns_above_the_table(tmp_path: Path, caplog):
+    rng = np.random.default_rng(4)
+    d = tmp_path / "runs"
+    d.mkdir()
+    base = _point(d, rng, "base", 0.3, replicates=(None,), seeds=(None,), target="t", method="base")
+    scores = summarize(
+        [base], output_csv=tmp_path / "a.csv", output_md=tmp_path / "a.md", settings=SETTINGS
+    )
+    value = float(scores.iloc[0]["qa_a/acc"])
+    inside = SummarySettings(expected_base={"t": {"qa_a": {"value": value, "tolerance": 0.01}}})
+    summarize([base], output_csv=tmp_path / "b.csv", output_md=tmp_path / "b.md", settings=inside)
+    assert "Base-model check failed" not in (tmp_path / "b.md").read_text(encoding="utf-8")
+    far = SummarySettings(expected_base={"t": {"qa_a": {"value": value + 0.3, "tolerance": 0.05}}})
+    with caplog.at_level("WARNING"):
+        summarize([base], output_csv=tmp_path / "c.csv", output_md=tmp_path / "c.md", settings=far)
+    markdown = (tmp_path / "c.md").read_text(encoding="utf-8")
+    assert markdown.startswith(
+        f"**Base-model check failed**: t scores {value:.3f} on qa_a, outside the expected "
+        f"{value + 0.3:.3f} ± 0.050"
+    )
+    assert "Base-model check failed" in caplog.text

@@ -3,6 +3,7 @@ writes them, the summary reads them)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from typing import Any
 
 from selectmoe.errors import EvaluationError
 
-__all__ = ["load_results", "read_task_metrics"]
+__all__ = ["config_digest", "evaluation_contracts", "load_results", "read_task_metrics"]
 
 
 # Keys of an lm-eval per-task result entry that are not metrics (``sample_len`` is numeric).
@@ -116,3 +117,48 @@ def _check_results_block(data: Any, *, where: str) -> None:
     for task, entry in results.items():
         if not isinstance(entry, Mapping):
             raise EvaluationError(f"{where}: results for task {task!r} are not an object")
+
+
+def _canonical(value: Any, key: str = "") -> Any:
+    """A task config with what does not decide a score made stable: a local data file's path
+    becomes the sha256 of its content (where it exists), the config's own source path goes."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): _canonical(v, str(k)) for k, v in value.items() if str(k) != "config_source"
+        }
+    if isinstance(value, list | tuple):
+        return [_canonical(v, key) for v in value]
+    if isinstance(value, str) and key in ("data_files", "test", "train", "validation"):
+        path = Path(value)
+        if path.is_file():
+            return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    return value
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """The first 16 hex digits of the sha256 of a resolved task config (prompt, few-shot count
+    and seed, filters, metrics, dataset and its revision), keys sorted; local data files count
+    by content, not path."""
+    text = json.dumps(_canonical(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def evaluation_contracts(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per evaluated task of a results object, what decides its score besides the model: the
+    lm-eval version, the task's version, its few-shot count and the digest of its resolved
+    config (:func:`config_digest`). Recorded by the evaluate stage in ``selectmoe.contracts``;
+    computed from ``configs`` for a file without it."""
+    recorded = (data.get("selectmoe") or {}).get("contracts")
+    if isinstance(recorded, Mapping) and recorded:
+        return {str(task): dict(contract) for task, contract in recorded.items()}
+    versions, shots = data.get("versions") or {}, data.get("n-shot") or {}
+    return {
+        str(task): {
+            "lm_eval": data.get("lm_eval_version"),
+            "task_version": versions.get(task),
+            "n_shot": shots.get(task),
+            "config": config_digest(config),
+        }
+        for task, config in (data.get("configs") or {}).items()
+        if isinstance(config, Mapping)
+    }

@@ -30,17 +30,18 @@ are in a fixed order, floats are written in Python's shortest round-trip form.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from selectmoe.data.lm_eval_results import load_results
+from selectmoe.data.lm_eval_results import evaluation_contracts, load_results
 from selectmoe.errors import SelectMoeError
 from selectmoe.evidence.figures import new_figure, save_figure
 from selectmoe.evidence.overlap import stability
@@ -77,6 +78,8 @@ TARGETED_NOTE = (
 )
 
 
+logger = logging.getLogger(__name__)
+
 _SUMMARY_DEFAULTS = section_defaults("summary")
 
 
@@ -87,6 +90,9 @@ class SummarySettings:
     metric: str = _SUMMARY_DEFAULTS["metric"]
     confidence_level: float = _SUMMARY_DEFAULTS["confidence_level"]
     reference_method: str = _SUMMARY_DEFAULTS["reference_method"]
+    #: ``evaluation.expected_base``: ``{target: {task: {value, tolerance}}}``, the base model's
+    #: expected score per task; outside it the summary warns (the drift sentinel).
+    expected_base: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, str) or not self.metric:
@@ -116,6 +122,7 @@ class _Point:
     questions: dict[str, list[tuple[str, Any]]] | None = None
     grids: dict[str, np.ndarray] | None = None
     metric_of: dict[str, str] | None = None
+    contracts: dict[str, str] | None = None  # per task: the evaluation contract (its digest)
 
 
 def summarize(
@@ -256,7 +263,22 @@ def summarize(
 
     if plot_path is not None:
         _write_plot(frame, plot_path, reference=reference, settings=settings)
-    atomic_write_text(output_md, _to_markdown(frame, task_list, metric_names, reference, settings))
+    contracts = {task: sorted({p.contracts[task] for p in normalized}) for task in task_list}
+    warnings = _base_warnings(frame, task_list, metric_names, settings)
+    for warning in warnings:
+        logger.warning(warning.replace("**", ""))
+    atomic_write_text(
+        output_md,
+        _to_markdown(
+            frame,
+            task_list,
+            metric_names,
+            reference,
+            settings,
+            contracts=contracts,
+            warnings=warnings,
+        ),
+    )
     atomic_write_text(output_csv, frame.to_csv(index=False, lineterminator="\n"))
     return frame
 
@@ -507,7 +529,7 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
     chosen: dict[str, str] = {}
     task_list: list[str] | None = None
     for point in points:
-        point.questions, point.grids, point.metric_of = {}, {}, {}
+        point.questions, point.grids, point.metric_of, point.contracts = {}, {}, {}, {}
         per_seed: list[dict[str, dict[tuple[str, Any], float]]] = []
         for results_path, samples_path in zip(point.results, point.samples, strict=True):
             results = load_results(results_path)
@@ -546,6 +568,14 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
                     values[key] = value
                 _check_against_results(results, results_path, task, leaves, values, name)
                 by_task[task] = values
+                contract = _task_contract(evaluation_contracts(results), leaves)
+                known = point.contracts.setdefault(task, contract)
+                if known != contract:
+                    raise SelectMoeError(
+                        f"{results_path}: task {task!r} was evaluated under contract {contract}, "
+                        f"{point.results[0]} under {known}; evaluate every seed of a row with "
+                        "the same lm-eval, task config and few-shot settings"
+                    )
             per_seed.append(by_task)
         groups = _replicate_groups(point)
         for task in task_list or []:
@@ -620,6 +650,49 @@ def _check_against_results(
         )
 
 
+def _task_contract(contracts: Mapping[str, Mapping[str, Any]], leaves: Sequence[str]) -> str:
+    """One line for a (group) task's evaluation contract: lm-eval and task versions, few-shot
+    count and config digest of each leaf, as one digest when there are several leaves."""
+    parts = [contracts.get(leaf) for leaf in sorted(leaves)]
+    if any(part is None for part in parts):
+        return "unrecorded"
+    if len(parts) == 1:
+        part = parts[0]
+        return (
+            f"lm-eval {part['lm_eval']}, task v{part['task_version']}, "
+            f"{part['n_shot']}-shot, config {part['config']}"
+        )
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return f"lm-eval {parts[0]['lm_eval']}, {len(parts)} subtasks, configs {digest}"
+
+
+def _base_warnings(
+    frame: pd.DataFrame, task_list: Sequence[str], metric_names: Mapping[str, str], settings
+) -> list[str]:
+    """The drift sentinel: a base model's task score outside ``evaluation.expected_base``."""
+    warnings = []
+    for target, expected in settings.expected_base.items():
+        rows = frame[(frame["target"] == target) & (frame["method"] == "base")]
+        for task, bound in expected.items():
+            if rows.empty or task not in task_list:
+                continue
+            value = float(rows.iloc[0][f"{task}/{metric_names[task]}"])
+            low = float(bound["value"]) - float(bound["tolerance"])
+            high = float(bound["value"]) + float(bound["tolerance"])
+            if not low <= value <= high:
+                warnings.append(
+                    f"**Base-model check failed**: {target} scores {value:.3f} on {task}, "
+                    f"outside the expected {float(bound['value']):.3f} ± "
+                    f"{float(bound['tolerance']):.3f} (`evaluation.expected_base`): a wrong "
+                    "prompt format, few-shot setting or model load shows here before any method "
+                    "row can be trusted."
+                )
+    return warnings
+
+
 def _compare(point: _Point, other: _Point, tasks: Sequence[str], settings: SummarySettings):
     shapes = [point.grids[tasks[0]].shape[:2], other.grids[tasks[0]].shape[:2]]
     if shapes[0] != shapes[1]:
@@ -628,6 +701,13 @@ def _compare(point: _Point, other: _Point, tasks: Sequence[str], settings: Summa
             f"{shapes[0]} and {shapes[1]} (replicates, seeds); a paired comparison needs the same"
         )
     for task in tasks:
+        if point.contracts[task] != other.contracts[task]:
+            raise SelectMoeError(
+                f"task {task!r}: {point.results[0]} was evaluated under contract "
+                f"{point.contracts[task]}, {other.results[0]} under {other.contracts[task]}; rows "
+                "evaluated under different contracts are not compared: evaluate both with the same "
+                "lm-eval, task config and few-shot settings"
+            )
         if point.questions[task] != other.questions[task]:
             raise SelectMoeError(
                 f"{point.samples[0]} and {other.samples[0]}: task {task!r} was evaluated on "
@@ -668,8 +748,12 @@ def _to_markdown(
     metric_names: Mapping[str, str],
     reference: str,
     settings: SummarySettings,
+    *,
+    contracts: Mapping[str, Sequence[str]] | None = None,
+    warnings: Sequence[str] = (),
 ) -> str:
-    """A readable table: every score with its interval, the paired comparison and its verdict."""
+    """A readable table: every score with its interval, the paired comparison and its verdict;
+    the base-model warnings above it, the evaluation contract of every task below."""
     level = f"{settings.confidence_level:.0%}"
     header = ["target", "method", "loss", "%", "n", *(f"{t} ({metric_names[t]})" for t in tasks)]
     header += [f"mean [{level}]", "replicates", "overlap"]
@@ -722,7 +806,15 @@ def _to_markdown(
         notes += ["", LABELS_NOTE]
     if any(is_targeted(method) for method in frame["method"]):
         notes += ["", TARGETED_NOTE]
-    return "\n".join(lines + notes) + "\n"
+    if contracts:
+        described = "; ".join(f"{task}: {' / '.join(values)}" for task, values in contracts.items())
+        notes += [
+            "",
+            "Evaluation contract (what decides a score besides the model; rows evaluated under "
+            f"different contracts are never compared): {described}.",
+        ]
+    head = [*warnings, ""] if warnings else []
+    return "\n".join(head + lines + notes) + "\n"
 
 
 def _escape(text: str) -> str:

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from selectmoe.data.lm_eval_results import load_results, read_task_metrics
+from selectmoe.data.lm_eval_results import evaluation_contracts, load_results, read_task_metrics
 from selectmoe.errors import EvaluationError, ModelError
 from selectmoe.io import atomic_write_json, atomic_write_jsonl
 from selectmoe.schema import section_defaults
@@ -828,7 +828,8 @@ def _assemble_output(
         "date",
     )
     output = {key: _jsonable(raw[key]) for key in keep if key in raw}
-    output["selectmoe"] = _jsonable({**selectmoe, "model_args": model_args})
+    contracts = evaluation_contracts(output)  # while the task's data files are at hand
+    output["selectmoe"] = _jsonable({**selectmoe, "model_args": model_args, "contracts": contracts})
     return output
 
 

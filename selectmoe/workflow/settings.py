@@ -105,7 +105,16 @@ class RuleSettings:
         return settings
 
     def evaluation(self) -> dict[str, Any]:
-        return self._section("evaluation")
+        """The evaluation section but the drift sentinel, which only the summary reads (a new
+        expected value re-evaluates nothing)."""
+        evaluation = self._section("evaluation")
+        evaluation.pop("expected_base", None)
+        return evaluation
+
+    def summary(self) -> dict[str, Any]:
+        """The summary section and the base model's expected scores (the drift sentinel)."""
+        expected = self.config["evaluation"].get("expected_base") or {}
+        return {**self._section("summary"), "expected_base": expected}
 
     def representations(self) -> dict[str, Any]:
         """targeted.rds."""

@@ -438,3 +438,52 @@ def test_the_base_model_drift_sentinel_warns_above_the_table(tmp_path: Path, cap
         f"{value + 0.3:.3f} ± 0.050"
     )
     assert "Base-model check failed" in caplog.text
+
+
+def _filtered_run(directory: Path, name: str, strict: np.ndarray, flexible: np.ndarray) -> dict:
+    """A generate_until task scored under two filters, as lm-eval writes bbh's samples."""
+    results = {
+        "qa_gen": {
+            "alias": "qa_gen",
+            "exact_match,strict-match": float(np.mean(strict)),
+            "exact_match,flexible-extract": float(np.mean(flexible)),
+        }
+    }
+    results_path = directory / f"{name}.json"
+    results_path.write_text(json.dumps({"results": results, "selectmoe": {"tasks": ["qa_gen"]}}))
+    samples_path = directory / f"{name}.jsonl"
+    with samples_path.open("w", encoding="utf-8") as handle:
+        for filter_name, values in (("strict-match", strict), ("flexible-extract", flexible)):
+            for doc_id, value in enumerate(values):
+                record = {
+                    "task": "qa_gen",
+                    "doc_id": doc_id,
+                    "filter": filter_name,
+                    "metrics": {"exact_match": float(value)},
+                }
+                handle.write(json.dumps(record) + "\n")
+    return {"results": [results_path], "samples": [samples_path]}
+
+
+def test_a_metric_per_task_and_its_filter(tmp_path: Path):
+    """``summary.metric: {task: "metric,filter"}`` takes the records of that filter, checked
+    against lm-eval's number under the same name; two filters and no choice is one clear error."""
+    rng = np.random.default_rng(5)
+    strict, flexible = (rng.random(25) < 0.3).astype(float), (rng.random(25) < 0.6).astype(float)
+    run = _filtered_run(tmp_path, "gen", strict, flexible)
+    point = {**run, "replicates": [None], "seeds": [None], "target": "t", "method": "base"}
+    with pytest.raises(SelectMoeError, match=r"filters: flexible-extract, strict-match\); name"):
+        summarize([point], output_csv=tmp_path / "x.csv", output_md=tmp_path / "x.md")
+    for filter_name, values in (("strict-match", strict), ("flexible-extract", flexible)):
+        settings = SummarySettings(metric={"qa_gen": f"exact_match,{filter_name}"})
+        frame = summarize(
+            [point], output_csv=tmp_path / "a.csv", output_md=tmp_path / "a.md", settings=settings
+        )
+        assert frame.iloc[0][f"qa_gen/exact_match,{filter_name}"] == pytest.approx(values.mean())
+    with pytest.raises(SelectMoeError, match="no samples of task 'qa_gen' with filter 'none'"):
+        summarize(
+            [point],
+            output_csv=tmp_path / "b.csv",
+            output_md=tmp_path / "b.md",
+            settings=SummarySettings(metric={"qa_gen": "exact_match,none"}),
+        )

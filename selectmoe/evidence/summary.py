@@ -87,16 +87,31 @@ _SUMMARY_DEFAULTS = section_defaults("summary")
 class SummarySettings:
     """How the intervals and comparisons are computed (the config's ``summary`` section)."""
 
-    metric: str = _SUMMARY_DEFAULTS["metric"]
+    #: A per-question metric of lm-eval's samples for every task, or ``{task: metric}``;
+    #: ``"metric,filter"`` picks the records of one filter (``"exact_match,get-answer"``).
+    metric: str | Mapping[str, str] = _SUMMARY_DEFAULTS["metric"]
     confidence_level: float = _SUMMARY_DEFAULTS["confidence_level"]
     reference_method: str = _SUMMARY_DEFAULTS["reference_method"]
     #: ``evaluation.expected_base``: ``{target: {task: {value, tolerance}}}``, the base model's
     #: expected score per task; outside it the summary warns (the drift sentinel).
     expected_base: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
 
+    def metric_for(self, task: str) -> tuple[str, str | None]:
+        """The metric and filter asked for ``task`` (``acc`` when a mapping leaves it out)."""
+        wanted = (
+            self.metric.get(task, _SUMMARY_DEFAULTS["metric"])
+            if isinstance(self.metric, Mapping)
+            else self.metric
+        )
+        name, _, filter_name = wanted.partition(",")
+        return name, filter_name or None
+
     def __post_init__(self) -> None:
-        if not isinstance(self.metric, str) or not self.metric:
-            raise SelectMoeError(f"summary.metric must be a metric name, got {self.metric!r}")
+        names = list(self.metric.values()) if isinstance(self.metric, Mapping) else [self.metric]
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise SelectMoeError(
+                f"summary.metric must be a metric name or {{task: metric}}, got {self.metric!r}"
+            )
         if not 0.0 < self.confidence_level < 1.0:
             raise SelectMoeError(
                 f"summary.confidence_level is {self.confidence_level}; it must be in (0, 1)"
@@ -194,7 +209,7 @@ def summarize(
             )
     normalized = [_normalize_point(point, position) for position, point in enumerate(points)]
     _check_unique(normalized)
-    task_list = _load_points(normalized, tasks, settings.metric)
+    task_list = _load_points(normalized, tasks, settings)
     metric_names = {task: normalized[0].metric_of[task] for task in task_list}
 
     reference = settings.reference_method
@@ -523,7 +538,9 @@ def _choose_metric(task: str, records: Sequence[Mapping[str, Any]], wanted: str)
     return available[0]
 
 
-def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: str) -> list[str]:
+def _load_points(
+    points: Sequence[_Point], tasks: Sequence[str] | None, settings: SummarySettings
+) -> list[str]:
     """Read every point's samples into ``[replicates, seeds, questions]`` grids; return the task
     list."""
     chosen: dict[str, str] = {}
@@ -542,12 +559,19 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
             by_task: dict[str, dict[tuple[str, Any], float]] = {}
             for task in task_list:
                 leaves = set(_leaf_tasks(task, groups))
-                task_records = [r for r in records if r["task"] in leaves]
+                metric, filter_name = settings.metric_for(task)
+                task_records = [
+                    r
+                    for r in records
+                    if r["task"] in leaves and filter_name in (None, r.get("filter"))
+                ]
                 if not task_records:
+                    found = sorted({f"{r['task']} ({r.get('filter')})" for r in records})
                     raise SelectMoeError(
-                        f"{samples_path}: no samples of task {task!r} (it has: "
-                        f"{', '.join(sorted({str(r['task']) for r in records}))}); re-run its "
-                        "evaluation"
+                        f"{samples_path}: no samples of task {task!r}"
+                        + (f" with filter {filter_name!r}" if filter_name else "")
+                        + f" (it has: {', '.join(found)}); re-run its evaluation or choose "
+                        "summary.metric's filter"
                     )
                 name = chosen.setdefault(task, _choose_metric(task, task_records, metric))
                 values: dict[tuple[str, Any], float] = {}
@@ -560,13 +584,16 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
                         )
                     key = (str(record["task"]), record["doc_id"])
                     if key in values:
+                        filters = sorted({str(r.get("filter")) for r in task_records})
                         raise SelectMoeError(
                             f"{samples_path}: document {record['doc_id']} of task "
-                            f"{record['task']!r} appears twice (several filters?); evaluate "
-                            "with one filter per task"
+                            f"{record['task']!r} appears twice (filters: {', '.join(filters)}); "
+                            f"name one in summary.metric, e.g. {{{task}: '{name},{filters[0]}'}}"
                         )
                     values[key] = value
-                _check_against_results(results, results_path, task, leaves, values, name)
+                _check_against_results(
+                    results, results_path, task, leaves, values, name, filter_name
+                )
                 by_task[task] = values
                 contract = _task_contract(evaluation_contracts(results), leaves)
                 known = point.contracts.setdefault(task, contract)
@@ -591,7 +618,8 @@ def _load_points(points: Sequence[_Point], tasks: Sequence[str] | None, metric: 
                 [[by_task[task][key] for key in keys] for by_task in per_seed], dtype=np.float64
             )
             point.grids[task] = np.stack([flat[rows] for rows in groups])
-            point.metric_of[task] = chosen[task]
+            filter_name = settings.metric_for(task)[1]
+            point.metric_of[task] = chosen[task] + (f",{filter_name}" if filter_name else "")
     assert task_list is not None
     return task_list
 
@@ -634,12 +662,13 @@ def _check_against_results(
     leaves: set[str],
     values: Mapping[tuple[str, Any], float],
     metric: str,
+    filter_name: str | None = None,
 ) -> None:
     """The samples' mean must be lm-eval's own number for a plain task (not a group)."""
     if leaves != {task}:
         return
     entry = (results.get("results") or {}).get(task) or {}
-    reported = entry.get(f"{metric},none", entry.get(metric))
+    reported = entry.get(f"{metric},{filter_name or 'none'}", entry.get(metric))
     if not isinstance(reported, int | float) or isinstance(reported, bool):
         return
     mean = float(np.mean(list(values.values())))

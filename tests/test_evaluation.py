@@ -625,3 +625,38 @@ def test_evaluation_stage_passes_the_config_section(monkeypatch, tmp_path: Path)
         "samples_jsonls": [tmp_path / "s1.jsonl", tmp_path / "s2.jsonl"],
         **section,
     }
+
+
+def test_a_tag_is_recorded_with_its_tasks_and_summarized_over_them(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    """A tag (lm-eval's ``tydiqa_goldp`` is one) has no entry in ``group_subtasks``: the
+    evaluation records its tasks, and the summary pools their questions under the tag's name."""
+    from selectmoe.evidence.summary import summarize
+
+    task_dir = tmp_path / "tagged"
+    task_dir.mkdir()
+    source = (assets["tasks"] / "tiny_colours.yaml").read_text(encoding="utf-8")
+    for name in ("tiny_colours_a", "tiny_colours_b"):
+        text = source.replace("task: tiny_colours\n", f"task: {name}\ntag: tiny_tag\n")
+        (task_dir / f"{name}.yaml").write_text(text, encoding="utf-8")
+    out, samples = tmp_path / "tag.json", tmp_path / "tag.jsonl"
+    data = run_lm_eval(
+        pretrained=str(assets["model"]),
+        adapter=None,
+        tasks=["tiny_tag"],
+        include_path=task_dir,
+        output_json=out,
+        samples_jsonl=samples,
+        limit=4.0,
+    )
+    assert data["selectmoe"]["task_members"] == {"tiny_tag": ["tiny_colours_a", "tiny_colours_b"]}
+    assert "tiny_tag" not in (data.get("group_subtasks") or {})
+    point = {"results": [out], "samples": [samples], "replicates": [None], "seeds": [None]}
+    frame = summarize(
+        [{**point, "target": "t", "method": "base"}],
+        output_csv=tmp_path / "s.csv",
+        output_md=tmp_path / "s.md",
+    )
+    accuracies = [data["results"][t]["acc,none"] for t in ("tiny_colours_a", "tiny_colours_b")]
+    assert frame.iloc[0]["tiny_tag/acc"] == pytest.approx(sum(accuracies) / 2)  # 4 questions each

@@ -485,12 +485,12 @@ def _replicate_columns(point: _Point, grids: Sequence[np.ndarray]) -> dict[str, 
 
 def _leaf_tasks(task: str, group_subtasks: Mapping[str, Any]) -> list[str]:
     """The tasks whose documents make up ``task`` (itself, or a group's subtasks, recursively)."""
-    members = group_subtasks.get(task)
+    members = [str(m) for m in group_subtasks.get(task) or () if str(m) != task]
     if not members:
         return [task]
     leaves: list[str] = []
     for member in members:
-        leaves += _leaf_tasks(str(member), group_subtasks)
+        leaves += _leaf_tasks(member, group_subtasks)
     return leaves
 
 
@@ -554,7 +554,11 @@ def _load_points(
             names = list(dict.fromkeys(tasks)) if tasks is not None else sorted(map(str, requested))
             if task_list is None:
                 task_list = names
-            groups = results.get("group_subtasks") or {}
+            # a group's subtasks as lm-eval lists them; a tag's tasks as the evaluation recorded
+            groups = {
+                **((results.get("selectmoe") or {}).get("task_members") or {}),
+                **(results.get("group_subtasks") or {}),
+            }
             records = _read_samples(samples_path)
             by_task: dict[str, dict[tuple[str, Any], float]] = {}
             for task in task_list:

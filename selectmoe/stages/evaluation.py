@@ -223,6 +223,12 @@ def evaluate_adapters(
 
     task_manager = _build_task_manager(task_names, include_dir)
     _check_local_data_files(task_names, task_manager.task_index)
+    # what each requested name stands for: itself, or a group's / tag's tasks (lm-eval writes a
+    # group's members in group_subtasks, a tag's nowhere); the summary pools them
+    members = {
+        task: [name for name, _ in _task_configs(task, task_manager.task_index)] or [task]
+        for task in task_names
+    }
 
     tokenizer_args = [_adapter_tokenizer(adapter) for adapter in adapter_args]
     if apply_chat_template:
@@ -289,6 +295,7 @@ def evaluate_adapters(
                 "pretrained": pretrained,
                 "adapter": None if adapter is None else os.fspath(adapter),
                 "tasks": task_names,
+                "task_members": members,
                 "include_path": None if include_path is None else os.fspath(include_path),
                 "num_fewshot": num_fewshot,
                 "batch_size": batch_size,

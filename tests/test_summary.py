@@ -487,3 +487,29 @@ def test_a_metric_per_task_and_its_filter(tmp_path: Path):
             output_md=tmp_path / "b.md",
             settings=SummarySettings(metric={"qa_gen": "exact_match,none"}),
         )
+
+
+@pytest.mark.parametrize(
+    ("line", "pattern"),
+    [
+        ('{"doc_id": 0, "acc": 1.0}', r"x\.jsonl:1: not a samples record \(needs task, doc_id"),
+        (
+            '{"task": "qa_a", "doc_id": 0, "metrics": ["acc"], "acc": 1.0}',
+            r"x\.jsonl:1: 'metrics' is a list, not \{name: value\} \(lm-eval's own samples",
+        ),
+        ("{not json", r"x\.jsonl:1: invalid JSON"),
+    ],
+)
+def test_an_unknown_samples_format_is_one_clear_line(tmp_path: Path, line: str, pattern: str):
+    results = tmp_path / "x.json"
+    results.write_text(json.dumps({"results": {"qa_a": {"acc,none": 1.0}}}), encoding="utf-8")
+    samples = tmp_path / "x.jsonl"
+    samples.write_text(line + "\n", encoding="utf-8")
+    point = {"results": [results], "samples": [samples], "replicates": [None], "seeds": [None]}
+    with pytest.raises(SelectMoeError, match=pattern) as error:
+        summarize(
+            [{**point, "target": "t", "method": "base"}],
+            output_csv=tmp_path / "s.csv",
+            output_md=tmp_path / "s.md",
+        )
+    assert "\n" not in str(error.value)

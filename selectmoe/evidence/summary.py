@@ -515,6 +515,13 @@ def _read_samples(path: Path) -> list[dict[str, Any]]:
                 raise SelectMoeError(
                     f"{path}:{line_number}: not a samples record (needs task, doc_id, metrics)"
                 )
+            if not isinstance(record.get("metrics", {}), dict):
+                raise SelectMoeError(
+                    f"{path}:{line_number}: 'metrics' is a {type(record['metrics']).__name__}, "
+                    "not {name: value} (lm-eval's own samples files list the names and keep the "
+                    "values beside them); the summary reads the evaluate stage's samples: re-run "
+                    "the evaluate step"
+                )
             records.append(record)
     return records
 

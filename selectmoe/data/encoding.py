@@ -113,7 +113,7 @@ def encode_examples(
     """Tokenize conversations with the chat template and build their labels.
 
     Each conversation is rendered once (:func:`render_chat`) and tokenized once, as a whole
-    string, as LESS / open-instruct and lm-eval tokenize it; every label comes from the tokens'
+    string, as LESS and lm-eval tokenize it; every label comes from the tokens'
     character offsets. Piece-by-piece tokenization would differ for SentencePiece tokenizers
     (Llama-2 adds a dummy-prefix ``▁`` to every call) and for byte-level BPE whose pre-tokenizer
     merges ``|>\n`` (Qwen2). The chat tags are plain text; they need not be special tokens.

@@ -136,3 +136,32 @@ def test_convert_replaces_an_existing_output(tiny_olmoe_dir: Path, tmp_path: Pat
     assert not (output / "stale.txt").exists()
     assert (output / "model.safetensors").is_file()
     assert _leftovers(tmp_path) == ["out"]
+
+
+def test_a_sharded_checkpoint_converts_as_the_whole_one(
+    tiny_olmoe_dir: Path, tmp_path: Path
+) -> None:
+    """The paper's OLMoE comes as sharded safetensors with an index: the same checkpoint split in
+    shards converts to the same tensors and verifies."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny_olmoe_dir).save_pretrained(
+        sharded, max_shard_size="20KB"
+    )
+    AutoTokenizer.from_pretrained(tiny_olmoe_dir).save_pretrained(sharded)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # really in several shards
+    assert not (sharded / "model.safetensors").exists()
+    from_shards, whole = tmp_path / "from_shards", tmp_path / "whole"
+    convert_olmoe(os.fspath(sharded), from_shards, seed=3)
+    convert_olmoe(os.fspath(tiny_olmoe_dir), whole, seed=3)
+    first, second = (
+        load_file(from_shards / "model.safetensors"),
+        load_file(whole / "model.safetensors"),
+    )
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    report = verify_conversion(os.fspath(sharded), from_shards)
+    assert report["passed"] is True and report["n_tensors_compared"] == 25

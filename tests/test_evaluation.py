@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from selectmoe.data.lm_eval_results import load_results, read_task_metrics
 from selectmoe.errors import EvaluationError, SelectMoeError
@@ -660,3 +661,75 @@ def test_a_tag_is_recorded_with_its_tasks_and_summarized_over_them(
     )
     accuracies = [data["results"][t]["acc,none"] for t in ("tiny_colours_a", "tiny_colours_b")]
     assert frame.iloc[0]["tiny_tag/acc"] == pytest.approx(sum(accuracies) / 2)  # 4 questions each
+
+
+PAPER_METRICS = {
+    "mmlu": "acc",
+    "bbh_cot_fewshot": "exact_match,get-answer",
+    "tydiqa_goldp": "f1",
+    "hellaswag": "acc_norm",
+    "arc_easy": "acc",
+    "arc_challenge": "acc_norm",
+}
+
+
+@pytest.mark.slow
+def test_the_paper_tasks_as_lm_eval_defines_them_through_the_summary(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    """lm-eval's own definitions of the six paper tasks (mmlu and bbh_cot_fewshot groups,
+    the tydiqa_goldp tag, filters, 5-shot mmlu), their datasets served offline in their real
+    shape, evaluated and summarized with each task's metric: a group's score is lm-eval's own
+    aggregate (weighted by size, as mmlu and bbh declare)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from selectmoe.data.offline_tasks import serve_offline
+    from selectmoe.evidence.summary import SummarySettings, summarize
+
+    # a tiny Llama long enough for bbh's 1,024 generated tokens after its few-shot prompts
+    model_dir = tmp_path / "long_llama"
+    tokenizer = AutoTokenizer.from_pretrained(assets["model"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out, samples = tmp_path / "paper.json", tmp_path / "paper.jsonl"
+    with serve_offline():
+        data = run_lm_eval(
+            pretrained=str(model_dir),
+            adapter=None,
+            tasks=list(PAPER_METRICS),
+            output_json=out,
+            samples_jsonl=samples,
+            num_fewshot={"mmlu": 5},
+            limit=1.0,
+        )
+    members = data["selectmoe"]["task_members"]
+    assert len(members["mmlu"]) == 57 and len(members["bbh_cot_fewshot"]) == 27
+    assert sorted(members["tydiqa_goldp"]) == [f"tydiqa_goldp_{lang}" for lang in (
+        "ar", "bn", "en", "fi", "id", "ko", "ru", "sw", "te")]  # fmt: skip
+    assert "tydiqa_goldp" not in data["group_subtasks"]  # a tag: lm-eval lists no members
+    point = {"results": [out], "samples": [samples], "replicates": [None], "seeds": [None]}
+    frame = summarize(
+        [{**point, "target": "t", "method": "base"}],
+        output_csv=tmp_path / "s.csv",
+        output_md=tmp_path / "s.md",
+        settings=SummarySettings(metric=PAPER_METRICS),
+    )
+    row = frame.iloc[0]
+    for task, metric in PAPER_METRICS.items():
+        assert f"{task}/{metric}" in frame.columns
+    for group, metric in (("mmlu", "acc"), ("bbh_cot_fewshot", "exact_match,get-answer")):
+        name, _, filter_name = metric.partition(",")
+        reported = data["results"][group][f"{name},{filter_name or 'none'}"]
+        assert row[f"{group}/{metric}"] == pytest.approx(reported, abs=1e-12)
+    contracts = (tmp_path / "s.md").read_text(encoding="utf-8").split("Evaluation contract")[1]
+    assert "mmlu: lm-eval" in contracts and "57 subtasks" in contracts

@@ -36,7 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +318,19 @@ def _score_of(candidate: str) -> str:
     return "ifd (low first)" if score == "ifd" else score
 
 
+def _mean_se(values: list[float]) -> str:
+    """``mean ± standard error`` of per-seed values."""
+    array = np.asarray(values, dtype=np.float64)
+    se = array.std(ddof=1) / np.sqrt(len(array)) if len(array) > 1 else float("nan")
+    return f"{array.mean():.3f} ± {se:.3f}"
+
+
+def _per_seed(records: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> list:
+    """``value`` of each warmup seed, averaged over the worlds."""
+    seeds = sorted({r["seed"] for r in records})
+    return [float(np.mean([value(r) for r in records if r["seed"] == s])) for s in seeds]
+
+
 def _mean_auroc(records: list[dict[str, Any]], score: str, kind: str, world: str = "") -> float:
     return float(
         np.mean(
@@ -348,7 +361,8 @@ def markdown(records: list[dict[str, Any]], *, command: str, seconds: float, com
         "families x 2 severities (tests/noise_family.py).",
         "",
         "#### AUROC per kind (clean above that kind; mean over worlds and warmup seeds; "
-        "**bold**: below 0.5, the score ranks that kind *above* clean examples)",
+        "**bold**: below 0.5, the score ranks that kind *above* clean examples; `all` with "
+        "± its standard error over the warmup seeds, the pools fixed)",
         "",
         "| score | all | "
         + " | ".join(f"all, {w}" for w in worlds)
@@ -363,10 +377,12 @@ def markdown(records: list[dict[str, Any]], *, command: str, seconds: float, com
         kind_cells = " | ".join(
             f"**{per_kind[k]:.2f}**" if per_kind[k] < 0.5 else f"{per_kind[k]:.2f}" for k in kinds
         )
-        world_cells = " | ".join(f"{_mean_auroc(records, score, 'all', w):.3f}" for w in worlds)
+        world_cells = " | ".join(
+            _mean_se([r["auroc"][score]["all"] for r in records if r["world"] == w]) for w in worlds
+        )
+        overall = _mean_se(_per_seed(records, lambda r, score=score: r["auroc"][score]["all"]))
         lines.append(
-            f"| {score} | {_mean_auroc(records, score, 'all'):.3f} | {world_cells} | "
-            f"{low} {per_kind[low]:.2f} | {kind_cells} |"
+            f"| {score} | {overall} | {world_cells} | {low} {per_kind[low]:.2f} | {kind_cells} |"
         )
     lines += [
         "",
@@ -376,7 +392,8 @@ def markdown(records: list[dict[str, Any]], *, command: str, seconds: float, com
         "over the 5 / 10 / 25% budgets, mean over warmup seeds, the worse of the two worlds. "
         "`worst`: the largest over families and worlds, ± its standard error over warmup seeds "
         "(the criterion). `all @ 10%`: every planted kind together, 10% budget, mean over "
-        "worlds. `inverted`: kinds its score ranks above clean examples (not eligible).",
+        "worlds ± its standard error over warmup seeds. `inverted`: kinds its score ranks above "
+        "clean examples (not eligible).",
         "",
         "| score + allocation | worst ± se | " + " | ".join(families) + " | all @ 10% | inverted |",
         "|---|---|" + "---|" * len(families) + "---|---|",
@@ -385,17 +402,13 @@ def markdown(records: list[dict[str, Any]], *, command: str, seconds: float, com
     for candidate in ranked:
         _, value, se = worst_cell(cells[candidate], families)
         per_family = " | ".join(f"{worst_cell(cells[candidate], [f])[1]:.2f}" for f in families)
-        overall = np.mean(
-            [
-                r["ratio"][f"{candidate} @ 0.1"]["all"]
-                for r in records
-                if f"{candidate} @ 0.1" in r["ratio"]
-            ]
+        overall = _mean_se(
+            _per_seed(records, lambda r, c=candidate: r["ratio"][f"{c} @ 0.1"]["all"])
         )
         inverted = ", ".join(inverted_kinds(records, _score_of(candidate)))
         mark = " **(chosen)**" if candidate == chosen else ""
         lines.append(
-            f"| {candidate}{mark} | {value:.2f} ± {se:.2f} | {per_family} | {overall:.2f} | "
+            f"| {candidate}{mark} | {value:.2f} ± {se:.2f} | {per_family} | {overall} | "
             f"{inverted} |"
         )
     shown = [chosen, "lm_loss + round_robin", "lm_loss + topk", "gate (seed) + round_robin"]

@@ -61,20 +61,19 @@ def _sum_question(rng: random.Random) -> tuple[str, int]:
     return f"What is {a} plus {b}?", a + b
 
 
-def _choices(rng: random.Random, answer: int) -> tuple[list[str], int]:
-    options = sorted({answer, answer + 1, answer + 2, max(0, answer - 3)} | {answer + 5})[:4]
-    while len(options) < 4:
-        options.append(options[-1] + 7)
+def _multiple_choice(rng: random.Random) -> tuple[str, list[str], int]:
+    """A sum question, four options and the index of the right one."""
+    question, answer = _sum_question(rng)
+    options = sorted({answer, answer + 1, answer + 2, answer + 5})
     rng.shuffle(options)
-    return [str(o) for o in options], options.index(answer)
+    return question, [str(o) for o in options], options.index(answer)
 
 
 def _mmlu(name: str | None, split: str) -> list[dict[str, Any]]:
     rng = _rng("mmlu", name, split)
     rows = []
     for _ in range(N_DOCS):
-        question, answer = _sum_question(rng)
-        choices, index = _choices(rng, answer)
+        question, choices, index = _multiple_choice(rng)
         rows.append(
             {"question": question, "subject": name or "", "choices": choices, "answer": index}
         )
@@ -136,8 +135,7 @@ def _arc(name: str | None, split: str) -> list[dict[str, Any]]:
     rng = _rng("arc", name, split)
     rows = []
     for index in range(N_DOCS):
-        question, answer = _sum_question(rng)
-        choices, position = _choices(rng, answer)
+        question, choices, position = _multiple_choice(rng)
         labels = ["A", "B", "C", "D"]
         rows.append(
             {

@@ -29,6 +29,7 @@ are in a fixed order, floats are written in Python's shortest round-trip form.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -702,9 +703,6 @@ def _task_contract(contracts: Mapping[str, Mapping[str, Any]], leaves: Sequence[
             f"lm-eval {part['lm_eval']}, task v{part['task_version']}, "
             f"{part['n_shot']}-shot, config {part['config']}"
         )
-    import hashlib
-    import json
-
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return f"lm-eval {parts[0]['lm_eval']}, {len(parts)} subtasks, configs {digest}"
 

@@ -45,6 +45,7 @@ __all__ = [
     "CLUSTERED_ALLOCATIONS",
     "allocate",
     "available_allocations",
+    "percentile_ranks",
     "register_allocation",
     "round_robin",
 ]
@@ -201,11 +202,13 @@ def _drop_then_round_robin(scores, clusters, n, *, params, seed):
     return kept[within]
 
 
-def _percentile_ranks(scores: np.ndarray) -> np.ndarray:
-    """Each score's rank in ``[0, 1]`` (ties share their mean rank)."""
+def percentile_ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank in ``[0, 1]`` (ties share their mean rank; NaN and -inf rank lowest)."""
     from scipy.stats import rankdata
 
-    return (rankdata(scores, method="average") - 1.0) / max(len(scores) - 1, 1)
+    finite = np.where(np.isfinite(values), values, -np.inf)
+    ranks = rankdata(finite, method="average")
+    return (ranks - 1.0) / max(len(values) - 1, 1)
 
 
 def _floor(params: Mapping[str, Any]) -> float:
@@ -227,7 +230,7 @@ def _then_the_rest(scores: np.ndarray, picked: np.ndarray, n: int) -> np.ndarray
 
 def _floor_round_robin(scores, clusters, n, *, params, seed):
     scores = _finite(scores)
-    ranks = _percentile_ranks(scores)
+    ranks = percentile_ranks(scores)
     floor = _floor(params)
     ids, inverse = np.unique(clusters, return_inverse=True)
     median_rank = np.array([np.median(ranks[inverse == c]) for c in range(len(ids))])
@@ -238,7 +241,7 @@ def _floor_round_robin(scores, clusters, n, *, params, seed):
 
 def _quality_quota(scores, clusters, n, *, params, seed):
     scores = _finite(scores)
-    ranks = _percentile_ranks(scores)
+    ranks = percentile_ranks(scores)
     floor = _floor(params)
     eligible = ranks >= floor
     ids, inverse = np.unique(clusters, return_inverse=True)

@@ -47,6 +47,7 @@ import torch
 
 from selectmoe.catalogue import register_name
 from selectmoe.errors import SelectionError
+from selectmoe.selection.allocation import percentile_ranks
 from selectmoe.selection.methods import LM_SCORES
 
 __all__ = [
@@ -281,15 +282,6 @@ def _length_residual(router: Any, *, params: Mapping[str, Any], seed: int) -> np
 
 def _random(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random(router.n_samples)
-
-
-def percentile_ranks(values: np.ndarray) -> np.ndarray:
-    """Each value's rank in ``[0, 1]`` (ties share their mean rank; NaN and -inf rank lowest)."""
-    from scipy.stats import rankdata
-
-    finite = np.where(np.isfinite(values), values, -np.inf)
-    ranks = rankdata(finite, method="average")
-    return (ranks - 1.0) / max(len(values) - 1, 1)
 
 
 def _rank_blend(router: Any, *, params: Mapping[str, Any], seed: int) -> np.ndarray:

@@ -75,6 +75,16 @@ def _settings_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _cmd_build_rehearsal(args: argparse.Namespace) -> None:
+    from selectmoe.rehearsal import build_rehearsal
+
+    manifest = build_rehearsal(args.output, seed=args.seed)
+    print(
+        f"[rehearsal] fixtures in {args.output}: pool {manifest['pool']}, models "
+        + ", ".join(manifest["models"])
+    )
+
+
 def _cmd_build_demo(args: argparse.Namespace) -> None:
     from selectmoe.demo import build_demo
 
@@ -411,6 +421,17 @@ def _add_data_commands(sub: Any, helps: Mapping[str, str]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help=helps["set"])
     p.set_defaults(func=_cmd_build_demo)
+
+    p = sub.add_parser(
+        "build-rehearsal",
+        help="the paper path's offline fixtures: tiny checkpoints and a LESS archive",
+    )
+    p.add_argument(
+        "output",
+        help="directory to create (config/rehearsal.yaml reads results/rehearsal/fixtures)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_build_rehearsal)
 
     p = sub.add_parser("validate-data", help="check LESS-format pool files")
     p.add_argument("files", nargs="+")

@@ -41,7 +41,7 @@ differ in the last bits across thread counts or CPUs).
 Written for transformers 5.x (``OlmoeForCausalLM`` with fused experts) and lm-eval 0.4.x.
 """
 
-from selectmoe.demo.build import build_demo, build_demo_target
+from selectmoe.demo.build import build_demo, build_demo_target, pool_records
 from selectmoe.demo.world import DATASETS, EVAL_TASKS, NOISE_KINDS, SPECIAL_TOKENS
 
 __all__ = [
@@ -51,4 +51,5 @@ __all__ = [
     "SPECIAL_TOKENS",
     "build_demo",
     "build_demo_target",
+    "pool_records",
 ]

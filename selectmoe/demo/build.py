@@ -206,6 +206,28 @@ def build_demo(
     return manifest
 
 
+def pool_records(
+    *, seed: int, examples_per_dataset: int, noise_fraction: float = 0.0
+) -> dict[str, list[dict[str, Any]]]:
+    """The demo pool's LESS-format records per dataset (``dataset``, ``id``, ``messages``), as
+    :func:`build_demo` writes them for the same arguments, without the rest of the demo."""
+    _check_int("examples_per_dataset", examples_per_dataset, minimum=1)
+    world = _build_world(seed)
+    return {
+        dataset: [
+            e.record()
+            for e in _build_pool_dataset(
+                dataset,
+                world,
+                seed=seed,
+                n_examples=examples_per_dataset,
+                noise_fraction=noise_fraction,
+            )
+        ]
+        for dataset in DATASETS
+    }
+
+
 def _target_corpus(world: _World, parameters: dict[str, Any], eval_questions: set[str]):
     return _pretraining_corpus(
         _neighbour_world(world, parameters["seed"]),

@@ -15,10 +15,12 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EvaluationError",
+    "IntegrityError",
     "ModelError",
     "RouterDataError",
     "SelectMoeError",
     "SelectionError",
+    "TrainingError",
     "check_int",
     "exit_status",
 ]
@@ -50,6 +52,15 @@ class SelectionError(SelectMoeError):
 
 class EvaluationError(SelectMoeError):
     """An evaluation task or model cannot be found or run."""
+
+
+class TrainingError(SelectMoeError):
+    """Training cannot go on: a non-finite loss or gradient norm (names the step and value)."""
+
+
+class IntegrityError(SelectMoeError):
+    """A file differs from the digest recorded when it was written, or cannot be written (names
+    the file and what to do)."""
 
 
 def exit_status(run: Callable[[], Any]) -> int:

@@ -526,3 +526,25 @@ def test_a_qwen2_target_with_qwen_vocabulary_finetunes_and_evaluates(
     assert 0.0 <= results["results"]["qwen_sums"]["acc,none"] <= 1.0
     samples = (tmp_path / "samples.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(samples) == len(docs)
+
+
+def test_a_loss_that_turns_non_finite_stops_the_job_and_writes_no_adapter(
+    tiny_llama_dir: Path, selection: Path, tmp_path: Path
+) -> None:
+    """A learning rate that overflows the LoRA weights within the first steps (LoRA's B starts
+    at zero): a later step's loss is not finite; the job ends with one line naming the step and
+    writes nothing."""
+    from selectmoe.errors import TrainingError
+
+    output = tmp_path / "adapter"
+    with pytest.raises(TrainingError) as raised:
+        run_finetune(
+            base_model=str(tiny_llama_dir),
+            selected_data=selection,
+            output_dir=output,
+            settings=_settings(learning_rate=1e30, epochs=2),
+        )
+    message = str(raised.value)
+    expected = r"step [2-4]: loss \S+, gradient norm \S+ is not finite \(trained from the start\)"
+    assert re.match(expected, message) and "\n" not in message
+    assert not output.exists() and not list(tmp_path.iterdir())

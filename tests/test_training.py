@@ -177,8 +177,10 @@ def test_checkpoint_of_other_settings_is_not_resumed(
 ) -> None:
     checkpoints = tmp_path / "ckpt"
 
+    save = checkpoints_module.save_checkpoint
+
     def die_at_4(directory: Path, state: dict[str, Any], *, step: int, keep: int = 2):
-        checkpoints_module.atomic_torch_save(state, directory / f"step_{step:09d}.pt")
+        save(directory, state, step=step, keep=keep)
         if step == 4:
             raise KeyboardInterrupt
 
@@ -206,11 +208,44 @@ def test_checkpoint_of_other_settings_is_not_resumed(
 
 def test_unreadable_checkpoint_falls_back_to_an_older_one(tmp_path: Path) -> None:
     state = {"format": checkpoints_module.CHECKPOINT_FORMAT, "fingerprint": "abc", "step": 2}
-    torch.save(state, tmp_path / "step_000000002.pt")
+    checkpoints_module.save_checkpoint(tmp_path, state, step=2)
     (tmp_path / "step_000000004.pt").write_bytes(b"truncated")
     found = latest_checkpoint(tmp_path, "abc")
     assert found is not None and found[0].name == "step_000000002.pt"
     assert latest_checkpoint(tmp_path, "other") is None
+
+
+def test_a_checkpoint_with_bytes_flipped_inside_a_tensor_is_passed_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """torch.load reads a checkpoint whose tensor bytes were overwritten without complaint; the
+    digest sidecar catches it, the warning names the file and both digests, and the older
+    intact checkpoint is used."""
+    for step in (2, 4):
+        state = {
+            "format": checkpoints_module.CHECKPOINT_FORMAT,
+            "fingerprint": "abc",
+            "step": step,
+            "trainable": {"w": torch.full((64, 64), float(step))},
+        }
+        checkpoints_module.save_checkpoint(tmp_path, state, step=step)
+    newest = tmp_path / "step_000000004.pt"
+    data = bytearray(newest.read_bytes())
+    middle = data.index(torch.full((1,), 4.0).numpy().tobytes() * 8) + 64
+    data[middle : middle + 8] = bytes(range(1, 9))
+    newest.write_bytes(bytes(data))
+    loaded = torch.load(newest, weights_only=False)  # loads: the damage is silent without digests
+    assert not torch.equal(loaded["trainable"]["w"], torch.full((64, 64), 4.0))
+    caplog.set_level("WARNING")
+    found = latest_checkpoint(tmp_path, "abc")
+    assert found is not None and found[0].name == "step_000000002.pt"
+    assert torch.equal(found[1]["trainable"]["w"], torch.full((64, 64), 2.0))
+    recorded = (tmp_path / "step_000000004.pt.sha256").read_text().split()[0]
+    assert f"{newest}: content sha256 " in caplog.text and f"recorded {recorded}" in caplog.text
+    # a checkpoint without its sidecar (a kill between the two writes) is not trusted either
+    (tmp_path / "step_000000002.pt.sha256").unlink()
+    assert latest_checkpoint(tmp_path, "abc") is None
+    assert "no digest recorded" in caplog.text
 
 
 def test_fingerprint_depends_on_every_part() -> None:
@@ -266,7 +301,7 @@ def test_sigkill_during_training_then_rerun_finishes_with_the_same_weights(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("step_*.pt")) and time.monotonic() < deadline:
+    while not list(checkpoints.glob("step_*.pt.sha256")) and time.monotonic() < deadline:
         if process.poll() is not None:
             break
         time.sleep(0.005)

@@ -656,12 +656,15 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
     reference, _ = finished_demo
     workflow_dir, _ = _small_demo_dir(tmp_path)
     killed_at = []
-    for pattern in ("checkpoints/warmup/*/r*/step_*.pt", "checkpoints/finetune/**/step_*.pt"):
+    for pattern in (
+        "checkpoints/warmup/*/r*/step_*.pt.sha256",
+        "checkpoints/finetune/**/step_*.pt.sha256",
+    ):
         killed_at.append(_run_until(workflow_dir, f"results/{pattern}"))
         # a killed Snakemake leaves its lock: release it as a user would
         unlock = _snakemake(workflow_dir, "--unlock", "--configfile", "small.yaml")
         assert unlock.returncode == 0, unlock.stderr[-2000:]
-    assert all(path.name.startswith("step_") for path in killed_at)
+    assert all(path.name.startswith("step_") for path in killed_at)  # a complete checkpoint
     result = _snakemake(
         workflow_dir, "--cores", "2", "--configfile", "small.yaml", "--rerun-incomplete"
     )
@@ -748,3 +751,58 @@ def test_conda_environment_pins_the_constraints() -> None:
         assert len(rules) == len(envs), f"{path.name}: every rule names the conda environment"
         n_rules += len(rules)
     assert n_rules >= 14
+
+
+def _rehearsal_dir(destination: Path) -> Path:
+    """The workflow with the rehearsal's fixtures built where config/rehearsal.yaml reads them."""
+    from selectmoe.rehearsal import build_rehearsal
+
+    workflow_dir = _copy_workflow(destination)
+    build_rehearsal(workflow_dir / "results/rehearsal/fixtures")
+    return workflow_dir
+
+
+@pytest.mark.slow
+def test_the_paper_path_rehearsed_runs_every_rule(tmp_path: Path) -> None:
+    """config/paper.yaml + config/rehearsal.yaml: every rule of the paper's DAG runs on CPU and
+    offline, on stand-ins of the paper's models (sharded OLMoE, Llama-2 with SentencePiece, Qwen3
+    with Qwen's real vocabulary) and lm-eval's own six paper tasks; the summary has each task's
+    paper metric, its evaluation contract, and the drift sentinel's warning (random weights)."""
+    workflow_dir = _rehearsal_dir(tmp_path / "wf")
+    planned = _snakemake(
+        workflow_dir, "-n", "--cores", "2", "--configfile", "config/paper.yaml",
+        "config/rehearsal.yaml",
+    )  # fmt: skip
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    paper_rules = set(_job_counts(planned.stdout + planned.stderr)) - {"total"}
+    # the run here: the rehearsal with one target per architecture family left out (Qwen2.5
+    # shares Qwen3's tokenizer) and one selection replicate, to keep the suite's time
+    config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    merge_configs(config, yaml.safe_load((REPO / "config/rehearsal.yaml").read_text()))
+    del config["targets"]["qwen2.5-1.5b"]
+    config["selection"].update(replicates=[42], full_baseline=False)
+    (workflow_dir / "reduced.yaml").write_text(yaml.safe_dump(config))
+    result = _snakemake(workflow_dir, "--cores", "2", "--configfile", "reduced.yaml")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    ran = _job_counts(result.stdout + result.stderr)
+    assert set(ran) - {"total"} == paper_rules
+    assert ran["fetch_pool"] == ran["fetch_queries"] == ran["convert"] == 1
+    assert ran["less_warmup"] == 1 and ran["represent"] == 5 and ran["evaluate_base"] == 2
+
+    results = workflow_dir / "results/rehearsal"
+    with open(results / "summary.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    paper_metrics = config["summary"]["metric"]
+    assert {(r["target"], r["method"]) for r in rows} >= {
+        (target, method)
+        for target in ("llama2-7b", "qwen3-1.7b-base")
+        for method in ("base", "selectmoe", "rds", "less", "random")
+    }
+    for task, metric in paper_metrics.items():
+        column = f"{task}/{metric}"
+        assert all(0.0 <= float(row[column]) <= 1.0 for row in rows), column
+    summary = (results / "summary.md").read_text(encoding="utf-8")
+    assert "Base-model check failed**: llama2-7b scores" in summary
+    contracts = summary.split("Evaluation contract")[1]
+    assert "mmlu: lm-eval" in contracts and "57 subtasks" in contracts
+    assert "bbh_cot_fewshot: lm-eval" in contracts and "27 subtasks" in contracts

@@ -4,8 +4,13 @@ resumed run.
 A checkpoint holds the trainable tensors (gathered whole when sharded), the optimizer state,
 every process's random states and the :class:`TrainState` (step, history, tokens, seconds). It
 carries the run's *fingerprint* (:func:`run_fingerprint`: settings, model and data ids); a run
-resumes only from its own, from the newest readable one. Saves are atomic and keep the newest
+resumes only from its own, from the newest intact one. Saves are atomic and keep the newest
 two; the data order is not saved but replayed from the seed up to the saved step.
+
+Each checkpoint has a digest sidecar (:func:`selectmoe.hashing.write_digest_sidecar`), checked
+before it is loaded: a checkpoint whose bytes changed since it was written (bit rot, a
+half-synced network filesystem, a disk error inside a tensor record, which ``torch.load`` reads
+without complaint) is logged with both digests and passed over for the next older one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from typing import Any
 
 import torch
 
-from selectmoe.hashing import text_sha256
+from selectmoe.hashing import (
+    DIGEST_SUFFIX,
+    DigestMismatch,
+    check_digest_sidecar,
+    text_sha256,
+    write_digest_sidecar,
+)
 from selectmoe.io import atomic_torch_save
 from selectmoe.training.distributed import distributed_info
 
@@ -65,13 +76,18 @@ def settings_fingerprint(stage: str, settings: Any, *, examples: list, **parts: 
 def latest_checkpoint(
     checkpoint_dir: str | os.PathLike[str], fingerprint: str
 ) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint of this run in ``checkpoint_dir``, or None.
+    """The newest intact checkpoint of this run in ``checkpoint_dir``, or None.
 
-    Files that cannot be read (a kill during a save cannot leave one, since saves are atomic, but
-    a full disk or a copy can) or that belong to another run are skipped with a warning.
+    Files whose content differs from their digest sidecar (or that have none), that cannot be
+    read, or that belong to another run are skipped with a warning naming the file.
     """
     directory = Path(checkpoint_dir)
     for path in sorted(directory.glob(_CHECKPOINT_GLOB), reverse=True):
+        try:
+            check_digest_sidecar(path)
+        except DigestMismatch as error:
+            logger.warning("checkpoint damaged: %s; trying an older one", error)
+            continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:
@@ -98,11 +114,14 @@ def clear_checkpoints(checkpoint_dir: str | os.PathLike[str] | None) -> None:
 def save_checkpoint(
     checkpoint_dir: Path, state: dict[str, Any], *, step: int, keep: int = 2
 ) -> Path:
-    """Write ``state`` as ``step_{step}.pt`` (atomically) and keep the newest ``keep``."""
+    """Write ``state`` as ``step_{step}.pt`` (atomically) with its digest sidecar and keep the
+    newest ``keep``."""
     path = checkpoint_dir / f"step_{step:09d}.pt"
     atomic_torch_save(state, path)
+    write_digest_sidecar(path)
     for old in sorted(checkpoint_dir.glob(_CHECKPOINT_GLOB), reverse=True)[keep:]:
         old.unlink(missing_ok=True)
+        Path(os.fspath(old) + DIGEST_SUFFIX).unlink(missing_ok=True)
     return path
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from selectmoe.data.encoding import EncodedExample, collate_encoded
-from selectmoe.errors import ConfigError
+from selectmoe.errors import ConfigError, TrainingError
 from selectmoe.training.checkpoints import TrainState, latest_checkpoint
 from selectmoe.training.distributed import (
     SHARDING_MODES,
@@ -398,8 +398,14 @@ def train_loop(
             )
             if world_size > 1:
                 sums = _all_reduce_metrics(sums, device)
-            if opt.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trainable, opt.max_grad_norm)
+            # the norm before clipping (an infinite bound measures without clipping); every rank
+            # sees the same reduced loss and gradients, so every rank stops together
+            bound = opt.max_grad_norm if opt.max_grad_norm is not None else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, bound)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2's norm is a DTensor
+                grad_norm = grad_norm.full_tensor()
+            grad_norm = float(grad_norm)
+            _stop_if_not_finite(state, loss=sums["loss"], grad_norm=grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -453,6 +459,22 @@ def train_loop(
         seconds=round(state.seconds_before + time.perf_counter() - start, 3),
         resumed_from_step=state.resumed_from,
         world_size=world_size,
+    )
+
+
+def _stop_if_not_finite(state: TrainState, *, loss: float, grad_norm: float) -> None:
+    """Raise :class:`TrainingError` before a non-finite loss or gradient reaches the weights."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    origin = (
+        f"resumed from the checkpoint of step {state.resumed_from}"
+        if state.resumed_from
+        else "trained from the start"
+    )
+    raise TrainingError(
+        f"step {state.step + 1}: loss {loss:.6g}, gradient norm {grad_norm:.6g} is not finite "
+        f"({origin}); nothing is written. Lower the learning rate, check the data of this step, "
+        "or delete the run's checkpoints if one of them is damaged"
     )
 
 

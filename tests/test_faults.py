@@ -1,0 +1,129 @@
+"""Faults of the machine, not the data: a full or read-only filesystem while writing an output.
+
+The disk-full tests write onto a real small filesystem (a tmpfs mounted by the test) where the
+machine allows mounting; the message test injects the errno and runs everywhere."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from selectmoe.errors import IntegrityError
+from selectmoe.io import atomic_output_dir, atomic_torch_save, atomic_write_text
+
+
+def _mount_tmpfs(directory: Path, size: str, *, remount: bool = False) -> bool:
+    options = f"remount,size={size}" if remount else f"size={size}"
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", os.fspath(directory)],
+        capture_output=True,
+    )
+    return result.returncode == 0
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, unmounted afterwards (skipped where the machine allows no mount)."""
+    directory = tmp_path / "small"
+    directory.mkdir()
+    if not _mount_tmpfs(directory, "64k"):
+        pytest.skip("mounting a tmpfs is not permitted here (the injected-errno test runs)")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", os.fspath(directory)], capture_output=True)
+
+
+def test_a_full_filesystem_is_named_with_the_file_and_its_free_space(
+    small_filesystem: Path,
+) -> None:
+    """torch's writer says only "unexpected pos"; the error names the file, the full filesystem
+    and what to do, and nothing partial is left."""
+    target = small_filesystem / "out" / "weights.pt"
+    with pytest.raises(IntegrityError) as raised:
+        atomic_torch_save({"w": torch.zeros(100_000)}, target)
+    message = str(raised.value)
+    assert message.startswith(f"cannot write {target}: the filesystem is full (")
+    assert "free of 64.0 KiB on the filesystem of" in message and "--rerun-incomplete" in message
+    assert "\n" not in message
+    assert [p for p in small_filesystem.rglob("*") if p.is_file()] == []
+
+
+def test_a_finetune_onto_a_full_filesystem_fails_cleanly_and_reruns_to_the_reference(
+    small_filesystem: Path, tmp_path: Path, tiny_llama_dir: Path, tiny_pool: dict[str, Path]
+) -> None:
+    """The adapter does not fit: one line naming the file and the filesystem, no adapter
+    directory left; after space is freed, the rerun's adapter equals an undisturbed run's."""
+    import json
+
+    from selectmoe.stages.finetune import FinetuneSettings, run_finetune
+
+    records = [json.loads(line) for line in tiny_pool["alpha"].read_text().splitlines()[:4]]
+    selection = tmp_path / "selected_data.jsonl"
+    selection.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    settings = FinetuneSettings(
+        lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2, epochs=1,
+        effective_batch_size=2, per_device_batch_size=2, bf16=False, device="cpu",
+    )  # fmt: skip
+
+    def finetune(output: Path) -> None:
+        run_finetune(
+            base_model=str(tiny_llama_dir),
+            selected_data=selection,
+            output_dir=output,
+            settings=settings,
+        )
+
+    reference = tmp_path / "reference"
+    finetune(reference)
+    adapter_bytes = sum(p.stat().st_size for p in reference.iterdir())
+    assert adapter_bytes > 4096
+    assert _mount_tmpfs(small_filesystem, "4k", remount=True)  # one page: the adapter cannot fit
+    output = small_filesystem / "adapter"
+    with pytest.raises(IntegrityError, match=r"^cannot write .*: the filesystem is full \("):
+        finetune(output)
+    assert list(small_filesystem.iterdir()) == []  # no adapter, no temporary directory
+    assert _mount_tmpfs(small_filesystem, "4m", remount=True)  # space freed
+    finetune(output)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (output / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (errno.ENOSPC, "the filesystem is full"),
+        (errno.EDQUOT, "the disk quota is exceeded"),
+        (errno.EROFS, "the filesystem is read-only"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
+def test_each_environment_errno_becomes_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, reason: str
+) -> None:
+    def failing_replace(source: str, destination: str) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    target = tmp_path / "file.txt"
+    with pytest.raises(IntegrityError) as raised:
+        atomic_write_text(target, "text")
+    assert re.match(
+        rf"cannot write {re.escape(str(target))}: {reason} \(\S+ \S+ free of \S+ \S+ on the "
+        rf"filesystem of {re.escape(str(tmp_path))}\); ",
+        str(raised.value),
+    )
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+
+
+def test_an_error_of_the_job_itself_is_not_taken_for_the_machine(tmp_path: Path) -> None:
+    with pytest.raises(KeyError), atomic_output_dir(tmp_path / "out"):
+        raise KeyError("a bug, not a disk")
+    assert list(tmp_path.iterdir()) == []

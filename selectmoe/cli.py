@@ -75,6 +75,21 @@ def _settings_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _cmd_verify_results(args: argparse.Namespace) -> None:
+    from selectmoe.errors import IntegrityError
+    from selectmoe.workflow.verify import format_damage, verify_results
+
+    checked, damaged = verify_results(args.results_dir, workdir=args.workdir)
+    for damage in damaged:
+        print(format_damage(damage))
+    if damaged:
+        raise IntegrityError(
+            f"{len(damaged)} of {checked} outputs under {args.results_dir} differ from their "
+            "provenance (listed above with the rule to rerun)"
+        )
+    print(f"[verify] {checked} outputs under {args.results_dir} match their provenance")
+
+
 def _cmd_build_rehearsal(args: argparse.Namespace) -> None:
     from selectmoe.rehearsal import build_rehearsal
 
@@ -421,6 +436,15 @@ def _add_data_commands(sub: Any, helps: Mapping[str, str]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help=helps["set"])
     p.set_defaults(func=_cmd_build_demo)
+
+    p = sub.add_parser(
+        "verify", help="re-check every output of a results directory against its provenance"
+    )
+    p.add_argument("results_dir", help="the workflow's results_dir")
+    p.add_argument(
+        "--workdir", help="where the workflow ran (recorded paths are relative to it; default .)"
+    )
+    p.set_defaults(func=_cmd_verify_results)
 
     p = sub.add_parser(
         "build-rehearsal",

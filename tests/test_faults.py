@@ -127,3 +127,64 @@ def test_an_error_of_the_job_itself_is_not_taken_for_the_machine(tmp_path: Path)
     with pytest.raises(KeyError), atomic_output_dir(tmp_path / "out"):
         raise KeyError("a bug, not a disk")
     assert list(tmp_path.iterdir()) == []
+
+
+def _scored_results(workdir: Path) -> Path:
+    """A results directory with one scoring job's router data and its provenance."""
+    from selectmoe.workflow.provenance import write_provenance
+
+    router_data = Path("results/router_data/sigmoid/r1/dolly/router_data.pt")
+    (workdir / router_data).parent.mkdir(parents=True)
+    torch.save({"quality_score": torch.rand(50, 4)}, workdir / router_data)
+    cwd = os.getcwd()
+    os.chdir(workdir)  # provenance records paths relative to the workflow's directory
+    try:
+        write_provenance(
+            f"{router_data}.provenance.json", stage="score", inputs={}, outputs=[router_data]
+        )
+    finally:
+        os.chdir(cwd)
+    return workdir / router_data
+
+
+def _flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_verify_finds_a_flipped_byte_in_router_data_and_names_the_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selectmoe.cli import main
+
+    router_data = _scored_results(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["verify", "results"]) == 0
+    assert "[verify] 1 outputs under results match their provenance" in capsys.readouterr().out
+    _flip_one_byte(router_data)
+    assert main(["verify", "results"]) == 2
+    captured = capsys.readouterr()
+    line = captured.out.strip()
+    assert line.startswith("results/router_data/sigmoid/r1/dolly/router_data.pt: content sha256 ")
+    assert line.endswith("rerun rule score (snakemake --forcerun score ... , or delete the file "
+                         "and rerun)")  # fmt: skip
+    assert "1 of 1 outputs under results differ from their provenance" in captured.err
+    router_data.unlink()
+    assert main(["verify", "results"]) == 2
+    assert ": missing; rerun rule score" in capsys.readouterr().out
+
+
+def test_a_job_refuses_a_damaged_input_before_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selectmoe.workflow.verify import check_inputs
+
+    router_data = _scored_results(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    relative = router_data.relative_to(tmp_path)
+    check_inputs([relative])  # intact: nothing to say
+    _flip_one_byte(router_data)
+    with pytest.raises(IntegrityError, match=rf"^{re.escape(str(relative))}: content sha256 .*"
+                       r"rerun rule score"):  # fmt: skip
+        check_inputs([relative])

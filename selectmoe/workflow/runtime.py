@@ -78,13 +78,19 @@ def run_job(
 def run_rule(job: Any, work: Callable[[Any], Any]) -> Any:
     """Run ``work(job)`` for a workflow script, ``job`` being the ``snakemake`` object Snakemake
     gives it: with the rule's log and threads, the GPUs of its ``gpu`` resource and the
-    provenance of its outputs (:func:`run_job`)."""
+    provenance of its outputs (:func:`run_job`), after checking its input files against the
+    digests their jobs recorded (:func:`selectmoe.workflow.verify.check_inputs`)."""
     from selectmoe.workflow.provenance import job_provenance
+    from selectmoe.workflow.verify import check_inputs
+
+    def checked_work() -> Any:
+        check_inputs(list(job.input))  # a damaged input stops the job before it is read
+        return work(job)
 
     return run_job(
         job.log[0] if job.log else None,
         job.threads,
-        lambda: work(job),
+        checked_work,
         gpus=int(job.resources.get("gpu", 0)),
         provenance=job_provenance(job),
     )

@@ -188,3 +188,52 @@ def test_a_job_refuses_a_damaged_input_before_reading_it(
     with pytest.raises(IntegrityError, match=rf"^{re.escape(str(relative))}: content sha256 .*"
                        r"rerun rule score"):  # fmt: skip
         check_inputs([relative])
+
+
+def test_warmup_weights_with_nan_are_refused_with_the_file_and_tensor(
+    tmp_path: Path, tiny_converted_dir: Path
+) -> None:
+    from selectmoe.errors import ModelError
+    from selectmoe.model.warmed import load_warmed_model
+
+    weights = {"model.layers.0.mlp.gate.weight": torch.zeros(8, 32)}
+    weights["model.layers.0.mlp.gate.weight"][3, 5] = float("nan")
+    path = tmp_path / "full_rank_weights.pt"
+    torch.save({"weights": weights, "peft_mode": "full_rank"}, path)
+    expected = (
+        f"{path}: tensor model.layers.0.mlp.gate.weight has 1 NaN or infinite values of 256; "
+        "the weights are unusable: rerun rule warmup"
+    )
+    with pytest.raises(ModelError, match=f"^{re.escape(expected)}$"):
+        load_warmed_model(tiny_converted_dir, path)
+
+
+def test_an_adapter_with_nan_weights_is_refused_before_evaluation(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from selectmoe.errors import EvaluationError
+    from selectmoe.stages.evaluation import evaluate_adapters
+
+    adapter = tmp_path / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("inf"))
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    expected = (
+        rf"adapter_model.safetensors: tensor {re.escape(name)} has \d+ NaN or infinite values "
+        r"of \d+; .* rerun rule finetune$"
+    )
+    with pytest.raises(EvaluationError, match=expected):
+        evaluate_adapters(
+            pretrained=str(tiny_llama_dir),
+            adapters=[adapter],
+            tasks=["arc_easy"],
+            output_jsons=[tmp_path / "results.json"],
+        )
+    assert not (tmp_path / "results.json").exists()

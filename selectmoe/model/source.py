@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["require_model_source"]
+__all__ = ["require_finite_weights", "require_model_source"]
 
 
 def require_model_source(source: str, *, what: str) -> Any:
@@ -38,3 +38,37 @@ def require_model_source(source: str, *, what: str) -> Any:
             "give a local model directory or a hub id that is reachable (set HF_HUB_OFFLINE=0 "
             "when online)"
         ) from None
+
+
+def require_finite_weights(
+    tensors: Any, *, path: str | os.PathLike[str], rerun: str, error: type[Exception] | None = None
+) -> None:
+    """Refuse weights with NaN or infinite values before a stage uses them.
+
+    Parameters
+    ----------
+    tensors : mapping of str to torch.Tensor
+        The weights (e.g. a warmup's weights, an adapter's tensors).
+    path : path-like
+        The file they came from, named in the message.
+    rerun : str
+        The rule that wrote them, named in the message.
+
+    Raises
+    ------
+    ModelError (or ``error``)
+        Naming the file, the first tensor with non-finite values and how many there are.
+    """
+    import torch
+
+    from selectmoe.errors import ModelError
+
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise (error or ModelError)(
+                f"{os.fspath(path)}: tensor {name} has {bad} NaN or infinite values of "
+                f"{tensor.numel()}; the weights are unusable: rerun rule {rerun}"
+            )

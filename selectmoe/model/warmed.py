@@ -14,6 +14,7 @@ from selectmoe.model.modeling_select_moe import (
     SelectMoeForCausalLM,
     register_select_moe,
 )
+from selectmoe.model.source import require_finite_weights
 
 __all__ = ["PEFT_MODES", "QUALITY_GATE_TARGET", "apply_router_lora", "load_warmed_model"]
 
@@ -91,6 +92,7 @@ def load_warmed_model(
         raise ModelError(
             f"{weights_path}: not a warmup weights file (missing 'weights'/'peft_mode')"
         )
+    require_finite_weights(payload["weights"], path=weights_path, rerun="warmup")
     if payload["peft_mode"] not in PEFT_MODES:
         raise ModelError(
             f"{weights_path}: peft_mode {payload['peft_mode']!r} is not one of "

@@ -212,6 +212,8 @@ def evaluate_adapters(
         else _resolve_model_path(os.fspath(adapter), role="adapter", marker="adapter_config.json")
         for adapter in adapters
     ]
+    for adapter in adapter_args:
+        _require_finite_adapter(adapter)
     include_dir = None
     if include_path is not None:
         include_dir = Path(include_path).expanduser()
@@ -466,6 +468,21 @@ def _resolve_model_path(name: str | os.PathLike[str], *, role: str, marker: str)
         )
     # Absolute, so that lm-eval's Hub look-up of the commit sha can never take it for a repo id.
     return str(path.resolve())
+
+
+def _require_finite_adapter(adapter: str | None) -> None:
+    """Refuse a local adapter whose weights hold NaN or infinite values (one line)."""
+    if adapter is None:
+        return
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        from selectmoe.model.source import require_finite_weights
+
+        require_finite_weights(
+            load_file(weights), path=weights, rerun="finetune", error=EvaluationError
+        )
 
 
 def _adapter_tokenizer(adapter: str | None) -> str | None:

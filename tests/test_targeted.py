@@ -303,13 +303,13 @@ import os, signal
 import selectmoe.stages.less as less
 from selectmoe.stages.less import LessSettings, run_less_gradients
 saves = []
-original = less.atomic_torch_save
-def save_then_die(obj, path):
-    original(obj, path)
+original = less.write_digest_sidecar
+def save_then_die(path):
+    original(path)
     saves.append(path)
     if len(saves) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-less.atomic_torch_save = save_then_die
+less.write_digest_sidecar = save_then_die
 run_less_gradients(base_model={str(tiny_llama_dir)!r}, warmup_dir={str(warmup)!r},
     data_path={str(data)!r}, output={str(killed)!r}, settings=LessSettings(**{LESS_SMALL!r}))
 """
@@ -332,6 +332,75 @@ run_less_gradients(base_model={str(tiny_llama_dir)!r}, warmup_dir={str(warmup)!r
     )
     assert report["shards_computed"] == report["shards"] - 2
     assert torch.equal(load_features([killed]).features, load_features([reference]).features)
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_gradient_shard_is_computed_again(
+    less_warmup, tiny_llama_dir, tiny_pool, tmp_path, monkeypatch, caplog
+):
+    """A shard whose bytes changed after it was written (its sidecar disagrees) is not read but
+    computed again; the features equal the undisturbed run's."""
+    import selectmoe.stages.less as less
+
+    warmup, settings, _ = less_warmup
+    data = next(iter(tiny_pool.values()))
+
+    def gradients(output: Path) -> dict:
+        return run_less_gradients(
+            base_model=str(tiny_llama_dir),
+            warmup_dir=warmup,
+            data_path=data,
+            output=output,
+            settings=settings,
+        )
+
+    reference = tmp_path / "reference.pt"
+    gradients(reference)
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped before the features are written")
+
+    output = tmp_path / "damaged.pt"
+    monkeypatch.setattr(less, "save_features", stop)
+    with pytest.raises(RuntimeError, match="stopped"):
+        gradients(output)  # every shard written, with its sidecar
+    monkeypatch.undo()
+    shards = sorted(Path(f"{output}.shards").glob("checkpoint*.pt"))
+    assert len(shards) >= 2
+    _flip_byte(shards[1])
+    caplog.set_level("WARNING")
+    report = gradients(output)
+    assert report["shards_computed"] == 1
+    assert f"gradient shard damaged: {shards[1]}: content sha256" in caplog.text
+    assert torch.equal(load_features([output]).features, load_features([reference]).features)
+
+
+def test_a_damaged_less_warmup_checkpoint_stops_the_gradients_job(
+    less_warmup, tiny_llama_dir, tiny_pool, tmp_path
+):
+    import shutil
+
+    from selectmoe.errors import IntegrityError
+
+    warmup, settings, _ = less_warmup
+    damaged = tmp_path / "warmup"
+    shutil.copytree(warmup, damaged)
+    _flip_byte(damaged / "checkpoint-2.pt")
+    with pytest.raises(IntegrityError, match=r"checkpoint-2\.pt: content sha256 \w+, recorded "
+                       r"\w+; the LESS warmup is damaged: rerun rule less_warmup$"):  # fmt: skip
+        run_less_gradients(
+            base_model=str(tiny_llama_dir),
+            warmup_dir=damaged,
+            data_path=tiny_pool["alpha"],
+            output=tmp_path / "g.pt",
+            settings=settings,
+        )
+    assert not (tmp_path / "g.pt").exists()
 
 
 def test_shards_of_other_settings_are_discarded(tmp_path, tiny_llama_dir, tiny_pool, less_warmup):

@@ -39,8 +39,13 @@ from selectmoe.data.encoding import (
 )
 from selectmoe.data.pool import Example, load_pool, subset_examples
 from selectmoe.data.queries import QUERY_TEMPLATE, load_queries
-from selectmoe.errors import ConfigError, DataError
-from selectmoe.hashing import file_sha256, text_sha256
+from selectmoe.errors import ConfigError, DataError, IntegrityError
+from selectmoe.hashing import (
+    DigestMismatch,
+    check_digest_sidecar,
+    text_sha256,
+    write_digest_sidecar,
+)
 from selectmoe.io import atomic_output_dir, atomic_torch_save, atomic_write_json
 from selectmoe.model.losses import causal_lm_loss
 from selectmoe.model.source import require_model_source
@@ -170,6 +175,7 @@ def run_less_warmup(
                 },
                 Path(tmp) / f"checkpoint-{epoch + 1}.pt",
             )
+            write_digest_sidecar(Path(tmp) / f"checkpoint-{epoch + 1}.pt")
             logger.info("epoch %d: checkpoint (mean learning rate %.3g)", epoch + 1, mean_lr)
 
         result = train_loop(
@@ -226,6 +232,26 @@ def _open_shard_dir(shard_dir: Path, fingerprint: str) -> None:
         shutil.rmtree(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
+
+
+def _intact_checkpoint(path: Path) -> str:
+    """The SHA-256 of a LESS warmup checkpoint that equals its sidecar's, else one clear error."""
+    try:
+        return check_digest_sidecar(path)
+    except DigestMismatch as error:
+        raise IntegrityError(
+            f"{error}; the LESS warmup is damaged: rerun rule less_warmup"
+        ) from None
+
+
+def _intact_shard(path: Path) -> bool:
+    """Whether a gradient shard equals its sidecar (a damaged one is logged and recomputed)."""
+    try:
+        check_digest_sidecar(path)
+    except DigestMismatch as error:
+        logger.warning("gradient shard damaged: %s; computing it again", error)
+        return False
+    return True
 
 
 def _load_lora(
@@ -287,7 +313,7 @@ def run_less_gradients(
     shard_dir = Path(f"{os.fspath(output)}.shards")
     fingerprint = _fingerprint(
         data=[(e.dataset, e.id) for e in examples],
-        checkpoints=[file_sha256(p) for p in checkpoints],
+        checkpoints=[_intact_checkpoint(p) for p in checkpoints],
         settings=asdict(settings),
         queries=queries,
         projection=projection.describe(device.type),
@@ -312,6 +338,8 @@ def run_less_gradients(
             moments = (moments[0].to(device), moments[1].to(device))
         for k, shard in enumerate(shards):
             shard_path = shard_dir / f"checkpoint{c + 1}-shard{k:05d}.pt"
+            if shard_path.is_file() and not _intact_shard(shard_path):
+                shard_path.unlink()
             if not shard_path.is_file():
                 rows, vectors = [], []
                 for b in shard:
@@ -326,6 +354,7 @@ def run_less_gradients(
                 atomic_torch_save(
                     {"rows": torch.cat(rows), "features": torch.cat(vectors)}, shard_path
                 )
+                write_digest_sidecar(shard_path)
                 computed += 1
             part = torch.load(shard_path, map_location="cpu", weights_only=True)
             features[c, part["rows"]] = part["features"]

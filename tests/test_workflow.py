@@ -706,7 +706,7 @@ def test_a_killed_gradient_job_resumes_from_its_shards(
     target = "results/targeted/less/r1/cot_features.pt"
     shard = _run_until(
         workflow_dir,
-        f"{target}.shards/checkpoint*.pt",
+        f"{target}.shards/checkpoint*.pt.sha256",  # a complete shard
         targets=(target,),
     )
     assert not (workflow_dir / target).exists()

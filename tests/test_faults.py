@@ -237,3 +237,25 @@ def test_an_adapter_with_nan_weights_is_refused_before_evaluation(
             output_jsons=[tmp_path / "results.json"],
         )
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_file_that_vanishes_while_a_job_runs_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from selectmoe.workflow.runtime import run_job
+
+    model = tmp_path / "model" / "model.safetensors"
+    model.parent.mkdir()
+    model.write_bytes(b"weights")
+
+    def job() -> None:
+        model.unlink()  # removed (or unmounted) under the running job
+        model.read_bytes()
+
+    with pytest.raises(SystemExit) as raised:
+        run_job(None, 1, job)
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"selectmoe: error: {model}: no such file or directory (it vanished while the job ran, "
+        "or the path is wrong); put it back (or fix the config) and rerun with --rerun-incomplete"
+    )

@@ -608,6 +608,19 @@ def test_a_changed_parameter_reruns_exactly_its_dependents(
     assert not set(kept) & set(planned), planned
 
 
+def _flip_inside_largest_record(path: Path) -> None:
+    """Overwrite 8 bytes inside the largest record (a tensor's data) of a torch zip file."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+    assert record.file_size > 256, record
+    data = bytearray(path.read_bytes())
+    offset = record.header_offset + 128  # past the local header, name and alignment padding
+    data[offset : offset + 8] = bytes(b ^ 0xFF for b in data[offset : offset + 8])
+    path.write_bytes(bytes(data))
+
+
 def _run_until(
     workflow_dir: Path, pattern: str, timeout: float = 600, targets: tuple[str, ...] = ()
 ) -> Path:
@@ -651,7 +664,6 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
     `--unlock` and `--rerun-incomplete` the outputs equal those of the uninterrupted run: byte-
     identical selections and summary, equal warmup weights and adapters."""
     import torch
-    from safetensors.torch import load_file
 
     reference, _ = finished_demo
     workflow_dir, _ = _small_demo_dir(tmp_path)
@@ -665,10 +677,17 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
         unlock = _snakemake(workflow_dir, "--unlock", "--configfile", "small.yaml")
         assert unlock.returncode == 0, unlock.stderr[-2000:]
     assert all(path.name.startswith("step_") for path in killed_at)  # a complete checkpoint
+    # the finetune's checkpoint then rots on disk: bytes inside a tensor record change, which
+    # torch.load would read without a word; the rerun must pass it over
+    damaged = Path(os.fspath(killed_at[1]).removesuffix(".sha256"))
+    _flip_inside_largest_record(damaged)
     result = _snakemake(
         workflow_dir, "--cores", "2", "--configfile", "small.yaml", "--rerun-incomplete"
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    logs = "".join(p.read_text() for p in (workflow_dir / "results/logs").rglob("*.log"))
+    relative = damaged.relative_to(workflow_dir)
+    assert f"checkpoint damaged: {relative}: content sha256 " in logs, logs[-3000:]
 
     ours, theirs = workflow_dir / "results", reference / "results"
     selections = sorted(p.relative_to(theirs) for p in theirs.glob("selection/**/*.jsonl"))
@@ -686,11 +705,69 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
         for name, tensor in expected["weights"].items():
             assert torch.equal(payload["weights"][name], tensor), (loss, name)
     assert any(step for step in resumed), "no warmup resumed from a checkpoint"
-    for adapter in theirs.glob("finetune/**/adapter_model.safetensors"):
+    _assert_adapters_equal(ours, theirs)
+
+
+def _assert_adapters_equal(ours: Path, theirs: Path) -> None:
+    """Every adapter of ``theirs`` equal in ``ours``, and no checkpoint left in ``ours``."""
+    import torch
+    from safetensors.torch import load_file
+
+    adapters = list(theirs.glob("finetune/**/adapter_model.safetensors"))
+    assert adapters
+    for adapter in adapters:
         expected = load_file(adapter)
         got = load_file(ours / adapter.relative_to(theirs))
         assert all(torch.equal(got[k], v) for k, v in expected.items()), adapter
     assert not list(ours.glob("checkpoints/**/*.pt"))  # removed once each job finished
+
+
+@pytest.mark.slow
+def test_a_second_run_is_refused_and_a_sigterm_run_resumes_to_the_reference(
+    finished_demo: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Two fault classes in one run: a second Snakemake started on the same directory is refused
+    by the lock; SIGTERM to the first's process group during a finetune (as SLURM sends before a
+    requeue) ends it promptly with the lock released; the rerun equals the uninterrupted run."""
+    reference, _ = finished_demo
+    workflow_dir, _ = _small_demo_dir(tmp_path)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "small.yaml"],
+        cwd=workflow_dir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 900
+        pattern = "results/checkpoints/finetune/**/step_*.pt.sha256"
+        while not list(workflow_dir.glob(pattern)):
+            assert first.poll() is None, f"the run ended (status {first.returncode}) too early"
+            assert time.monotonic() < deadline, "no finetune checkpoint within 900 s"
+            time.sleep(0.2)
+        second = _snakemake(workflow_dir, "--cores", "1", "--configfile", "small.yaml")
+        assert second.returncode != 0
+        assert "Directory cannot be locked" in second.stdout + second.stderr
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert not list((workflow_dir / ".snakemake/locks").glob("*")), "the lock was left"
+    result = _snakemake(
+        workflow_dir, "--cores", "2", "--configfile", "small.yaml", "--rerun-incomplete"
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    ours, theirs = workflow_dir / "results", reference / "results"
+    selections = sorted(p.relative_to(theirs) for p in theirs.glob("selection/**/*.jsonl"))
+    for relative in [*selections, Path("summary.csv"), Path("summary.md")]:
+        assert (ours / relative).read_bytes() == (theirs / relative).read_bytes(), relative
+    _assert_adapters_equal(ours, theirs)
 
 
 @pytest.mark.slow

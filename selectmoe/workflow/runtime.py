@@ -35,9 +35,9 @@ def run_job(
     imported
     first. The job holds ``gpus`` devices of the machine for its whole run, with
     ``CUDA_VISIBLE_DEVICES`` set to exactly them (none for ``gpus=0``); see
-    :mod:`selectmoe.workflow.devices`. A :class:`SelectMoeError` is written to the log (and to the
-    real
-    stderr) as one line and the process exits with status 2, so Snakemake marks the job failed
+    :mod:`selectmoe.workflow.devices`. A :class:`SelectMoeError`, or a file that vanished while
+    the job ran, is written to the log (and to the real stderr) as one line and the process exits
+    with status 2, so Snakemake marks the job failed
     and removes its outputs. After a successful job, ``provenance`` (the arguments of
     :func:`selectmoe.workflow.provenance.write_provenance`, with ``path``; see
     :func:`selectmoe.workflow.provenance.job_provenance`) is written beside the outputs.
@@ -67,12 +67,23 @@ def run_job(
                 arguments.pop("path"), **arguments, wall_time_s=time.perf_counter() - started
             )
         return result
-    except SelectMoeError as error:
-        message = f"selectmoe: error: {error}"
+    except (SelectMoeError, FileNotFoundError) as error:
+        message = f"selectmoe: error: {_one_line(error)}"
         print(message, file=sys.stderr)
         if sys.stderr is not real_stderr:
             print(message, file=real_stderr)
         sys.exit(2)
+
+
+def _one_line(error: Exception) -> str:
+    """The job's failure in one line; a file that vanished while the job ran (a model, a dataset,
+    an input removed or unmounted under it) is named, with what to do."""
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return (
+            f"{error.filename}: no such file or directory (it vanished while the job ran, or the "
+            "path is wrong); put it back (or fix the config) and rerun with --rerun-incomplete"
+        )
+    return str(error)
 
 
 def run_rule(job: Any, work: Callable[[Any], Any]) -> Any:

@@ -521,6 +521,86 @@ def test_two_process_ddp_warmup_equals_one_process_with_the_same_global_batch(
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
+def _rank_process(rank: int, command_word: str) -> int | None:
+    """The pid of the DDP worker of ``rank`` whose command line has ``command_word``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command_word.encode() in command and f"RANK={rank}".encode() in environment:
+            return int(entry.name)
+    return None
+
+
+def test_one_killed_ddp_rank_ends_the_job_and_the_rerun_equals_the_uninterrupted_run(
+    tmp_path: Path, tiny_converted_dir: Path, tiny_pool: dict[str, Path]
+) -> None:
+    """SIGKILL rank 1 of a two-process DDP warmup (gloo) after its first checkpoint: the launch
+    fails as one error, and the rerun resumes to the weights of an uninterrupted DDP run."""
+    import threading
+
+    from selectmoe.errors import SelectMoeError
+
+    settings = {
+        "subset_ratio": 1.0,
+        "learning_rate": 1e-2,
+        "epochs": 4,
+        "quality_loss_type": "sigmoid",
+        "device": "cpu",
+        "log_every": 1,
+        "checkpoint_every": 1,
+        "per_device_batch_size": 2,
+        "effective_batch_size": 4,
+    }
+    inputs = {"model_dir": tiny_converted_dir, "pool_files": _pool(tiny_pool)}
+
+    def warmup(output: Path, checkpoints: Path) -> None:
+        run_training_stage(
+            "warmup",
+            inputs={**inputs, "output_path": output},
+            settings=settings,
+            checkpoint_dir=checkpoints,
+            num_processes=2,
+        )
+
+    reference = tmp_path / "reference.pt"
+    warmup(reference, tmp_path / "ckpt_reference")
+    output, checkpoints = tmp_path / "killed.pt", tmp_path / "ckpt"
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            warmup(output, checkpoints)
+        except BaseException as error:  # the launch's failure, checked below
+            failures.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("step_*.pt.sha256")) and time.monotonic() < deadline:
+        assert thread.is_alive(), "the run ended before a checkpoint"
+        time.sleep(0.01)
+    pid = _rank_process(1, "selectmoe.workflow.launch")
+    assert pid is not None, "no rank-1 worker found"
+    os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the surviving rank did not end"
+    assert len(failures) == 1 and isinstance(failures[0], SelectMoeError), failures
+    assert not output.exists()
+    warmup(output, checkpoints)  # the rerun resumes from the newest intact checkpoint
+    resumed, expected = (
+        torch.load(output, weights_only=False),
+        torch.load(reference, weights_only=False),
+    )
+    assert resumed["resumed_from_step"] >= 1
+    for name, tensor in expected["weights"].items():
+        assert torch.equal(resumed["weights"][name], tensor), name
+
+
 def _initial(model_dir: Path, name: str) -> torch.Tensor:
     from selectmoe import SelectMoeForCausalLM
 

@@ -883,3 +883,45 @@ def test_the_paper_path_rehearsed_runs_every_rule(tmp_path: Path) -> None:
     contracts = summary.split("Evaluation contract")[1]
     assert "mmlu: lm-eval" in contracts and "57 subtasks" in contracts
     assert "bbh_cot_fewshot: lm-eval" in contracts and "27 subtasks" in contracts
+
+
+def test_a_hugging_face_dataset_becomes_the_pool_in_the_workflow(tmp_path: Path) -> None:
+    """data.source: hf on the paper path: rule fetch_pool exports a dataset saved with
+    save_to_disk (Tulu-3's columns) to the pool files, which validate_data then reads."""
+    from datasets import Dataset
+
+    workflow_dir = _rehearsal_dir(tmp_path / "wf")
+    rows = [
+        {
+            "id": f"{dataset}-{i}",
+            "messages": [
+                {"role": "user", "content": f"Question {i} of {dataset}?"},
+                {"role": "assistant", "content": f"Answer {i}."},
+            ],
+            "source": f"mixture/{dataset}",
+        }
+        for i in range(40)
+        for dataset in PAPER_DATASETS
+    ]
+    Dataset.from_list(rows).save_to_disk(workflow_dir / "tulu_like")
+    config = {
+        "data": {
+            "source": "hf",
+            "pool_dir": "results/rehearsal/hf_pool",
+            "hf": {
+                "dataset_id": "tulu_like",
+                "dataset_map": {f"mixture/{d}": d for d in PAPER_DATASETS},
+            },
+        }
+    }
+    (workflow_dir / "hf.yaml").write_text(yaml.safe_dump(config))
+    result = _snakemake(
+        workflow_dir, "results/rehearsal/data/validate_data.json", "--cores", "2",
+        "--configfile", "config/paper.yaml", "config/rehearsal.yaml", "hf.yaml",
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    report = json.loads((workflow_dir / "results/rehearsal/data/fetch_pool.json").read_text())
+    assert report["written"] == dict.fromkeys(PAPER_DATASETS, 40) and report["rows"] == 160
+    assert report["source"]["dataset_id"] == "tulu_like" and report["source"]["fingerprint"]
+    lines = (workflow_dir / "results/rehearsal/hf_pool/dolly/dolly_data.jsonl").read_text()
+    assert len(lines.splitlines()) == 40

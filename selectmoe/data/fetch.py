@@ -36,6 +36,7 @@ __all__ = [
     "LESS_TRAIN_DIR",
     "download_less_archive",
     "fetch_less_pool",
+    "fetch_pool_files",
     "hub_dataset_url",
 ]
 
@@ -271,6 +272,18 @@ def _extract(
             f"{archive}: not a readable zip archive ({_one_line(error, 160)}); download it again "
             "(a damaged copy in the Hugging Face cache: delete it, the next run downloads it anew)"
         ) from None
+
+
+def fetch_pool_files(source: str = "less_archive", **arguments: Any) -> dict[str, Any]:
+    """Rule ``fetch_pool``: the pool files from LESS's archive (:func:`fetch_less_pool`) or from a
+    Hugging Face dataset (``source="hf"``, :func:`selectmoe.data.hf_pool.export_hf_pool`)."""
+    if source == "hf":
+        from selectmoe.data.hf_pool import export_hf_pool
+
+        return export_hf_pool(**arguments)
+    if source != "less_archive":
+        raise DataError(f"data.source {source!r}: use less_archive or hf")
+    return fetch_less_pool(**arguments)
 
 
 def fetch_less_pool(

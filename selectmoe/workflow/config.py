@@ -326,6 +326,12 @@ def check_config(config: Mapping[str, Any]) -> None:
             f"modes: {', '.join(sorted({*modes, 'custom'}))}"
         )
     demo = bool((config.get("demo") or {}).get("activate", False))
+    data = config.get("data", {})
+    if data.get("source") == "hf" and not (data.get("hf") or {}).get("dataset_id"):
+        raise ConfigError(
+            "config key data.hf.dataset_id: data.source is hf but no dataset is given; set it to "
+            "a Hub dataset id, a save_to_disk directory or parquet files"
+        )
     labelled = [m for m in methods if kind_of(m, defined).uses_labels]
     if labelled and not demo and not config.get("data", {}).get("labels"):
         raise ConfigError(

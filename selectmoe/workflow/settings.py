@@ -132,13 +132,16 @@ class RuleSettings:
         return list(self.config["targeted"]["queries"]["tasks"])
 
     def fetch_pool(self) -> dict[str, Any]:
-        """Arguments of :func:`selectmoe.data.fetch.fetch_less_pool`."""
+        """Arguments of :func:`selectmoe.data.fetch.fetch_pool_files`: ``source`` and the
+        arguments of its exporter (LESS's archive, or a Hugging Face dataset)."""
         data = self.config["data"]
+        source = data.get("source", "less_archive")
         return {
+            "source": source,
             "pool_dir": data["pool_dir"],
             "datasets": list(self.layout.datasets),
             "file_pattern": data["file_pattern"],
-            **data["fetch"],
+            **(data.get("hf", {}) if source == "hf" else data["fetch"]),
         }
 
     def quality_loss_parameters(self) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from selectmoe.schema import default_seed, section_defaults
 from selectmoe.selection.targeted import save_features
 from selectmoe.training.distributed import resolve_device
 from selectmoe.training.gradients import (
-    RademacherProjection,
+    PROJECTIONS,
     adam_update_direction,
     flat_moments,
     per_example_gradients,
@@ -85,6 +85,7 @@ class LessSettings(LoraTrainingSettings):
     effective_batch_size: int = _TARGETED_LESS_DEFAULTS["effective_batch_size"]
     warmup_share: float = _TARGETED_LESS_DEFAULTS["warmup_share"]
     projection_dim: int = _TARGETED_LESS_DEFAULTS["projection_dim"]
+    projection: str = _TARGETED_LESS_DEFAULTS["projection"]
     batch_size: int = _TARGETED_LESS_DEFAULTS["batch_size"]
     shard_size: int = _TARGETED_LESS_DEFAULTS["shard_size"]
     device: str = _TARGETED_LESS_DEFAULTS["device"]
@@ -98,6 +99,11 @@ class LessSettings(LoraTrainingSettings):
         for key in ("epochs", "lora_r", "projection_dim", "batch_size", "shard_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"targeted.less.{key} is {getattr(self, key)}; it must be >= 1")
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(
+                f"targeted.less.projection is {self.projection!r}; use one of "
+                f"{', '.join(PROJECTIONS)}"
+            )
 
 
 def checkpoint_files(warmup_dir: str | os.PathLike[str], epochs: int) -> list[Path]:
@@ -309,7 +315,7 @@ def run_less_gradients(
     batches = length_sorted_batches(encoded, batch_size=settings.batch_size)
     shards = _shard_plan([len(batch) for batch in batches], settings.shard_size)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    projection = RademacherProjection(n_params, settings.projection_dim, settings.seed)
+    projection = PROJECTIONS[settings.projection](n_params, settings.projection_dim, settings.seed)
     shard_dir = Path(f"{os.fspath(output)}.shards")
     fingerprint = _fingerprint(
         data=[(e.dataset, e.id) for e in examples],

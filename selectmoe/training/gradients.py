@@ -11,7 +11,14 @@
   Johnson-Lindenstrauss projection, as TRAK's that LESS uses), generated block by block of
   :data:`PROJECTION_BLOCK_ROWS` rows from ``(seed, block)``, so that it never has to be held
   whole, is the same for every batch and every run on the same kind of device, and does not
-  depend on the batch size.
+  depend on the batch size. Generating it is the cost: ``P x d`` random draws per batch once the
+  matrix is too large to keep, 25-37x the matmul's time on a CPU (benchmarks/RESULTS.md).
+* :class:`SparseSignProjection`: a sparse Johnson-Lindenstrauss projection (Kane and Nelson,
+  2014): every parameter goes to :data:`SPARSE_NONZEROS` output coordinates with random signs,
+  chosen by seeded universal hash functions of its index. Nothing is stored or drawn: a block's
+  coordinates are a few integer operations per parameter, and projecting is a scatter-add of
+  ``s x P`` values instead of a ``2 P d`` matmul. The same for every batch, run and device.
+  ``targeted.less.projection`` chooses between them (``rademacher``, the default, as LESS).
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ from selectmoe.model.losses import causal_lm_loss
 __all__ = [
     "ADAM_BETAS",
     "ADAM_EPS",
+    "PROJECTIONS",
     "PROJECTION_BLOCK_ROWS",
+    "SPARSE_NONZEROS",
     "RademacherProjection",
+    "SparseSignProjection",
     "adam_update_direction",
     "flat_moments",
     "per_example_gradients",
@@ -97,6 +107,80 @@ class RademacherProjection:
             part = vectors[:, start : start + PROJECTION_BLOCK_ROWS].to(torch.float32)
             out += part @ self.block(index, vectors.device)
         return out
+
+
+#: Output coordinates per parameter of :class:`SparseSignProjection`.
+SPARSE_NONZEROS = 4
+#: A prime above every parameter index the hash functions see (Mersenne 2^61 - 1 would overflow
+#: int64 products; 2^31 - 1 keeps ``a * index`` below 2^62 for indices below 2^31).
+_HASH_PRIME = 2**31 - 1
+
+
+class SparseSignProjection:
+    """Seeded sparse sign projection ``[n_params] -> [dim]``: parameter ``j`` adds
+    ``sign_k(j) / sqrt(s) * x_j`` to output ``bucket_k(j)`` for ``k < s`` (``s`` =
+    :data:`SPARSE_NONZEROS`).
+
+    ``bucket_k(j) = ((a_k j + b_k) mod p) mod d`` and ``sign_k(j) = 2 (((c_k j + e_k) mod p)
+    mod 2) - 1`` with ``p = 2^31 - 1`` and ``a_k, b_k, c_k, e_k`` drawn from the seed: pairwise
+    independent hash functions, so that projected inner products are unbiased with variance
+    comparable to a dense projection's of the same ``d``. Nothing is generated per batch.
+
+    Parameters
+    ----------
+    n_params : int
+        Length of the vectors to project (P), below 2^31.
+    dim : int
+        Projected dimension (d).
+    seed : int
+    """
+
+    def __init__(self, n_params: int, dim: int, seed: int) -> None:
+        if n_params < 1 or dim < 1 or seed < 0 or n_params >= _HASH_PRIME:
+            raise ValueError(f"bad projection: n_params={n_params}, dim={dim}, seed={seed}")
+        self.n_params, self.dim, self.seed = int(n_params), int(dim), int(seed)
+        draws = np.random.default_rng([self.seed, 0x5A5E]).integers(
+            1, _HASH_PRIME, size=(4, SPARSE_NONZEROS)
+        )
+        self._coefficients = torch.as_tensor(draws, dtype=torch.int64)  # rows a, b, c, e
+
+    def describe(self, device_type: str) -> str:
+        """What makes two projections the same (the device does not matter: integer hashing)."""
+        return (
+            f"sparse_sign(P={self.n_params}, d={self.dim}, seed={self.seed}, "
+            f"s={SPARSE_NONZEROS}, block={PROJECTION_BLOCK_ROWS})"
+        )
+
+    def block(self, index: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buckets ``[s, rows]`` (int64) and signed weights ``[s, rows]`` (float32) of the
+        parameters ``[index * R, (index + 1) * R)``."""
+        start = index * PROJECTION_BLOCK_ROWS
+        rows = min(PROJECTION_BLOCK_ROWS, self.n_params - start)
+        j = torch.arange(start, start + rows, device=device, dtype=torch.int64)
+        a, b, c, e = (row.to(device)[:, None] for row in self._coefficients)
+        buckets = ((a * j + b) % _HASH_PRIME) % self.dim
+        signs = (((c * j + e) % _HASH_PRIME) % 2).to(torch.float32) * 2 - 1
+        return buckets, signs / SPARSE_NONZEROS**0.5
+
+    def project(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``vectors`` ``[B, P]`` -> ``[B, d]`` float32."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.n_params:
+            raise ValueError(
+                f"vectors have shape {tuple(vectors.shape)}; expected [B, {self.n_params}]"
+            )
+        out = torch.zeros(vectors.shape[0], self.dim, dtype=torch.float32, device=vectors.device)
+        n_blocks = -(-self.n_params // PROJECTION_BLOCK_ROWS)
+        for index in range(n_blocks):
+            start = index * PROJECTION_BLOCK_ROWS
+            part = vectors[:, start : start + PROJECTION_BLOCK_ROWS].to(torch.float32)
+            buckets, weights = self.block(index, vectors.device)
+            for k in range(SPARSE_NONZEROS):
+                out.index_add_(1, buckets[k], part * weights[k])
+        return out
+
+
+#: ``targeted.less.projection`` -> the projection class.
+PROJECTIONS = {"rademacher": RademacherProjection, "sparse": SparseSignProjection}
 
 
 def per_example_gradients(

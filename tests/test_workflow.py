@@ -834,6 +834,7 @@ def _rehearsal_dir(destination: Path) -> Path:
     """The workflow with the rehearsal's fixtures built where config/rehearsal.yaml reads them."""
     from selectmoe.rehearsal import build_rehearsal
 
+    destination.mkdir(parents=True)
     workflow_dir = _copy_workflow(destination)
     build_rehearsal(workflow_dir / "results/rehearsal/fixtures")
     return workflow_dir

@@ -660,9 +660,10 @@ def _run_until(
 def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
     finished_demo: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    """SIGKILL the whole run in the middle of a warmup, then in the middle of a finetune; after
-    `--unlock` and `--rerun-incomplete` the outputs equal those of the uninterrupted run: byte-
-    identical selections and summary, equal warmup weights and adapters."""
+    """SIGKILL the whole run in the middle of a warmup, then in the middle of a finetune, whose
+    two checkpoints are then damaged (bytes flipped inside a tensor, truncated); after `--unlock`
+    and `--rerun-incomplete` the outputs equal those of the uninterrupted run: byte-identical
+    selections and summary, equal warmup weights and adapters."""
     import torch
 
     reference, _ = finished_demo
@@ -670,24 +671,28 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(
     killed_at = []
     for pattern in (
         "checkpoints/warmup/*/r*/step_*.pt.sha256",
-        "checkpoints/finetune/**/step_*.pt.sha256",
+        "checkpoints/finetune/**/step_000000004.pt.sha256",  # two checkpoints kept by then
     ):
         killed_at.append(_run_until(workflow_dir, f"results/{pattern}"))
         # a killed Snakemake leaves its lock: release it as a user would
         unlock = _snakemake(workflow_dir, "--unlock", "--configfile", "small.yaml")
         assert unlock.returncode == 0, unlock.stderr[-2000:]
     assert all(path.name.startswith("step_") for path in killed_at)  # a complete checkpoint
-    # the finetune's checkpoint then rots on disk: bytes inside a tensor record change, which
-    # torch.load would read without a word; the rerun must pass it over
+    # the finetune's checkpoints then rot on disk: bytes inside a tensor record of the newest
+    # change (torch.load would read it without a word), the older one is cut to half its size;
+    # the rerun must pass over both
     damaged = Path(os.fspath(killed_at[1]).removesuffix(".sha256"))
     _flip_inside_largest_record(damaged)
+    truncated = damaged.with_name("step_000000002.pt")
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     result = _snakemake(
         workflow_dir, "--cores", "2", "--configfile", "small.yaml", "--rerun-incomplete"
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     logs = "".join(p.read_text() for p in (workflow_dir / "results/logs").rglob("*.log"))
-    relative = damaged.relative_to(workflow_dir)
-    assert f"checkpoint damaged: {relative}: content sha256 " in logs, logs[-3000:]
+    for path in (damaged, truncated):
+        relative = path.relative_to(workflow_dir)
+        assert f"checkpoint damaged: {relative}: content sha256 " in logs, logs[-3000:]
 
     ours, theirs = workflow_dir / "results", reference / "results"
     selections = sorted(p.relative_to(theirs) for p in theirs.glob("selection/**/*.jsonl"))

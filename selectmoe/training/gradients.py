@@ -51,7 +51,32 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-class RademacherProjection:
+class _BlockProjection:
+    """A projection ``[n_params] -> [dim]`` applied block by block of
+    :data:`PROJECTION_BLOCK_ROWS` parameters (subclasses add one block's contribution)."""
+
+    n_params: int
+    dim: int
+
+    def _add_block(self, out: torch.Tensor, part: torch.Tensor, index: int) -> None:
+        raise NotImplementedError
+
+    def project(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``vectors`` ``[B, P]`` -> ``[B, d]`` float32."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.n_params:
+            raise ValueError(
+                f"vectors have shape {tuple(vectors.shape)}; expected [B, {self.n_params}]"
+            )
+        out = torch.zeros(vectors.shape[0], self.dim, dtype=torch.float32, device=vectors.device)
+        n_blocks = -(-self.n_params // PROJECTION_BLOCK_ROWS)
+        for index in range(n_blocks):
+            start = index * PROJECTION_BLOCK_ROWS
+            part = vectors[:, start : start + PROJECTION_BLOCK_ROWS].to(torch.float32)
+            self._add_block(out, part, index)
+        return out
+
+
+class RademacherProjection(_BlockProjection):
     """Seeded random projection ``[n_params] -> [dim]``.
 
     Parameters
@@ -94,19 +119,8 @@ class RademacherProjection:
             self._cache[key] = matrix
         return matrix
 
-    def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``vectors`` ``[B, P]`` -> ``[B, d]`` float32."""
-        if vectors.ndim != 2 or vectors.shape[1] != self.n_params:
-            raise ValueError(
-                f"vectors have shape {tuple(vectors.shape)}; expected [B, {self.n_params}]"
-            )
-        out = torch.zeros(vectors.shape[0], self.dim, dtype=torch.float32, device=vectors.device)
-        n_blocks = -(-self.n_params // PROJECTION_BLOCK_ROWS)
-        for index in range(n_blocks):
-            start = index * PROJECTION_BLOCK_ROWS
-            part = vectors[:, start : start + PROJECTION_BLOCK_ROWS].to(torch.float32)
-            out += part @ self.block(index, vectors.device)
-        return out
+    def _add_block(self, out: torch.Tensor, part: torch.Tensor, index: int) -> None:
+        out += part @ self.block(index, part.device)
 
 
 #: Output coordinates per parameter of :class:`SparseSignProjection`.
@@ -116,7 +130,7 @@ SPARSE_NONZEROS = 4
 _HASH_PRIME = 2**31 - 1
 
 
-class SparseSignProjection:
+class SparseSignProjection(_BlockProjection):
     """Seeded sparse sign projection ``[n_params] -> [dim]``: parameter ``j`` adds
     ``sign_k(j) / sqrt(s) * x_j`` to output ``bucket_k(j)`` for ``k < s`` (``s`` =
     :data:`SPARSE_NONZEROS`).
@@ -162,21 +176,10 @@ class SparseSignProjection:
         signs = (((c * j + e) % _HASH_PRIME) % 2).to(torch.float32) * 2 - 1
         return buckets, signs / SPARSE_NONZEROS**0.5
 
-    def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``vectors`` ``[B, P]`` -> ``[B, d]`` float32."""
-        if vectors.ndim != 2 or vectors.shape[1] != self.n_params:
-            raise ValueError(
-                f"vectors have shape {tuple(vectors.shape)}; expected [B, {self.n_params}]"
-            )
-        out = torch.zeros(vectors.shape[0], self.dim, dtype=torch.float32, device=vectors.device)
-        n_blocks = -(-self.n_params // PROJECTION_BLOCK_ROWS)
-        for index in range(n_blocks):
-            start = index * PROJECTION_BLOCK_ROWS
-            part = vectors[:, start : start + PROJECTION_BLOCK_ROWS].to(torch.float32)
-            buckets, weights = self.block(index, vectors.device)
-            for k in range(SPARSE_NONZEROS):
-                out.index_add_(1, buckets[k], part * weights[k])
-        return out
+    def _add_block(self, out: torch.Tensor, part: torch.Tensor, index: int) -> None:
+        buckets, weights = self.block(index, part.device)
+        for k in range(SPARSE_NONZEROS):
+            out.index_add_(1, buckets[k], part * weights[k])
 
 
 #: ``targeted.less.projection`` -> the projection class.

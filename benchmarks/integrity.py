@@ -83,7 +83,7 @@ def _section(results: dict, command: str) -> str:
         markers[0],
         "## What checking digests costs",
         "",
-        f"`{command}`. {machine_line(results, torch.device('cpu'))}",
+        f"`{command}` at {results['commit']}. {machine_line(results, torch.device('cpu'))}",
         "",
         f"One float32 checkpoint of {gib:.2f} GiB, in the page cache after its write:",
         "",
@@ -118,6 +118,12 @@ def main() -> None:
         results.update(measure(args.gib, Path(directory)))
     results["load_end"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     results["date"] = dt.date.today().isoformat()
+    results["commit"] = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "an unknown commit"
+    )
     command = "python benchmarks/integrity.py" + (f" --gib {args.gib:g}" if args.gib != 1 else "")
     section = _section(results, command)
     print(section)

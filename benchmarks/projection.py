@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def _section(results: dict, command: str) -> str:
         markers[0],
         "## LESS's gradient projection against the matmul floor",
         "",
-        f"`{command}`. {machine_line(results, torch.device('cpu'))}",
+        f"`{command}` at {results['commit']}. {machine_line(results, torch.device('cpu'))}",
         "",
         f"P = {results['params']:,} LoRA parameters (the paper's 134M / 256), d = "
         f"{results['dim']:,} (8,192 / 8), batches of {results['batch']}:",
@@ -124,6 +125,12 @@ def main() -> None:
     results.update(measure(args.params, args.dim, args.batch, args.repeats))
     results["load_end"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     results["date"] = dt.date.today().isoformat()
+    results["commit"] = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "an unknown commit"
+    )
     command = "python benchmarks/projection.py"
     if (args.params, args.dim, args.batch) != (524_288, 1_024, 4):
         command += f" --params {args.params} --dim {args.dim} --batch {args.batch}"

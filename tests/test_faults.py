@@ -174,6 +174,8 @@ def test_verify_finds_a_flipped_byte_in_router_data_and_names_the_rule(
     router_data.unlink()
     assert main(["verify", "results"]) == 2
     assert ": missing; rerun rule score" in capsys.readouterr().out
+    assert main(["verify", "no_such_results"]) == 2
+    assert "no_such_results: not a directory" in capsys.readouterr().err
 
 
 def test_a_job_refuses_a_damaged_input_before_reading_it(

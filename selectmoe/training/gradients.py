@@ -12,7 +12,7 @@
   :data:`PROJECTION_BLOCK_ROWS` rows from ``(seed, block)``, so that it never has to be held
   whole, is the same for every batch and every run on the same kind of device, and does not
   depend on the batch size. Generating it is the cost: ``P x d`` random draws per batch once the
-  matrix is too large to keep, 25-37x the matmul's time on a CPU (benchmarks/RESULTS.md).
+  matrix is too large to keep: 30x the matmul's time on this CPU (``benchmarks/projection.py``).
 * :class:`SparseSignProjection`: a sparse Johnson-Lindenstrauss projection (Kane and Nelson,
   2014): every parameter goes to :data:`SPARSE_NONZEROS` output coordinates with random signs,
   chosen by seeded universal hash functions of its index. Nothing is stored or drawn: a block's

@@ -70,6 +70,11 @@ def verify_results(
         The number of outputs checked and the damaged or missing ones, in path order.
     """
     base = Path(workdir) if workdir is not None else Path.cwd()
+    if not Path(results_dir).is_dir():
+        raise IntegrityError(
+            f"{os.fspath(results_dir)}: not a directory; give the workflow's results_dir (run from "
+            "the workflow's directory or pass --workdir)"
+        )
     checked, damaged = 0, []
     for provenance_path in sorted(Path(results_dir).rglob(f"*{PROVENANCE_SUFFIX}")):
         rule, outputs = _recorded_outputs(provenance_path)
